@@ -1,0 +1,209 @@
+"""`group` stage: cleaned messages → conversations (chat examples) and documents.
+
+Chats are cut into sessions at silences longer than `group.session_gap_minutes`;
+consecutive messages with the same role form one turn, joined by
+`group.separator`. The persona's turns are `assistant`, everyone else is `user`
+(pseudonymised in group chats), so training teaches the persona's side only.
+Transcripts and lyrics become plain-text passages for language modelling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+import polars as pl
+
+from stages.errors import UserError, run_stage
+from stages.gates import run_gate
+from stages.io import write_json, write_jsonl
+from stages.params import Group, Persona, load_params
+
+log = logging.getLogger("group")
+
+MESSAGES = Path("data/cleaned/messages.parquet")
+OUT_DIR = Path("data/grouped")
+REPORT = Path("metrics/group.json")
+ROLES = ["system", "user", "assistant"]
+SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+
+
+def stable_id(*parts: str) -> str:
+    """A short id that stays the same across runs, machines and library versions."""
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
+
+
+def check_persona(chats: pl.DataFrame, persona: Persona) -> None:
+    authors = chats.group_by("author").len().sort("len", descending=True)
+    if not persona.authors:
+        found = ", ".join(f"{a} ({n})" for a, n in authors.head(10).iter_rows())
+        raise UserError(f"params: `persona.authors` is empty. Authors found (messages): {found}.")
+    missing = [name for name in persona.authors if name not in set(authors["author"])]
+    if missing:
+        found = ", ".join(f"{a} ({n})" for a, n in authors.head(15).iter_rows())
+        raise UserError(
+            f"persona author(s) {missing} not found in the chats. Authors found (messages): {found}.\n"
+            "Set `persona.authors` in params.yaml to the name exactly as it appears in the export."
+        )
+
+
+def turns(chats: pl.DataFrame, persona: Persona, settings: Group) -> pl.DataFrame:
+    """Messages → one row per turn: session, role, content, with sessions and roles assigned."""
+    gap = pl.duration(minutes=settings.session_gap_minutes)
+    speakers = chats.group_by("chat").agg(pl.col("author").n_unique().alias("speakers"))
+    first_seen = (
+        chats.filter(~pl.col("author").is_in(persona.authors))
+        .sort("chat", "ts", "line")
+        .group_by("chat", "author", maintain_order=True)
+        .agg(pl.col("ts").first())
+        .with_columns(pseudonym=pl.format("[Persona {}]", pl.col("ts").rank("ordinal").over("chat").cast(pl.Int64) + 1))
+        .select("chat", "author", "pseudonym")
+    )
+    frame = (
+        chats.sort("chat", "ts", "line")
+        .join(speakers, on="chat", how="left", maintain_order="left")
+        .join(first_seen, on=["chat", "author"], how="left", maintain_order="left")
+        .with_columns(role=pl.when(pl.col("author").is_in(persona.authors)).then(pl.lit("assistant")).otherwise(pl.lit("user")))
+    )
+    new_session = (pl.col("chat") != pl.col("chat").shift()) | ((pl.col("ts") - pl.col("ts").shift()) > gap)
+    frame = frame.with_columns(new_session=new_session.fill_null(True))
+    frame = frame.with_columns(session=pl.col("new_session").cum_sum())
+    new_turn = pl.col("new_session") | (pl.col("role") != pl.col("role").shift()).fill_null(True)
+    frame = frame.with_columns(turn=new_turn.cum_sum())
+    labelled = settings.label_speakers & (pl.col("speakers") > 2) & (pl.col("role") == "user")
+    speaker_changed = (pl.col("author") != pl.col("author").shift()).fill_null(True) | new_turn
+    frame = frame.with_columns(
+        piece=pl.when(labelled & speaker_changed).then(pl.format("{}: {}", "pseudonym", "text")).otherwise(pl.col("text"))
+    )
+    return (
+        frame.group_by("turn", maintain_order=True)
+        .agg(
+            chat=pl.col("chat").first(),
+            session=pl.col("session").first(),
+            start=pl.col("ts").first(),
+            role=pl.col("role").first(),
+            content=pl.col("piece").str.join(settings.separator),
+        )
+    )
+
+
+def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) -> tuple[pl.DataFrame, dict]:
+    """Turns → conversation examples (windows of at most `max_turns`), with filter counts."""
+    frame = turn_rows.with_columns(position=pl.int_range(pl.len()).over("session"))
+    dropped: dict[str, int] = {}
+    if settings.persona_opens == "trim":
+        opening = (pl.col("role") == "assistant") & (pl.col("position") == 0)
+        dropped["opening_persona_turns_trimmed"] = frame.filter(opening).height
+        frame = frame.filter(~opening).with_columns(position=pl.int_range(pl.len()).over("session"))
+    frame = frame.with_columns(window=pl.col("position") // settings.max_turns)
+    grouped = (
+        frame.group_by("session", "window", maintain_order=True)
+        .agg(
+            chat=pl.col("chat").first(),
+            start=pl.col("start").first(),
+            messages=pl.struct("role", "content"),
+            assistant_turns=(pl.col("role") == "assistant").sum(),
+            n_turns=pl.len(),
+        )
+    )
+    no_persona = pl.col("assistant_turns") == 0
+    too_short = pl.col("n_turns") < settings.min_turns
+    dropped["no_persona_turn"] = grouped.filter(no_persona).height
+    dropped["too_few_turns"] = grouped.filter(~no_persona & too_short).height
+    kept = grouped.filter(~no_persona & ~too_short)
+    ids = [stable_id(chat, str(start), str(window)) for chat, start, window in kept.select("chat", "start", "window").iter_rows()]
+    kept = kept.with_columns(id=pl.Series(ids, dtype=pl.String), source=pl.lit("whatsapp"))
+    if persona.system_prompt:
+        system = pl.lit([{"role": "system", "content": persona.system_prompt}], dtype=kept.schema["messages"])
+        kept = kept.with_columns(messages=pl.concat_list(system, pl.col("messages")))
+    return kept.select("id", "source", "chat", pl.col("start").dt.to_string("%Y-%m-%dT%H:%M:%S").alias("start"), "messages"), dropped
+
+
+def passages(text: str, target_chars: int) -> list[str]:
+    """Cut text at sentence boundaries into passages of about `target_chars`."""
+    out, current = [], ""
+    for sentence in SENTENCE_END.split(text.strip()):
+        if current and len(current) + 1 + len(sentence) > target_chars:
+            out.append(current)
+            current = sentence
+        else:
+            current = f"{current} {sentence}".strip()
+    if current:
+        out.append(current)
+    return out
+
+
+def documents(messages: pl.DataFrame, settings: Group) -> list[dict]:
+    texts = messages.filter(pl.col("source").is_in(["transcript", "lyrics", "table"])).sort("file", "line")
+    by_file = texts.group_by("source", "file", maintain_order=True).agg(pl.col("text").str.join("\n"))
+    rows = []
+    for source, file, text in by_file.iter_rows():
+        pieces = [text] if source == "lyrics" else passages(text.replace("\n", " "), settings.doc_chars)
+        rows += [{"id": stable_id(file, str(i)), "source": source, "file": file, "text": piece} for i, piece in enumerate(pieces)]
+    return rows
+
+
+def flatten(examples: pl.DataFrame) -> pl.DataFrame:
+    """One row per turn with its position and the previous role, for the gate."""
+    return (
+        examples.select("id", "messages")
+        .explode("messages")
+        .unnest("messages")
+        .with_columns(
+            previous_role=pl.col("role").shift().over("id"),
+            assistant_turns=(pl.col("role") == "assistant").sum().over("id"),
+        )
+        .with_columns(
+            role_repeats=(pl.col("role") == pl.col("previous_role")).fill_null(False),
+            system_not_first=(pl.col("role") == "system") & pl.col("previous_role").is_not_null(),
+        )
+    )
+
+
+GATE = [
+    ("ExpectTableRowCountToBeBetween", {"min_value": 1}),
+    ("ExpectColumnValuesToNotBeNull", {"column": "content"}),
+    ("ExpectColumnValueLengthsToBeBetween", {"column": "content", "min_value": 1}),
+    ("ExpectColumnValuesToBeInSet", {"column": "role", "value_set": ROLES}),
+    ("ExpectColumnValuesToBeBetween", {"column": "assistant_turns", "min_value": 1}),
+    ("ExpectColumnValuesToBeInSet", {"column": "role_repeats", "value_set": [False]}),
+    ("ExpectColumnValuesToBeInSet", {"column": "system_not_first", "value_set": [False]}),
+]
+
+
+def summary(examples: pl.DataFrame, docs: list[dict], dropped: dict, messages: pl.DataFrame) -> dict:
+    flat = flatten(examples)
+    chars = flat.filter(pl.col("role") != "system")["content"].str.len_chars()
+    n_turns = examples["messages"].list.len()
+    return {
+        "messages_by_source": dict(sorted(messages.group_by("source").len().iter_rows())),
+        "conversations": examples.height,
+        "documents": len(docs),
+        "turns_per_conversation": {"mean": n_turns.mean(), "median": n_turns.median(), "max": n_turns.max()},
+        "chars_per_turn": {"mean": chars.mean(), "median": chars.median(), "max": chars.max()},
+        "persona_share_of_turns": float((flat["role"] == "assistant").mean()) if flat.height else 0.0,
+        "filtered": dropped,
+    }
+
+
+def main() -> None:
+    params = load_params()
+    messages = pl.read_parquet(MESSAGES)
+    chats = messages.filter(pl.col("source") == "whatsapp")
+    if chats.is_empty():
+        raise UserError("no chat messages in data/cleaned/messages.parquet: add WhatsApp exports under data/raw/.")
+    check_persona(chats, params.persona)
+    examples, dropped = conversations(turns(chats, params.persona, params.group), params.persona, params.group)
+    docs = documents(messages, params.group)
+    run_gate("group", flatten(examples).select("role", "content", "assistant_turns", "role_repeats", "system_not_first"), GATE)
+    write_jsonl(OUT_DIR / "conversations.jsonl", examples.to_dicts())
+    write_jsonl(OUT_DIR / "documents.jsonl", docs)
+    stats = summary(examples, docs, dropped, messages)
+    write_json(REPORT, stats)
+    log.info("%d conversations, %d documents, filtered %s", stats["conversations"], stats["documents"], dropped)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,236 @@
+"""The one params loader: `params.yaml` → typed, validated dataclasses.
+
+Every stage reads its settings through `load_params()`. Unknown keys and wrong
+types stop the stage with a message that names the key, because a typo in
+`dvc exp run -S train.lora.rank=4` would otherwise be silently ignored and the
+experiment would compare two identical runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from stages.errors import UserError
+
+PARAMS_FILE_ENV = "HABLA_PARAMS"
+
+
+@dataclass(frozen=True)
+class Persona:
+    authors: list[str] = field(default_factory=list)
+    system_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class Redaction:
+    phones: bool = True
+    emails: bool = True
+    urls: bool = True
+    ids: bool = True
+    phone_regions: list[str] = field(default_factory=lambda: ["CL", "AR", "MX", "ES", "CO", "PE", "US"])
+
+
+@dataclass(frozen=True)
+class Clean:
+    date_order: Literal["auto", "dmy", "mdy", "ymd"] = "auto"
+    max_chars: int = 4000
+    redact: Redaction = field(default_factory=Redaction)
+
+
+@dataclass(frozen=True)
+class Group:
+    session_gap_minutes: int = 180
+    separator: str = "\n"
+    label_speakers: bool = True
+    persona_opens: Literal["trim", "keep"] = "trim"
+    min_turns: int = 2
+    max_turns: int = 24
+    doc_chars: int = 600
+
+
+@dataclass(frozen=True)
+class Ratios:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+
+
+@dataclass(frozen=True)
+class Split:
+    seed: int = 13
+    ratios: Ratios = field(default_factory=Ratios)
+    overlap_min_chars: int = 30
+    min_test: int = 5
+
+
+@dataclass(frozen=True)
+class Model:
+    base: str = "builtin-tiny"
+    revision: str = "main"
+
+
+@dataclass(frozen=True)
+class Base:
+    vocab_size: int = 2048
+    hidden_size: int = 192
+    layers: int = 4
+    heads: int = 4
+    context: int = 256
+    batch_size: int = 8
+    max_steps: int = 120
+    learning_rate: float = 3e-3
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class Lora:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+
+@dataclass(frozen=True)
+class Train:
+    accelerate_profile: Literal["cpu", "single-gpu", "multi-gpu", "fsdp"] = "cpu"
+    seed: int = 42
+    max_length: int = 256
+    max_steps: int = 150
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 2e-3
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    eval_steps: int = 50
+    packing: bool = False
+    gradient_checkpointing: bool = False
+    quantization: Literal["none", "4bit"] = "none"
+    resume: Literal["auto", "never"] = "auto"
+    lora: Lora = field(default_factory=Lora)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_new_tokens: int = 40
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    batch_size: int = 16
+    bootstrap: int = 1000
+    max_prompts: int = 24
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class Judge:
+    backend: Literal["local"] = "local"
+    model: str = "base"
+    prompt: str = "prompts/judge_pairwise.es.txt"
+
+
+@dataclass(frozen=True)
+class Params:
+    persona: Persona = field(default_factory=Persona)
+    clean: Clean = field(default_factory=Clean)
+    group: Group = field(default_factory=Group)
+    split: Split = field(default_factory=Split)
+    model: Model = field(default_factory=Model)
+    base: Base = field(default_factory=Base)
+    train: Train = field(default_factory=Train)
+    evaluate: Evaluate = field(default_factory=Evaluate)
+    judge: Judge = field(default_factory=Judge)
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"params: `{path}` must be a mapping of settings, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        where = f"`{path}`" if path else "the top level"
+        prefix = f"{path}." if path else ""
+        names = ", ".join(f"`{prefix}{k}`" for k in unknown)
+        raise UserError(
+            f"params: unknown key(s) {names} in {where} of params.yaml. "
+            f"Known keys there: {', '.join(sorted(known))}. Check the spelling."
+        )
+    values = {}
+    for name in known & set(raw):
+        annotation = hints[name]
+        key = f"{path}.{name}" if path else name
+        if dataclasses.is_dataclass(annotation):
+            values[name] = _build(annotation, raw[name], key)
+        elif not _matches(raw[name], annotation):
+            raise UserError(f"params: `{key}` is {raw[name]!r}, but it must be {_describe(annotation)}.")
+        else:
+            values[name] = raw[name]
+    return cls(**values)
+
+
+def _check(params: Params) -> None:
+    ratios = params.split.ratios
+    if abs(ratios.train + ratios.val + ratios.test - 1.0) > 1e-6 or min(ratios.train, ratios.val, ratios.test) <= 0:
+        raise UserError("params: `split.ratios` must be three positive numbers that add up to 1 (e.g. 0.8, 0.1, 0.1).")
+    if params.group.max_turns < 2 or params.group.max_turns % 2:
+        raise UserError("params: `group.max_turns` must be an even number ≥ 2, so every window starts with a user turn.")
+    if params.base.hidden_size % params.base.heads:
+        raise UserError("params: `base.hidden_size` must be divisible by `base.heads`.")
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    path = Path(path or os.environ.get(PARAMS_FILE_ENV, "params.yaml"))
+    if not path.exists():
+        raise UserError(f"params: {path} not found. Run the stage from the repository root (where params.yaml is).")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"params: {path} is not valid YAML: {err}") from None
+    params = _build(Params, raw, "")
+    _check(params)
+    return params
+
+
+def as_dict(params: Any) -> dict:
+    return dataclasses.asdict(params)

@@ -1,0 +1,138 @@
+"""`split` stage: conversations and documents → train / val / test.
+
+A conversation's split is a pure function of its id (chat + start time) and
+`split.seed`, so adding a new export never moves old conversations between
+splits. Test conversations that share a non-trivial assistant turn with train
+are moved to train, so the test set measures generalisation, not recall.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from stages.errors import UserError, run_stage
+from stages.gates import run_gate
+from stages.io import read_jsonl, write_json, write_jsonl
+from stages.params import Split, load_params
+
+log = logging.getLogger("split")
+
+IN_DIR = Path("data/grouped")
+OUT_DIR = Path("data/splits")
+REPORT = Path("metrics/split.json")
+SPLITS = ("train", "val", "test")
+
+
+def bucket(item_id: str, seed: int) -> float:
+    """A uniform number in [0, 1) from the id; blake2b, because polars' hash is not stable across versions."""
+    digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def assign(ids: list[str], settings: Split) -> list[str]:
+    train_cut = settings.ratios.train
+    val_cut = train_cut + settings.ratios.val
+    return ["train" if u < train_cut else "val" if u < val_cut else "test" for u in (bucket(i, settings.seed) for i in ids)]
+
+
+def assistant_texts(frame: pl.DataFrame, min_chars: int) -> pl.DataFrame:
+    return (
+        frame.select("id", "split", "messages")
+        .explode("messages")
+        .unnest("messages")
+        .filter((pl.col("role") == "assistant") & (pl.col("content").str.len_chars() >= min_chars))
+        .select("id", "split", "content")
+    )
+
+
+def leaking_ids(frame: pl.DataFrame, min_chars: int) -> pl.Series:
+    """Test conversations with an assistant turn (at least `min_chars` long) that also occurs in train."""
+    turns = assistant_texts(frame, min_chars)
+    train_texts = turns.filter(pl.col("split") == "train").select("content").unique()
+    return turns.filter(pl.col("split") == "test").join(train_texts, on="content", how="semi")["id"].unique()
+
+
+def move_overlaps(frame: pl.DataFrame, min_chars: int) -> tuple[pl.DataFrame, int]:
+    leaking = leaking_ids(frame, min_chars)
+    moved = frame.with_columns(
+        split=pl.when(pl.col("id").is_in(leaking.implode())).then(pl.lit("train")).otherwise(pl.col("split"))
+    )
+    return moved, leaking.len()
+
+
+def split_conversations(rows: list[dict], settings: Split) -> tuple[pl.DataFrame, int]:
+    frame = pl.DataFrame(rows)
+    frame = frame.with_columns(split=pl.Series(assign(frame["id"].to_list(), settings), dtype=pl.String))
+    return move_overlaps(frame, settings.overlap_min_chars)
+
+
+def ratio_tolerance(total: int) -> float:
+    """How far a split's share may drift from its ratio: 10 points, or 3 binomial sd on small data."""
+    return max(0.1, 1.5 / max(total, 1) ** 0.5)
+
+
+def gate_frame(frame: pl.DataFrame, settings: Split) -> pl.DataFrame:
+    """One row per conversation with what the gate checks: split, leakage, drift from the ratios."""
+    wanted = pl.col("split").replace_strict({name: getattr(settings.ratios, name) for name in SPLITS}, default=None)
+    share = pl.len().over("split") / pl.len()
+    return frame.select(
+        "id", "split",
+        leaks_into_test=pl.col("id").is_in(leaking_ids(frame, settings.overlap_min_chars).implode()),
+        ratio_drift=(share - wanted).abs(),
+    )
+
+
+GATE = [
+    ("ExpectColumnValuesToBeUnique", {"column": "id"}),
+    ("ExpectColumnDistinctValuesToEqualSet", {"column": "split", "value_set": list(SPLITS)}),
+    ("ExpectColumnValuesToBeInSet", {"column": "leaks_into_test", "value_set": [False]}),
+]
+
+
+def check_sizes(frame: pl.DataFrame, settings: Split) -> dict[str, int]:
+    counts = {name: frame.filter(pl.col("split") == name).height for name in SPLITS}
+    if counts["test"] < settings.min_test or counts["val"] == 0 or counts["train"] == 0:
+        raise UserError(
+            f"too little data to split: train {counts['train']}, val {counts['val']}, test {counts['test']} conversations "
+            f"(need test ≥ {settings.min_test}). Add more exports, shorten `group.session_gap_minutes`, "
+            "or lower `split.min_test`."
+        )
+    return counts
+
+
+def stats(frame: pl.DataFrame) -> dict:
+    out = {}
+    for name in SPLITS:
+        part = frame.filter(pl.col("split") == name)
+        chars = part.select(pl.col("messages").list.eval(pl.element().struct.field("content").str.len_chars()).list.sum())
+        out[name] = {"conversations": part.height, "chars": int(chars.to_series().sum() or 0)}
+    return out
+
+
+def main() -> None:
+    params = load_params()
+    settings = params.split
+    conversations, moved = split_conversations(read_jsonl(IN_DIR / "conversations.jsonl"), settings)
+    counts = check_sizes(conversations, settings)
+    docs = read_jsonl(IN_DIR / "documents.jsonl")
+    doc_splits = assign([d["id"] for d in docs], settings)
+    gate = gate_frame(conversations, settings)
+    drift = ("ExpectColumnValuesToBeBetween", {"column": "ratio_drift", "min_value": 0, "max_value": ratio_tolerance(gate.height)})
+    run_gate("split", gate, [*GATE, drift])
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name in SPLITS:
+        part = conversations.filter(pl.col("split") == name).drop("split").sort("id")
+        write_jsonl(OUT_DIR / f"{name}.jsonl", part.to_dicts())
+        write_jsonl(OUT_DIR / "documents" / f"{name}.jsonl", sorted((d for d, s in zip(docs, doc_splits) if s == name), key=lambda d: d["id"]))
+    report = {"conversations": stats(conversations), "moved_to_train_for_overlap": moved,
+              "documents": {name: doc_splits.count(name) for name in SPLITS}}
+    write_json(REPORT, report)
+    log.info("split: %s (moved %d test conversations to train for overlap)", counts, moved)
+
+
+if __name__ == "__main__":
+    run_stage(main)

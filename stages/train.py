@@ -1,0 +1,235 @@
+"""`train` stage: LoRA / QLoRA supervised fine-tuning with TRL, launched by accelerate.
+
+Run as `accelerate launch --config_file configs/accelerate/<profile>.yaml -m stages.train`.
+Before any step runs, guards check the mistakes that silently ruin persona
+fine-tunes: LoRA targets that match nothing (or only part of a fused layer), a
+chat template with no assistant mask, pad = EOS, an end-of-turn token outside
+the loss, and a separator that is not a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from stages.errors import UserError, run_stage
+from stages.io import read_jsonl, write_json
+from stages.modeling import (
+    ADAPTER_DIR, CHATML_TRAINING_TEMPLATE, IM_END, IM_START, PAD, compute_dtype, encode_chat, load_base,
+)
+from stages.params import Params, as_dict, load_params
+
+log = logging.getLogger("train")
+
+SPLITS_DIR = Path("data/splits")
+CHECKPOINTS = Path("models/checkpoints")
+LIVE_DIR = Path("metrics/train")
+REPORT = Path("metrics/train.json")
+MASK_SAMPLE = 64
+TRUNCATION_WARNING = 0.05
+QUANTIZED_LINEAR = ("Linear4bit", "Linear8bitLt")
+
+
+def special_separator(separator: str) -> str | None:
+    """A separator like `<|msg_sep|>` must be one token, or the model learns to spell it out."""
+    return separator if re.fullmatch(r"<[^<>\s]+>", separator) else None
+
+
+def prepare_tokenizer(tokenizer, separator: str) -> tuple[object, dict]:
+    """Give the tokenizer a training template with generation markers, a real pad token and the separator."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    notes: dict = {"template": "model's own (has generation markers)"}
+    template = tokenizer.chat_template or ""
+    if "{% generation %}" not in template and "{%- generation %}" not in template:
+        patched = get_training_chat_template(tokenizer) if template else None
+        if patched:
+            tokenizer.chat_template, notes["template"] = patched, "TRL training template for this model family"
+        else:
+            tokenizer.chat_template, notes["template"] = CHATML_TRAINING_TEMPLATE, "ChatML with generation markers (fallback)"
+            missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
+            if missing:
+                tokenizer.add_special_tokens({"additional_special_tokens": missing})
+            tokenizer.eos_token = IM_END
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD})
+        notes["pad_token"] = f"added {PAD} (pad must differ from EOS, or EOS is masked out and the model never stops)"
+    token = special_separator(separator)
+    if token and token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [token]})
+        notes["separator_token"] = token
+    return tokenizer, notes
+
+
+def linear_module_names(model) -> set[str]:
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in QUANTIZED_LINEAR:
+            names.add(name.rsplit(".", 1)[-1])
+    return names - {"lm_head"}
+
+
+def check_targets(model, target_modules: str | list[str]) -> list[str]:
+    """Every named target must exist: Phi-3's fused `qkv_proj` silently ignores `q_proj/k_proj/v_proj`."""
+    available = linear_module_names(model)
+    if target_modules == "all-linear":
+        return sorted(available)
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    missing = [t for t in targets if t not in available]
+    if missing:
+        raise UserError(
+            f"train.lora.target_modules {missing} match no layer of this model. Its linear layers are: "
+            f"{', '.join(sorted(available))}. Use `all-linear` or names from that list (fused models such as "
+            "Phi-3 have `qkv_proj` and `gate_up_proj` instead of q/k/v and gate/up)."
+        )
+    return targets
+
+
+def check_masks(tokenizer, conversations: list[dict], max_length: int) -> dict:
+    """The assistant mask must be non-empty and contain the end-of-turn token; report truncation."""
+    eos = tokenizer.eos_token_id
+    empty, no_eos, truncated, lengths = 0, 0, 0, []
+    for conversation in conversations[:MASK_SAMPLE]:
+        encoded = encode_chat(tokenizer, conversation["messages"])
+        masked = [i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
+        empty += not masked
+        no_eos += eos not in masked
+        lengths.append(len(encoded["input_ids"]))
+    for conversation in conversations[MASK_SAMPLE:]:
+        lengths.append(len(encode_chat(tokenizer, conversation["messages"])["input_ids"]))
+    truncated = sum(length > max_length for length in lengths)
+    if empty:
+        raise UserError(
+            f"{empty} of {min(len(conversations), MASK_SAMPLE)} sampled conversations have no assistant tokens in the loss "
+            "mask: the chat template does not mark assistant turns. Report the model name; meanwhile set a template "
+            "with {% generation %} markers."
+        )
+    if no_eos:
+        raise UserError(
+            f"in {no_eos} sampled conversations the end-of-turn token ({tokenizer.eos_token}) is outside the loss mask, "
+            "so the model would never learn to stop. Use a template whose generation block includes the end token."
+        )
+    share = truncated / max(len(lengths), 1)
+    if share > TRUNCATION_WARNING:
+        log.warning("%.1f%% of training conversations are longer than train.max_length=%d and will be truncated", 100 * share, max_length)
+    return {"truncated_share": share, "max_tokens": max(lengths), "mean_tokens": sum(lengths) / max(len(lengths), 1)}
+
+
+def sft_config(params: Params):
+    from trl import SFTConfig
+
+    settings = params.train
+    cuda = torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(CHECKPOINTS),
+        seed=settings.seed,
+        max_steps=settings.max_steps,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=settings.warmup_ratio,
+        max_length=settings.max_length,
+        packing=settings.packing,
+        assistant_only_loss=True,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=compute_dtype() == torch.bfloat16,
+        use_cpu=not cuda,
+        eval_strategy="steps",
+        eval_steps=settings.eval_steps,
+        save_strategy="steps",
+        save_steps=settings.eval_steps,
+        save_total_limit=2,
+        logging_steps=10,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def lora_config(params: Params, token_ids: list[int]):
+    from peft import LoraConfig
+
+    lora = params.train.lora
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        use_rslora=lora.use_rslora, use_dora=lora.use_dora, task_type="CAUSAL_LM",
+        trainable_token_indices=token_ids or None,
+    )
+
+
+def last_checkpoint(resume: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume != "auto" or not CHECKPOINTS.is_dir():
+        return None
+    return get_last_checkpoint(str(CHECKPOINTS))
+
+
+def main() -> None:
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTTrainer
+
+    params = load_params()
+    settings = params.train
+    set_seed(settings.seed)  # before the model and the adapter exist, so LoRA init is reproducible
+    model, tokenizer = load_base(settings.quantization)
+    tokenizer, notes = prepare_tokenizer(tokenizer, params.group.separator)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    targets = check_targets(model, settings.lora.target_modules)
+    train_rows = read_jsonl(SPLITS_DIR / "train.jsonl")
+    val_rows = read_jsonl(SPLITS_DIR / "val.jsonl")
+    token_stats = check_masks(tokenizer, train_rows, settings.max_length)
+    if settings.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
+    separator = special_separator(params.group.separator)
+    new_token_ids = [tokenizer.convert_tokens_to_ids(separator)] if separator else []
+    state = PartialState()
+    callbacks = []
+    if state.is_main_process:
+        from dvclive import Live
+        from transformers.integrations import DVCLiveCallback
+
+        # dvcyaml=None: by default dvclive rewrites our dvc.yaml.
+        live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, resume=last_checkpoint(settings.resume) is not None)
+        callbacks.append(DVCLiveCallback(live=live, log_model=None))
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(params),
+        train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in train_rows]),
+        eval_dataset=Dataset.from_list([{"messages": r["messages"]} for r in val_rows]),
+        processing_class=tokenizer,
+        peft_config=lora_config(params, new_token_ids),
+        callbacks=callbacks,
+    )
+    adapted = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in trainer.model.named_parameters() if "lora_A" in n})
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    log.info("LoRA on %s: %d trainable of %d parameters (%.2f%%)", adapted, trainable, total, 100 * trainable / total)
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.resume))
+    evaluation = trainer.evaluate()
+    if state.is_main_process:
+        trainer.save_model(str(ADAPTER_DIR))
+        tokenizer.save_pretrained(str(ADAPTER_DIR))
+        write_json(ADAPTER_DIR / "training_params.json", {"params": as_dict(params), "tokenizer": notes, "targets": targets})
+        write_json(
+            REPORT,
+            {
+                "train_loss": result.training_loss, "eval_loss": evaluation["eval_loss"], "steps": result.global_step,
+                "train_seconds": result.metrics["train_runtime"], "trainable_parameters": trainable,
+                "adapted_modules": adapted, "tokens": token_stats, "tokenizer": notes,
+            },
+        )
+    state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    run_stage(main)
