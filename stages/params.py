@@ -52,7 +52,7 @@ class Group:
     label_speakers: bool = True
     persona_opens: Literal["trim", "keep"] = "trim"
     min_turns: int = 2
-    max_turns: int = 24
+    max_turns: int = 12
     doc_chars: int = 600
 
 

@@ -71,7 +71,9 @@ class DateOrder:
 
 
 def normalise_lines(lines: pl.Expr) -> pl.Expr:
-    return lines.str.replace_all(INVISIBLE, "").str.replace_all(ODD_SPACES, " ").str.strip_chars_end()
+    return (
+        lines.str.replace_all(INVISIBLE, "").str.replace_all(ODD_SPACES, " ").str.replace_all("\u2011", "-").str.strip_chars_end()
+    )
 
 
 def detect_format(lines: pl.Series, sample: int = 2000) -> tuple[str | None, float]:

@@ -1,0 +1,39 @@
+"""Small statistics shared by the evaluation stages: masked NLL and bootstrap intervals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+def masked_nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sum of next-token negative log-likelihood over positions where `loss_mask` is 1, and their count.
+
+    `loss_mask[i, t]` marks token t as a target (it is predicted from position t-1),
+    so padding, system and user tokens are excluded simply by being 0.
+    """
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = input_ids[:, 1:]
+    token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    mask = loss_mask[:, 1:].to(token_nll.dtype)
+    return (token_nll * mask).sum(dim=1), mask.sum(dim=1)
+
+
+def bootstrap_interval(
+    n: int, statistic: Callable[[np.ndarray], float], resamples: int, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap over items (conversations, prompts): resample indices with replacement."""
+    if n == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(resamples)]
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def perplexity_interval(nll: Sequence[float], tokens: Sequence[float], resamples: int, seed: int = 0) -> tuple[float, float]:
+    nll_a, tok_a = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    return bootstrap_interval(len(nll_a), lambda idx: math.exp(nll_a[idx].sum() / max(tok_a[idx].sum(), 1)), resamples, seed)

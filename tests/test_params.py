@@ -1,0 +1,45 @@
+import pytest
+
+from stages.errors import UserError
+from stages.params import load_params
+
+
+def write(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_repository_params_load_with_their_documented_defaults():
+    params = load_params("params.yaml")
+    assert params.persona.authors == ["Nico"]
+    assert params.train.lora.target_modules == "all-linear"
+    assert params.model.base == "builtin-tiny"
+
+
+def test_unknown_key_is_named_with_the_known_ones(tmp_path):
+    with pytest.raises(UserError) as err:
+        load_params(write(tmp_path, "train:\n  lora:\n    rank: 4\n"))
+    assert "`train.lora.rank`" in str(err.value)
+    assert "r, target_modules" in str(err.value) or "r," in str(err.value)
+
+
+def test_wrong_type_and_bad_choice_are_explained(tmp_path):
+    with pytest.raises(UserError, match=r"`train.packing` is 'yes', but it must be bool"):
+        load_params(write(tmp_path, "train:\n  packing: 'yes'\n"))
+    with pytest.raises(UserError, match=r"one of 'auto', 'dmy', 'mdy', 'ymd'"):
+        load_params(write(tmp_path, "clean:\n  date_order: european\n"))
+
+
+def test_ratios_must_add_up_and_max_turns_must_be_even(tmp_path):
+    with pytest.raises(UserError, match="add up to 1"):
+        load_params(write(tmp_path, "split:\n  ratios: {train: 0.8, val: 0.3, test: 0.1}\n"))
+    with pytest.raises(UserError, match="even number"):
+        load_params(write(tmp_path, "group:\n  max_turns: 5\n"))
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_params(write(tmp_path, "train: [unclosed\n"))

@@ -1,0 +1,43 @@
+import polars as pl
+import pytest
+
+from stages.params import Redaction
+from stages.redact import redact_frame
+
+
+def redacted(*texts, **overrides):
+    frame = pl.DataFrame({"text": list(texts)}, schema={"text": pl.String})
+    return redact_frame(frame, Redaction(**overrides))["text"].to_list()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mi número nuevo es +56 9 8765 4321", "mi número nuevo es <TELEFONO>"),
+        ("llámame al 9 8765 4321 po", "llámame al <TELEFONO> po"),
+        ("llama al (212) 555-0123", "llama al <TELEFONO>"),
+        ("tel 600 123 456 en Madrid", "tel <TELEFONO> en Madrid"),
+        ("mi cel +52 1 55 1234 5678 ok", "mi cel <TELEFONO> ok"),
+        ("escríbeme a nico.perez@correo.cl", "escríbeme a <EMAIL>"),
+        ("mira https://www.ejemplo.cl/x?y=1 y www.tienda.cl/o", "mira <URL> y <URL>"),
+        ("mi rut es 12.345.678-5", "mi rut es <RUT>"),
+        ("CURP GODE561231HDFRRN09 ahí", "CURP <CURP> ahí"),
+        ("DNI 12345678Z y NIE X1234567L", "DNI <DNI> y NIE <DNI>"),
+    ],
+)
+def test_personal_data_is_replaced(text, expected):
+    assert redacted(text) == [expected]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["cuesta $12.345.678 pesos", "nací el 12/03/1990 a las 10", "el 2023 fue 1234567 veces mejor", "wena 😂 jajaja"],
+)
+def test_amounts_dates_and_plain_text_are_left_alone(text):
+    assert redacted(text) == [text]
+
+
+def test_each_kind_can_be_switched_off():
+    text = "a@b.cl https://x.cl +56 9 8765 4321"
+    assert redacted(text, emails=False, urls=False, phones=False) == [text]
+    assert redacted(text, phones=False) == ["<EMAIL> <URL> +56 9 8765 4321"]
