@@ -9,16 +9,19 @@ the loss, and a separator that is not a token.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import torch
 
 from stages.errors import UserError, run_stage
-from stages.io import read_jsonl, write_json
+from stages.io import read_json, read_jsonl, write_json
 from stages.modeling import (
-    ADAPTER_DIR, CHATML_TRAINING_TEMPLATE, IM_END, IM_START, PAD, compute_dtype, encode_chat, load_base,
+    ADAPTER_DIR, CHATML_TRAINING_TEMPLATE, IM_END, IM_START, PAD, SOURCE_FILE, compute_dtype, encode_chat, load_base,
 )
 from stages.params import Params, as_dict, load_params
 
@@ -162,12 +165,33 @@ def lora_config(params: Params, token_ids: list[int]):
     )
 
 
-def last_checkpoint(resume: str) -> str | None:
+def run_fingerprint(params: Params) -> str:
+    """What a checkpoint must match to be resumed: training params, base model and training data."""
+    settings = {k: v for k, v in as_dict(params.train).items() if k != "resume"}
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([settings, as_dict(params.model), as_dict(params.base), params.group.separator], sort_keys=True).encode())
+    for path in (SPLITS_DIR / "train.jsonl", SPLITS_DIR / "val.jsonl", SOURCE_FILE):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def resumable_checkpoint(params: Params) -> str | None:
+    """The last checkpoint of an interrupted run with the same fingerprint; stale checkpoints are removed.
+
+    Without the fingerprint, `-S train.lora.r=4` would try to resume a rank-8 checkpoint.
+    """
     from transformers.trainer_utils import get_last_checkpoint
 
-    if resume != "auto" or not CHECKPOINTS.is_dir():
-        return None
-    return get_last_checkpoint(str(CHECKPOINTS))
+    fingerprint = run_fingerprint(params)
+    marker = CHECKPOINTS / "run.json"
+    if CHECKPOINTS.is_dir() and (params.train.resume != "auto" or not marker.exists() or read_json(marker).get("fingerprint") != fingerprint):
+        shutil.rmtree(CHECKPOINTS)
+    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"fingerprint": fingerprint})
+    checkpoint = get_last_checkpoint(str(CHECKPOINTS))
+    if checkpoint:
+        log.info("resuming the interrupted run from %s", checkpoint)
+    return checkpoint
 
 
 def main() -> None:
@@ -194,13 +218,19 @@ def main() -> None:
     separator = special_separator(params.group.separator)
     new_token_ids = [tokenizer.convert_tokens_to_ids(separator)] if separator else []
     state = PartialState()
+    checkpoint = resumable_checkpoint(params) if state.is_main_process else None
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        checkpoint = get_last_checkpoint(str(CHECKPOINTS))
     callbacks = []
     if state.is_main_process:
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
         # dvcyaml=None: by default dvclive rewrites our dvc.yaml.
-        live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, resume=last_checkpoint(settings.resume) is not None)
+        live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, resume=checkpoint is not None)
         callbacks.append(DVCLiveCallback(live=live, log_model=None))
     trainer = SFTTrainer(
         model=model,
@@ -214,7 +244,7 @@ def main() -> None:
     adapted = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in trainer.model.named_parameters() if "lora_A" in n})
     trainable, total = trainer.model.get_nb_trainable_parameters()
     log.info("LoRA on %s: %d trainable of %d parameters (%.2f%%)", adapted, trainable, total, 100 * trainable / total)
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.resume))
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     evaluation = trainer.evaluate()
     if state.is_main_process:
         trainer.save_model(str(ADAPTER_DIR))

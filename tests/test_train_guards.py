@@ -1,0 +1,90 @@
+"""Each guard of the train stage, made to fire on a model or tokenizer that has the defect."""
+
+import pytest
+import torch
+
+from stages.base import train_tokenizer
+from stages.errors import UserError
+from stages.io import write_json
+from stages.modeling import IM_END, PAD, SOURCE_FILE, encode_chat, load_base
+from stages.train import check_masks, check_targets, prepare_tokenizer
+
+TEXTS = ["wena po, ¿cómo estai?", "hola, todo bien", "cachai que mañana vamos al estadio", "ya po, de una"] * 20
+CONVERSATION = [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "wena po"}]
+
+
+@pytest.fixture
+def tokenizer():
+    return train_tokenizer(TEXTS, 400)
+
+
+def tiny(config_name: str, model_name: str, **extra):
+    import transformers
+
+    config = getattr(transformers, config_name)(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, pad_token_id=0, **extra,
+    )
+    return getattr(transformers, model_name)(config)
+
+
+def test_fused_phi3_rejects_llama_projection_names():
+    model = tiny("Phi3Config", "Phi3ForCausalLM")
+    with pytest.raises(UserError) as err:
+        check_targets(model, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    message = str(err.value)
+    assert "['q_proj', 'k_proj', 'v_proj']" in message and "qkv_proj" in message and "gate_up_proj" in message
+    assert check_targets(model, ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]) == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize(
+    ("config", "model", "expected"),
+    [
+        ("LlamaConfig", "LlamaForCausalLM", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+        ("Phi3Config", "Phi3ForCausalLM", {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),
+        ("Gemma2Config", "Gemma2ForCausalLM", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ],
+)
+def test_all_linear_covers_every_projection_of_each_family(config, model, expected):
+    extra = {"head_dim": 16} if config == "Gemma2Config" else {}
+    assert set(check_targets(tiny(config, model, **extra), "all-linear")) == expected
+
+
+def test_template_without_markers_gets_chatml_with_generation_and_a_real_pad(tokenizer):
+    tokenizer.chat_template = None
+    tokenizer.pad_token = tokenizer.eos_token
+    prepared, notes = prepare_tokenizer(tokenizer, "\n")
+    assert "generation" in prepared.chat_template and "fallback" in notes["template"]
+    assert prepared.pad_token == PAD and prepared.pad_token_id != prepared.eos_token_id
+    encoded = encode_chat(prepared, CONVERSATION)
+    trained = [i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
+    assert prepared.decode(trained) == "wena po" + IM_END
+    assert check_masks(prepared, [{"messages": CONVERSATION}], 64)["truncated_share"] == 0
+
+
+def test_empty_assistant_mask_stops_training(tokenizer):
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(UserError, match="no assistant tokens"):
+        check_masks(tokenizer, [{"messages": CONVERSATION}], 64)
+
+
+def test_end_token_outside_the_mask_stops_training(tokenizer):
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}{% endgeneration %}"
+        "<|im_end|>{% else %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"
+    )
+    with pytest.raises(UserError, match="outside the loss mask"):
+        check_masks(tokenizer, [{"messages": CONVERSATION}], 64)
+
+
+def test_special_separator_becomes_one_token(tokenizer):
+    prepared, notes = prepare_tokenizer(tokenizer, "<|msg_sep|>")
+    assert notes["separator_token"] == "<|msg_sep|>"
+    assert len(prepared("a<|msg_sep|>b", add_special_tokens=False)["input_ids"]) == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_qlora_without_cuda_is_a_clear_error(in_tmp):
+    write_json(SOURCE_FILE, {"kind": "builtin-tiny", "location": "models/base"})
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        load_base("4bit")
