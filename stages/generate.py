@@ -1,6 +1,8 @@
-"""Batched reply generation with the shared chat template (used by `judge`, and by chat and serve later)."""
+"""Batched generation and scoring prompts in the shared chat template (used by `judge`, later chat and serve)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
@@ -8,22 +10,31 @@ from stages.modeling import device
 from stages.params import Sampling
 
 
+def prompt_batches(tokenizer, conversations: list[list[dict]], batch_size: int) -> Iterator[dict]:
+    """Left-padded batches of conversations ending in the assistant prompt, so each row continues from its last token."""
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(conversations), batch_size):
+            texts = [
+                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                for c in conversations[start : start + batch_size]
+            ]
+            yield tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device())
+    finally:
+        tokenizer.padding_side = "right"
+
+
 @torch.inference_mode()
 def generate_replies(model, tokenizer, prompts: list[list[dict]], sampling: Sampling, batch_size: int) -> list[str]:
-    """One reply per conversation prompt; left padding so every row continues from its own last token."""
     torch.manual_seed(sampling.seed)
-    tokenizer.padding_side = "left"
+    sample = sampling.temperature > 0
     replies: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[start : start + batch_size]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device())
+    for batch in prompt_batches(tokenizer, prompts, batch_size):
         output = model.generate(
-            **batch, max_new_tokens=sampling.max_new_tokens, do_sample=sampling.temperature > 0,
-            temperature=sampling.temperature if sampling.temperature > 0 else None,
-            top_p=sampling.top_p if sampling.temperature > 0 else None,
+            **batch, max_new_tokens=sampling.max_new_tokens, do_sample=sample,
+            temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
             pad_token_id=tokenizer.pad_token_id,
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         replies += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    tokenizer.padding_side = "right"
     return replies

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from stages.errors import UserError, run_stage
-from stages.generate import generate_replies
+from stages.generate import generate_replies, prompt_batches
 from stages.io import read_jsonl, write_json, write_jsonl
 from stages.metrics_math import bootstrap_interval
-from stages.modeling import device, load_tuned
+from stages.modeling import load_tuned
 from stages.params import load_params
 
 log = logging.getLogger("judge")
@@ -61,17 +61,10 @@ def win_rate(outcomes: list[str]) -> float:
 def choose(model, tokenizer, prompts: list[str], batch_size: int) -> list[str]:
     """The judge's most likely next token among A, B and C, for each prompt."""
     choice_ids = [tokenizer.encode(c, add_special_tokens=False)[0] for c in CHOICES]
-    tokenizer.padding_side = "left"
     picks: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts[start : start + batch_size]
-        ]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device())
+    for batch in prompt_batches(tokenizer, [[{"role": "user", "content": p}] for p in prompts], batch_size):
         logits = model(**batch).logits[:, -1, choice_ids]
         picks += [CHOICES[i] for i in logits.argmax(dim=-1).tolist()]
-    tokenizer.padding_side = "right"
     return picks
 
 
