@@ -68,12 +68,12 @@ def load_tokenizer(path: str | Path, revision: str | None = None):
     return AutoTokenizer.from_pretrained(str(path), revision=revision)
 
 
-def load_base(quantization: str = "none"):
-    """The base model and its tokenizer, on the best device, ready for inference or LoRA."""
+def load_base(quantization: str = "none", dtype: torch.dtype | str | None = None):
+    """The base model and its tokenizer, ready for inference or LoRA (compute dtype unless `dtype` says otherwise)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     location, revision = base_reference()
-    kwargs: dict = {"dtype": compute_dtype(), "revision": revision}
+    kwargs: dict = {"dtype": dtype or compute_dtype(), "revision": revision}
     if quantization == "4bit":
         if not torch.cuda.is_available():
             raise UserError(
@@ -90,13 +90,13 @@ def load_base(quantization: str = "none"):
     return model, load_tokenizer(location, revision)
 
 
-def load_tuned():
+def load_tuned(dtype: torch.dtype | str | None = None):
     """Base model with the trained adapter, and the tokenizer saved with the adapter."""
     from peft import PeftModel
 
     if not (ADAPTER_DIR / "adapter_config.json").exists():
         raise UserError(f"{ADAPTER_DIR} has no adapter: run the `train` stage first (`dvc repro train`).")
-    base, _ = load_base()
+    base, _ = load_base(dtype=dtype)
     tokenizer = load_tokenizer(ADAPTER_DIR)
     if base.get_input_embeddings().num_embeddings != len(tokenizer):
         base.resize_token_embeddings(len(tokenizer))

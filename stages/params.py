@@ -9,6 +9,7 @@ experiment would compare two identical runs.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import types
 import typing
@@ -21,6 +22,10 @@ import yaml
 from stages.errors import UserError
 
 PARAMS_FILE_ENV = "HABLA_PARAMS"
+PRESETS_DIR = Path("configs/presets")
+# A preset is a ready-made set of settings for a real model; it may only touch the
+# sections of the model stages, so choosing one never reruns clean, group or split.
+PRESET_SECTIONS = ("model", "train", "evaluate", "judge")
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,7 @@ class Judge:
 
 @dataclass(frozen=True)
 class Params:
+    preset: str = ""
     persona: Persona = field(default_factory=Persona)
     clean: Clean = field(default_factory=Clean)
     group: Group = field(default_factory=Group)
@@ -219,15 +225,69 @@ def _check(params: Params) -> None:
         raise UserError("params: `base.hidden_size` must be divisible by `base.heads`.")
 
 
-def load_params(path: str | Path | None = None) -> Params:
-    path = Path(path or os.environ.get(PARAMS_FILE_ENV, "params.yaml"))
-    if not path.exists():
-        raise UserError(f"params: {path} not found. Run the stage from the repository root (where params.yaml is).")
+def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise UserError(f"params: {path} is not valid YAML: {err}") from None
-    params = _build(Params, raw, "")
+    if not isinstance(raw, dict):
+        raise UserError(f"params: {path} must hold a mapping of settings.")
+    return raw
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _deep_merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return merged
+
+
+def apply_preset(raw: dict, presets_dir: Path) -> dict:
+    """Overlay `configs/presets/<preset>.yaml` on params.yaml; the preset wins for the keys it sets.
+
+    A key that params.yaml changed from its default and the preset overrides is
+    reported, because `-S preset=x -S train.learning_rate=...` would otherwise
+    lose the second flag without a word.
+    """
+    name = raw.get("preset") or ""
+    if not name:
+        return raw
+    path = presets_dir / f"{name}.yaml"
+    if not path.exists():
+        available = sorted(p.stem for p in presets_dir.glob("*.yaml"))
+        raise UserError(f"params: preset `{name}` not found in {presets_dir}/. Available: {', '.join(available) or 'none'}.")
+    preset = _read_yaml(path)
+    outside = sorted(set(preset) - set(PRESET_SECTIONS))
+    if outside:
+        raise UserError(f"params: preset {path} sets {outside}; presets may only set {', '.join(PRESET_SECTIONS)}.")
+    defaults = _flatten(as_dict(Params()))
+    mine = _flatten({k: raw[k] for k in PRESET_SECTIONS if isinstance(raw.get(k), dict)})
+    clashes = [k for k, v in _flatten(preset).items() if k in mine and mine[k] != defaults.get(k) and mine[k] != v]
+    if clashes:
+        logging.getLogger("params").warning(
+            "preset `%s` overrides %s from params.yaml; edit %s (or set preset: '') to change them", name, ", ".join(clashes), path
+        )
+    return _deep_merge(raw, preset)
+
+
+def load_params(path: str | Path | None = None) -> Params:
+    path = Path(path or os.environ.get(PARAMS_FILE_ENV, "params.yaml"))
+    if not path.exists():
+        raise UserError(f"params: {path} not found. Run the stage from the repository root (where params.yaml is).")
+    raw = _read_yaml(path)
+    if not isinstance(raw.get("preset", ""), str):
+        raise UserError("params: `preset` must be the name of a file in configs/presets/ (without .yaml), or ''.")
+    params = _build(Params, apply_preset(raw, path.parent / PRESETS_DIR), "")
     _check(params)
     return params
 

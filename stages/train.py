@@ -121,13 +121,14 @@ def check_masks(tokenizer, conversations: list[dict], max_length: int) -> dict:
     return {"truncated_share": share, "max_tokens": max(lengths), "mean_tokens": sum(lengths) / max(len(lengths), 1)}
 
 
-def sft_config(params: Params):
+def sft_config(params: Params, output_dir: Path = CHECKPOINTS, evaluate: bool = True):
+    """TRL settings from params; `evaluate=False` (benchmarks) trains without evaluation or checkpoints."""
     from trl import SFTConfig
 
     settings = params.train
-    cuda = torch.cuda.is_available()
+    every = "steps" if evaluate else "no"
     return SFTConfig(
-        output_dir=str(CHECKPOINTS),
+        output_dir=str(output_dir),
         seed=settings.seed,
         max_steps=settings.max_steps,
         num_train_epochs=settings.epochs,
@@ -140,15 +141,17 @@ def sft_config(params: Params):
         max_length=settings.max_length,
         packing=settings.packing,
         assistant_only_loss=True,
-        gradient_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
         bf16=compute_dtype() == torch.bfloat16,
-        use_cpu=not cuda,
-        eval_strategy="steps",
+        use_cpu=not torch.cuda.is_available(),
+        eval_strategy=every,
         eval_steps=settings.eval_steps,
-        save_strategy="steps",
+        save_strategy=every,
         save_steps=settings.eval_steps,
         save_total_limit=2,
         logging_steps=10,
+        include_num_input_tokens_seen="non_padding",
         report_to="none",
         disable_tqdm=True,
     )
@@ -194,29 +197,68 @@ def resumable_checkpoint(params: Params) -> str | None:
     return checkpoint
 
 
-def main() -> None:
-    from accelerate import PartialState
-    from datasets import Dataset
-    from transformers import set_seed
-    from trl import SFTTrainer
-
-    params = load_params()
+def prepare_model(params: Params):
+    """Base model and tokenizer with every guard passed, ready for the adapter."""
     settings = params.train
-    set_seed(settings.seed)  # before the model and the adapter exist, so LoRA init is reproducible
     model, tokenizer = load_base(settings.quantization)
     tokenizer, notes = prepare_tokenizer(tokenizer, params.group.separator)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
-    targets = check_targets(model, settings.lora.target_modules)
-    train_rows = read_jsonl(SPLITS_DIR / "train.jsonl")
-    val_rows = read_jsonl(SPLITS_DIR / "val.jsonl")
-    token_stats = check_masks(tokenizer, train_rows, settings.max_length)
+    notes["targets"] = check_targets(model, settings.lora.target_modules)
     if settings.quantization == "4bit":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
+    return model, tokenizer, notes
+
+
+def expose_head_bias(model) -> None:
+    """TRL's fused loss reads `lm_head.bias`; PEFT's trainable-token wrapper (put on a tied head when a new
+    separator token is trained) forwards only `.weight`, so training crashed. Give the wrapper the wrapped
+    layer's bias (TRL 1.16, PEFT 0.21)."""
+    head = model.get_output_embeddings()
+    if head is not None and not hasattr(head, "bias") and hasattr(head, "original_module"):
+        head.bias = getattr(head.original_module, "bias", None)
+
+
+def build_trainer(params: Params, model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None,
+                  callbacks: list | None = None, output_dir: Path = CHECKPOINTS):
+    """The one SFTTrainer construction, shared by the stage and the training benchmark."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
     separator = special_separator(params.group.separator)
     new_token_ids = [tokenizer.convert_tokens_to_ids(separator)] if separator else []
+
+    def dataset(rows):
+        return Dataset.from_list([{"messages": r["messages"]} for r in rows])
+
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(params, output_dir, evaluate=val_rows is not None),
+        train_dataset=dataset(train_rows),
+        eval_dataset=dataset(val_rows) if val_rows is not None else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(params, new_token_ids),
+        callbacks=callbacks or [],
+    )
+    expose_head_bias(trainer.model)
+    adapted = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in trainer.model.named_parameters() if "lora_A" in n})
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    log.info("LoRA on %s: %d trainable of %d parameters (%.2f%%)", adapted, trainable, total, 100 * trainable / total)
+    return trainer, {"adapted_modules": adapted, "trainable_parameters": trainable, "total_parameters": total}
+
+
+def main() -> None:
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    params = load_params()
+    set_seed(params.train.seed)  # before the model and the adapter exist, so LoRA init is reproducible
+    model, tokenizer, notes = prepare_model(params)
+    train_rows = read_jsonl(SPLITS_DIR / "train.jsonl")
+    val_rows = read_jsonl(SPLITS_DIR / "val.jsonl")
+    token_stats = check_masks(tokenizer, train_rows, params.train.max_length)
     state = PartialState()
     checkpoint = resumable_checkpoint(params) if state.is_main_process else None
     state.wait_for_everyone()
@@ -232,30 +274,19 @@ def main() -> None:
         # dvcyaml=None: by default dvclive rewrites our dvc.yaml.
         live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, resume=checkpoint is not None)
         callbacks.append(DVCLiveCallback(live=live, log_model=None))
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(params),
-        train_dataset=Dataset.from_list([{"messages": r["messages"]} for r in train_rows]),
-        eval_dataset=Dataset.from_list([{"messages": r["messages"]} for r in val_rows]),
-        processing_class=tokenizer,
-        peft_config=lora_config(params, new_token_ids),
-        callbacks=callbacks,
-    )
-    adapted = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in trainer.model.named_parameters() if "lora_A" in n})
-    trainable, total = trainer.model.get_nb_trainable_parameters()
-    log.info("LoRA on %s: %d trainable of %d parameters (%.2f%%)", adapted, trainable, total, 100 * trainable / total)
+    trainer, adapter = build_trainer(params, model, tokenizer, train_rows, val_rows, callbacks)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     evaluation = trainer.evaluate()
     if state.is_main_process:
         trainer.save_model(str(ADAPTER_DIR))
         tokenizer.save_pretrained(str(ADAPTER_DIR))
-        write_json(ADAPTER_DIR / "training_params.json", {"params": as_dict(params), "tokenizer": notes, "targets": targets})
+        write_json(ADAPTER_DIR / "training_params.json", {"params": as_dict(params), "tokenizer": notes})
         write_json(
             REPORT,
             {
                 "train_loss": result.training_loss, "eval_loss": evaluation["eval_loss"], "steps": result.global_step,
-                "train_seconds": result.metrics["train_runtime"], "trainable_parameters": trainable,
-                "adapted_modules": adapted, "tokens": token_stats, "tokenizer": notes,
+                "train_seconds": result.metrics["train_runtime"], "trainable_parameters": adapter["trainable_parameters"],
+                "adapted_modules": adapter["adapted_modules"], "tokens": token_stats, "tokenizer": notes,
             },
         )
     state.wait_for_everyone()

@@ -43,3 +43,36 @@ def test_missing_and_invalid_files(tmp_path):
         load_params(tmp_path / "nope.yaml")
     with pytest.raises(UserError, match="not valid YAML"):
         load_params(write(tmp_path, "train: [unclosed\n"))
+
+
+def test_preset_overlays_model_settings_and_warns_about_overridden_edits(tmp_path, caplog):
+    presets = tmp_path / "configs" / "presets"
+    presets.mkdir(parents=True)
+    (presets / "big.yaml").write_text("model:\n  base: org/big\ntrain:\n  quantization: 4bit\n  learning_rate: 0.0001\n", encoding="utf-8")
+    params = load_params(write(tmp_path, "preset: big\ntrain:\n  learning_rate: 0.01\n  max_steps: 7\n"))
+    assert params.model.base == "org/big" and params.train.quantization == "4bit"
+    assert params.train.learning_rate == 0.0001 and params.train.max_steps == 7
+    assert "overrides train.learning_rate" in caplog.text
+
+
+def test_unknown_preset_and_preset_outside_model_sections_are_refused(tmp_path):
+    presets = tmp_path / "configs" / "presets"
+    presets.mkdir(parents=True)
+    (presets / "greedy.yaml").write_text("clean:\n  max_chars: 10\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"preset `nope` not found .* Available: greedy"):
+        load_params(write(tmp_path, "preset: nope\n"))
+    with pytest.raises(UserError, match="may only set model, train, evaluate, judge"):
+        load_params(write(tmp_path, "preset: greedy\n"))
+
+
+def test_every_shipped_preset_is_valid(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree("configs/presets", tmp_path / "configs" / "presets")
+    presets = sorted(p.stem for p in (tmp_path / "configs" / "presets").glob("*.yaml"))
+    assert {"smollm2-135m", "qwen2.5-7b-qlora-24gb", "qwen2.5-1.5b-ddp", "qwen2.5-7b-fsdp"} <= set(presets)
+    text = Path("params.yaml").read_text(encoding="utf-8")
+    for name in presets:
+        params = load_params(write(tmp_path, text.replace('preset: ""', f"preset: {name}")))
+        assert params.model.base != "builtin-tiny" and params.train.accelerate_profile != "cpu"

@@ -1,0 +1,158 @@
+"""The train stage run for real on CPU: reproducible adapters, resumable runs, and an export that matches."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from stages import base, export, train
+from stages.io import read_json, write_jsonl
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+OPENERS = ["¿Cómo estai?", "¿Vamos al estadio?", "¿Qué hiciste ayer?", "¿Te tinca un completo?", "¿Viste el partido?"]
+REPLIES = [
+    "wena po, todo bacán, ¿y vo?", "ya po, de una, nos juntamos a las ocho", "nada po, puro carretear con los cabros",
+    "obvio, con harta palta y mayo", "sí po, el Colo jugó como las weas", "filo, mañana vemos", "cachai que estoy pato",
+]
+SMALL = {
+    "base": {"max_steps": 4, "batch_size": 4, "hidden_size": 32, "layers": 1, "heads": 2, "vocab_size": 300, "context": 64},
+    "train": {"max_steps": 6, "eval_steps": 2, "batch_size": 4, "max_length": 96},
+}
+
+
+def conversations(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        messages = []
+        for _ in range(rng.randint(1, 3)):
+            messages += [{"role": "user", "content": rng.choice(OPENERS)}, {"role": "assistant", "content": rng.choice(REPLIES)}]
+        rows.append({"id": f"c{seed}-{index}", "source": "whatsapp", "chat": "Chat de WhatsApp con Cami.txt", "messages": messages})
+    return rows
+
+
+@pytest.fixture
+def tiny_project(tmp_path, monkeypatch):
+    """A working folder with small splits and a builtin base already built."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for section, values in SMALL.items():
+        params[section].update(values)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    for name, count, seed in (("train", 48, 1), ("val", 8, 2), ("test", 8, 3)):
+        write_jsonl(Path("data/splits") / f"{name}.jsonl", conversations(count, seed))
+    write_jsonl(Path("data/splits/documents/train.jsonl"), [{"id": "d0", "text": " ".join(REPLIES * 3)}])
+    base.main()
+    return tmp_path
+
+
+def set_param(path: str, value) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    section, key = path.split(".")
+    params[section][key] = value
+    Path("params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+
+
+def adapter_weights() -> dict[str, torch.Tensor]:
+    return load_file(train.ADAPTER_DIR / "adapter_model.safetensors")
+
+
+def test_two_runs_with_the_same_params_give_identical_adapters(tiny_project):
+    set_param("train.resume", "never")
+    train.main()
+    first = adapter_weights()
+    train.main()
+    second = adapter_weights()
+    assert first.keys() == second.keys() and len(first) > 0
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    report = read_json(train.REPORT)
+    assert report["steps"] == 6 and report["adapted_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert (train.ADAPTER_DIR / "training_params.json").exists() and (train.ADAPTER_DIR / "chat_template.jinja").exists()
+    set_param("train.seed", 43)
+    train.main()
+    assert any(not torch.equal(first[name], tensor) for name, tensor in adapter_weights().items())
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_project, monkeypatch, caplog):
+    from transformers import Trainer
+
+    train.main()
+    uninterrupted = adapter_weights()
+    set_param("train.resume", "never")
+    calls = {"n": 0}
+    original_step = Trainer.training_step
+
+    def interrupt_at_fourth_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", interrupt_at_fourth_step)
+    with pytest.raises(KeyboardInterrupt):
+        train.main()
+    assert sorted(p.name for p in train.CHECKPOINTS.glob("checkpoint-*")) == ["checkpoint-2"]
+    monkeypatch.setattr(Trainer, "training_step", original_step)
+    set_param("train.resume", "auto")
+    with caplog.at_level(logging.INFO, logger="train"):
+        train.main()
+    assert "resuming the interrupted run from models/checkpoints/checkpoint-2" in caplog.text
+    assert read_json(train.REPORT)["steps"] == 6
+    resumed = adapter_weights()
+    assert all(torch.allclose(uninterrupted[name], resumed[name], atol=1e-5) for name in uninterrupted)
+
+
+def test_changed_params_never_resume_a_stale_checkpoint(tiny_project, caplog):
+    train.main()
+    set_param("train.learning_rate", 0.001)
+    with caplog.at_level(logging.INFO, logger="train"):
+        train.main()
+    assert "resuming" not in caplog.text
+
+
+def test_export_merges_into_a_full_precision_base_with_the_same_outputs(tiny_project):
+    from transformers import AutoModelForCausalLM
+
+    from stages.modeling import load_tuned
+
+    train.main()
+    record = export.export(Path("models/merged"))
+    assert record["dtype"] == "float32" and record["trained_with"]["train"]["max_steps"] == 6
+    tuned, tokenizer = load_tuned()
+    merged = AutoModelForCausalLM.from_pretrained("models/merged")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    ids = tokenizer.apply_chat_template(conversations(1, 9)[0]["messages"], return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.inference_mode():
+        with tuned.disable_adapter():
+            base_logits = tuned(input_ids=ids).logits
+        assert torch.allclose(tuned(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-4)
+        assert not torch.allclose(base_logits, merged(input_ids=ids).logits, atol=1e-4)
+
+
+def test_special_separator_is_trained_as_one_token_and_saved_with_the_adapter(tiny_project):
+    from stages.modeling import load_tuned
+
+    rows = conversations(48, 1)
+    for row in rows:
+        for message in row["messages"]:
+            if message["role"] == "assistant":
+                message["content"] = message["content"].replace(", ", "<|msg_sep|>", 1)
+    write_jsonl(Path("data/splits/train.jsonl"), rows)
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    params["group"]["separator"] = "<|msg_sep|>"
+    Path("params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    train.main()
+    assert read_json(train.REPORT)["tokenizer"]["separator_token"] == "<|msg_sep|>"
+    tuned, tokenizer = load_tuned()
+    separator_id = tokenizer.convert_tokens_to_ids("<|msg_sep|>")
+    assert tokenizer("ya<|msg_sep|>po", add_special_tokens=False)["input_ids"].count(separator_id) == 1
+    assert tuned.get_input_embeddings().weight.shape[0] == len(tokenizer) > separator_id
+    assert any("trainable_tokens" in name for name in adapter_weights())
