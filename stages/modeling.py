@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -39,6 +40,11 @@ CHATML_TRAINING_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+
+
+def special_separator(separator: str) -> str | None:
+    """A separator like `<|msg_sep|>` must be one token, or the model learns to spell it out."""
+    return separator if re.fullmatch(r"<[^<>\s]+>", separator) else None
 
 
 def device() -> torch.device:

@@ -149,6 +149,16 @@ class Judge:
 
 
 @dataclass(frozen=True)
+class Serve:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_env: str = ""
+    max_body_bytes: int = 1_000_000
+    max_tokens_limit: int = 512
+    queue_limit: int = 16
+
+
+@dataclass(frozen=True)
 class Params:
     preset: str = ""
     persona: Persona = field(default_factory=Persona)
@@ -160,6 +170,7 @@ class Params:
     train: Train = field(default_factory=Train)
     evaluate: Evaluate = field(default_factory=Evaluate)
     judge: Judge = field(default_factory=Judge)
+    serve: Serve = field(default_factory=Serve)
 
 
 def _matches(value: Any, annotation: Any) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from stages.errors import UserError, run_stage
 from stages.io import read_json, read_jsonl, write_json
 from stages.modeling import (
     ADAPTER_DIR, CHATML_TRAINING_TEMPLATE, IM_END, IM_START, PAD, SOURCE_FILE, compute_dtype, encode_chat, load_base,
+    special_separator,
 )
 from stages.params import Params, as_dict, load_params
 
@@ -34,11 +34,6 @@ REPORT = Path("metrics/train.json")
 MASK_SAMPLE = 64
 TRUNCATION_WARNING = 0.05
 QUANTIZED_LINEAR = ("Linear4bit", "Linear8bitLt")
-
-
-def special_separator(separator: str) -> str | None:
-    """A separator like `<|msg_sep|>` must be one token, or the model learns to spell it out."""
-    return separator if re.fullmatch(r"<[^<>\s]+>", separator) else None
 
 
 def prepare_tokenizer(tokenizer, separator: str) -> tuple[object, dict]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -31,3 +33,40 @@ def android(day: int, month: int, year: int, clock: str, author: str | None, tex
     """A Spanish Android export line, e.g. `3/3/23, 8:04 p. m. - Cami: hola`."""
     head = f"{day}/{month}/{year % 100:02d}, {clock} - "
     return head + (f"{author}: {text}" if author else text)
+
+
+OPENERS = ["¿Cómo estai?", "¿Vamos al estadio?", "¿Qué hiciste ayer?", "¿Te tinca un completo?", "¿Viste el partido?"]
+REPLIES = [
+    "wena po, todo bacán, ¿y vo?", "ya po, de una, nos juntamos a las ocho", "nada po, puro carretear con los cabros",
+    "obvio, con harta palta y mayo", "sí po, el Colo jugó como las weas", "filo, mañana vemos", "cachai que estoy pato",
+]
+SMALL = {
+    "base": {"max_steps": 4, "batch_size": 4, "hidden_size": 32, "layers": 1, "heads": 2, "vocab_size": 300, "context": 64},
+    "train": {"max_steps": 6, "eval_steps": 2, "batch_size": 4, "max_length": 96},
+}
+
+
+def conversations(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        messages = []
+        for _ in range(rng.randint(1, 3)):
+            messages += [{"role": "user", "content": rng.choice(OPENERS)}, {"role": "assistant", "content": rng.choice(REPLIES)}]
+        rows.append({"id": f"c{seed}-{index}", "source": "whatsapp", "chat": "Chat de WhatsApp con Cami.txt", "messages": messages})
+    return rows
+
+
+def make_tiny_project(root: Path, overrides: dict | None = None) -> None:
+    """Small splits and a builtin base already built, in `root` (the current folder)."""
+    from stages import base
+    from stages.io import write_jsonl
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for section, values in SMALL.items():
+        params[section].update({**values, **(overrides or {}).get(section, {})})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    for name, count, seed in (("train", 48, 1), ("val", 8, 2), ("test", 8, 3)):
+        write_jsonl(Path("data/splits") / f"{name}.jsonl", conversations(count, seed))
+    write_jsonl(Path("data/splits/documents/train.jsonl"), [{"id": "d0", "text": " ".join(REPLIES * 3)}])
+    base.main()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import pytest
@@ -11,46 +10,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stages import base, export, train
+from stages import export, train
 from stages.io import read_json, write_jsonl
-from tests.conftest import REPO
+from tests.conftest import conversations, make_tiny_project
 
 pytestmark = pytest.mark.slow
 
-OPENERS = ["¿Cómo estai?", "¿Vamos al estadio?", "¿Qué hiciste ayer?", "¿Te tinca un completo?", "¿Viste el partido?"]
-REPLIES = [
-    "wena po, todo bacán, ¿y vo?", "ya po, de una, nos juntamos a las ocho", "nada po, puro carretear con los cabros",
-    "obvio, con harta palta y mayo", "sí po, el Colo jugó como las weas", "filo, mañana vemos", "cachai que estoy pato",
-]
-SMALL = {
-    "base": {"max_steps": 4, "batch_size": 4, "hidden_size": 32, "layers": 1, "heads": 2, "vocab_size": 300, "context": 64},
-    "train": {"max_steps": 6, "eval_steps": 2, "batch_size": 4, "max_length": 96},
-}
-
-
-def conversations(count: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for index in range(count):
-        messages = []
-        for _ in range(rng.randint(1, 3)):
-            messages += [{"role": "user", "content": rng.choice(OPENERS)}, {"role": "assistant", "content": rng.choice(REPLIES)}]
-        rows.append({"id": f"c{seed}-{index}", "source": "whatsapp", "chat": "Chat de WhatsApp con Cami.txt", "messages": messages})
-    return rows
-
-
 @pytest.fixture
 def tiny_project(tmp_path, monkeypatch):
-    """A working folder with small splits and a builtin base already built."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    for section, values in SMALL.items():
-        params[section].update(values)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    for name, count, seed in (("train", 48, 1), ("val", 8, 2), ("test", 8, 3)):
-        write_jsonl(Path("data/splits") / f"{name}.jsonl", conversations(count, seed))
-    write_jsonl(Path("data/splits/documents/train.jsonl"), [{"id": "d0", "text": " ".join(REPLIES * 3)}])
-    base.main()
+    make_tiny_project(tmp_path)
     return tmp_path
 
 
