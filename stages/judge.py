@@ -2,10 +2,10 @@
 
 Each pair is judged twice, with the answers in both positions; a pair whose
 verdict flips with the order is a tie (position bias is not a preference).
-The local backend reads the verdict from the judge's next-token probabilities
-of `A`, `B` and `C`, so there is no free text to parse and nothing can fail to
-parse. With the default judge (the base model itself) the numbers only prove the
-plumbing; use a strong judge for conclusions.
+A pair that the judge failed on (an HTTP error, an answer that is not A, B or C)
+is reported as failed, never as a loss. With the default local judge (the base
+model itself) the numbers only prove the plumbing; for conclusions serve a strong
+model and use the `openai` backend (see `stages/judges.py`).
 """
 
 from __future__ import annotations
@@ -14,21 +14,22 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from stages.errors import UserError, run_stage
-from stages.generate import generate_replies, prompt_batches
+from stages.generate import generate_replies
 from stages.io import read_jsonl, write_json, write_jsonl
+from stages.judges import LocalJudge, OpenAIJudge
 from stages.metrics_math import bootstrap_interval
 from stages.modeling import load_tuned
-from stages.params import load_params
+from stages.params import Judge, load_params
 
 log = logging.getLogger("judge")
 
 TEST = Path("data/splits/test.jsonl")
 GENERATIONS = Path("metrics/generations.jsonl")
 REPORT = Path("metrics/judge.json")
-CHOICES = ("A", "B", "C")
+CACHE = Path("metrics/judge_cache.jsonl")
+PROMPTS = {"local": Path("prompts/judge_pairwise.es.txt"), "openai": Path("prompts/judge_pairwise_json.es.txt")}
 
 
 def cut_before_last_reply(messages: list[dict]) -> tuple[list[dict], str] | None:
@@ -44,40 +45,63 @@ def render_transcript(messages: list[dict]) -> str:
     return "\n".join(f"{names[m['role']]}: {m['content']}" for m in messages)
 
 
-def verdict(first: str, second: str) -> str:
-    """Combine the two orders. `first`: choice with tuned as A; `second`: choice with tuned as B."""
+def fill(template: str, case: dict, answer_a: str, answer_b: str) -> str:
+    """Placeholders replaced literally: templates may contain JSON braces that str.format would choke on."""
+    values = {"conversation": render_transcript(case["prompt"]), "reference": case["reference"], "answer_a": answer_a, "answer_b": answer_b}
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
+def verdict(first: str | None, second: str | None) -> str:
+    """Combine the two orders. `first`: choice with tuned as A; `second`: choice with tuned as B.
+
+    Either order failing makes the pair `failed`; orders that disagree make a tie.
+    """
+    if first is None or second is None:
+        return "failed"
     tuned_first = {"A": "tuned", "B": "base", "C": "tie"}[first]
     tuned_second = {"A": "base", "B": "tuned", "C": "tie"}[second]
     return tuned_first if tuned_first == tuned_second else "tie"
 
 
 def win_rate(outcomes: list[str]) -> float:
-    if not outcomes:
+    judged = [o for o in outcomes if o != "failed"]
+    if not judged:
         return float("nan")
-    return (outcomes.count("tuned") + 0.5 * outcomes.count("tie")) / len(outcomes)
+    return (judged.count("tuned") + 0.5 * judged.count("tie")) / len(judged)
 
 
-@torch.inference_mode()
-def choose(model, tokenizer, prompts: list[str], batch_size: int) -> list[str]:
-    """The judge's most likely next token among A, B and C, for each prompt."""
-    choice_ids = [tokenizer.encode(c, add_special_tokens=False)[0] for c in CHOICES]
-    picks: list[str] = []
-    for batch in prompt_batches(tokenizer, [[{"role": "user", "content": p}] for p in prompts], batch_size):
-        logits = model(**batch).logits[:, -1, choice_ids]
-        picks += [CHOICES[i] for i in logits.argmax(dim=-1).tolist()]
-    return picks
+def summarise(outcomes: list[str], settings: Judge, resamples: int) -> dict:
+    judged = [o for o in outcomes if o != "failed"]
+    scores = np.array([{"tuned": 1.0, "tie": 0.5, "base": 0.0}[o] for o in judged])
+    low, high = bootstrap_interval(len(scores), lambda idx: float(scores[idx].mean()), resamples)
+    return {
+        "backend": settings.backend, "judge_model": settings.model, "n": len(judged), "failed": outcomes.count("failed"),
+        "wins": judged.count("tuned"), "ties": judged.count("tie"), "losses": judged.count("base"),
+        "adjusted_win_rate": win_rate(outcomes), "adjusted_win_rate_ci95": [low, high],
+        "position_consistency": sum(o != "tie" for o in judged) / len(judged) if judged else float("nan"),
+    }
+
+
+def template_path(settings: Judge) -> Path:
+    path = PROMPTS[settings.backend] if settings.prompt == "auto" else Path(settings.prompt)
+    if not path.exists():
+        raise UserError(f"judge.prompt: {path} does not exist.")
+    return path
 
 
 def main() -> None:
     params = load_params()
-    if params.judge.model != "base":
-        raise UserError("judge.model: only `base` is available with the local backend for now.")
-    template = Path(params.judge.prompt).read_text(encoding="utf-8")
+    settings = params.judge
+    if settings.backend == "local" and settings.model != "base":
+        raise UserError("judge.model: the local backend judges with `base`; for another judge serve it and use backend `openai`.")
+    template = template_path(settings).read_text(encoding="utf-8")
     cases = []
     for conversation in read_jsonl(TEST)[: params.evaluate.max_prompts]:
         cut = cut_before_last_reply(conversation["messages"])
         if cut:
-            cases.append({"id": conversation["id"], "prompt": cut[0], "reference": cut[1]})
+            cases.append({"id": conversation["id"], "source": conversation.get("source"), "prompt": cut[0], "reference": cut[1]})
     if not cases:
         raise UserError("no test conversation has a persona reply to judge.")
     model, tokenizer = load_tuned()
@@ -89,25 +113,23 @@ def main() -> None:
     for case, base, tuned in zip(cases, base_replies, tuned_replies):
         case.update(base=base, tuned=tuned)
     write_jsonl(GENERATIONS, cases)
-
-    def fill(case: dict, a: str, b: str) -> str:
-        return template.format(conversation=render_transcript(case["prompt"]), reference=case["reference"], answer_a=a, answer_b=b)
-
-    with model.disable_adapter():
-        tuned_as_a = choose(model, tokenizer, [fill(c, c["tuned"], c["base"]) for c in cases], batch)
-        tuned_as_b = choose(model, tokenizer, [fill(c, c["base"], c["tuned"]) for c in cases], batch)
-    outcomes = [verdict(a, b) for a, b in zip(tuned_as_a, tuned_as_b)]
-    scores = np.array([{"tuned": 1.0, "tie": 0.5, "base": 0.0}[o] for o in outcomes])
-    low, high = bootstrap_interval(len(scores), lambda idx: float(scores[idx].mean()), params.evaluate.bootstrap)
-    report = {
-        "backend": params.judge.backend, "judge_model": params.judge.model, "n": len(outcomes),
-        "wins": outcomes.count("tuned"), "ties": outcomes.count("tie"), "losses": outcomes.count("base"),
-        "failed": 0, "adjusted_win_rate": win_rate(outcomes), "adjusted_win_rate_ci95": [low, high],
-        "position_consistency": sum(o != "tie" for o in outcomes) / len(outcomes),
-    }
+    tuned_as_a = [fill(template, c, c["tuned"], c["base"]) for c in cases]
+    tuned_as_b = [fill(template, c, c["base"], c["tuned"]) for c in cases]
+    if settings.backend == "local":
+        judge = LocalJudge(model, tokenizer, batch)
+        with model.disable_adapter():
+            first, second = judge.choose(tuned_as_a), judge.choose(tuned_as_b)
+    else:
+        judge = OpenAIJudge(settings, CACHE)
+        first, second = judge.choose(tuned_as_a), judge.choose(tuned_as_b)
+    outcomes = [verdict(a, b) for a, b in zip(first, second)]
+    report = summarise(outcomes, settings, params.evaluate.bootstrap)
+    report["calls"] = judge.calls
+    report["cache_hits"] = getattr(judge, "cache_hits", 0)
     write_json(REPORT, report)
-    log.info("judge: %d wins, %d ties, %d losses for the fine-tuned model (adjusted win rate %.2f)",
-             report["wins"], report["ties"], report["losses"], report["adjusted_win_rate"])
+    CACHE.touch()  # a declared output, even when the local backend needs no cache
+    log.info("judge: %d wins, %d ties, %d losses for the fine-tuned model, %d failed (adjusted win rate %.2f)",
+             report["wins"], report["ties"], report["losses"], report["failed"], report["adjusted_win_rate"])
 
 
 if __name__ == "__main__":

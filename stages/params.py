@@ -143,9 +143,14 @@ class Evaluate:
 
 @dataclass(frozen=True)
 class Judge:
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "openai"] = "local"
     model: str = "base"
-    prompt: str = "prompts/judge_pairwise.es.txt"
+    prompt: str = "auto"
+    base_url: str = ""
+    api_key_env: str = ""
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    concurrency: int = 4
 
 
 @dataclass(frozen=True)

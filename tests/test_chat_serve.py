@@ -248,3 +248,14 @@ def test_concurrent_requests_queue_on_one_model_and_overflow_gets_503(server):
     for thread in waiting:
         thread.join()
     assert len(results) == 8
+
+
+def test_judge_openai_backend_talks_to_habla_serve(server, tmp_path):
+    from stages.judges import OpenAIJudge
+    from stages.params import Judge
+
+    engine, url = server()
+    settings = Judge(backend="openai", model="base", base_url=f"{url}/v1", max_retries=0, timeout_s=60)
+    judge = OpenAIJudge(settings, tmp_path / "cache.jsonl")
+    answers = judge.choose(["¿Cuál suena más a Nico? [[A]] o [[B]]", "Responde A, B o C"])
+    assert judge.calls == 2 and all(a in ("A", "B", "C", None) for a in answers)
