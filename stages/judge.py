@@ -30,6 +30,7 @@ GENERATIONS = Path("metrics/generations.jsonl")
 REPORT = Path("metrics/judge.json")
 CACHE = Path("metrics/judge_cache.jsonl")
 PROMPTS = {"local": Path("prompts/judge_pairwise.es.txt"), "openai": Path("prompts/judge_pairwise_json.es.txt")}
+RATING_PROMPTS = {"local": Path("prompts/judge_rating.es.txt"), "openai": Path("prompts/judge_rating_json.es.txt")}
 
 
 def cut_before_last_reply(messages: list[dict]) -> tuple[list[dict], str] | None:
@@ -45,9 +46,12 @@ def render_transcript(messages: list[dict]) -> str:
     return "\n".join(f"{names[m['role']]}: {m['content']}" for m in messages)
 
 
-def fill(template: str, case: dict, answer_a: str, answer_b: str) -> str:
-    """Placeholders replaced literally: templates may contain JSON braces that str.format would choke on."""
-    values = {"conversation": render_transcript(case["prompt"]), "reference": case["reference"], "answer_a": answer_a, "answer_b": answer_b}
+def fill(template: str, case: dict, answer_a: str, answer_b: str = "") -> str:
+    """Placeholders replaced literally: templates may contain JSON braces that str.format would choke on.
+
+    `{answer}` (rating templates) is the same text as `{answer_a}`."""
+    values = {"conversation": render_transcript(case["prompt"]), "reference": case["reference"], "answer_a": answer_a,
+              "answer_b": answer_b, "answer": answer_a}
     for name, value in values.items():
         template = template.replace("{" + name + "}", value)
     return template
@@ -84,6 +88,13 @@ def summarise(outcomes: list[str], settings: Judge, resamples: int) -> dict:
     }
 
 
+def rating_summary(grades: list[float | None], resamples: int) -> dict:
+    valid = np.array([g for g in grades if g is not None], dtype=float)
+    low, high = bootstrap_interval(len(valid), lambda idx: float(valid[idx].mean()), resamples)
+    return {"mean": float(valid.mean()) if len(valid) else float("nan"), "ci95": [low, high], "n": len(valid),
+            "failed": sum(g is None for g in grades)}
+
+
 def template_path(settings: Judge) -> Path:
     path = PROMPTS[settings.backend] if settings.prompt == "auto" else Path(settings.prompt)
     if not path.exists():
@@ -115,15 +126,21 @@ def main() -> None:
     write_jsonl(GENERATIONS, cases)
     tuned_as_a = [fill(template, c, c["tuned"], c["base"]) for c in cases]
     tuned_as_b = [fill(template, c, c["base"], c["tuned"]) for c in cases]
+    rating = RATING_PROMPTS[settings.backend].read_text(encoding="utf-8")
+    rate_base = [fill(rating, c, c["base"]) for c in cases]
+    rate_tuned = [fill(rating, c, c["tuned"]) for c in cases]
     if settings.backend == "local":
         judge = LocalJudge(model, tokenizer, batch)
         with model.disable_adapter():
             first, second = judge.choose(tuned_as_a), judge.choose(tuned_as_b)
+            grades = {"base": judge.rate(rate_base), "tuned": judge.rate(rate_tuned)}
     else:
         judge = OpenAIJudge(settings, CACHE)
         first, second = judge.choose(tuned_as_a), judge.choose(tuned_as_b)
+        grades = {"base": judge.rate(rate_base), "tuned": judge.rate(rate_tuned)}
     outcomes = [verdict(a, b) for a, b in zip(first, second)]
     report = summarise(outcomes, settings, params.evaluate.bootstrap)
+    report["rating"] = {name: rating_summary(values, params.evaluate.bootstrap) for name, values in grades.items()}
     report["calls"] = judge.calls
     report["cache_hits"] = getattr(judge, "cache_hits", 0)
     write_json(REPORT, report)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +30,9 @@ from stages.params import Judge
 log = logging.getLogger("judge")
 
 CHOICES = ("A", "B", "C")
+GRADES = tuple(range(1, 11))
 FALLBACK = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+GRADE_FALLBACK = re.compile(r"\[\[\s*(10|[1-9])\s*\]\]")
 
 
 def parse_choice(text: str) -> str | None:
@@ -46,6 +49,27 @@ def parse_choice(text: str) -> str | None:
                 return value
     match = FALLBACK.search(text)
     return match.group(1) if match else None
+
+
+def parse_grade(text: str) -> float | None:
+    """`{"nota": 7}` (or `grade`/`score`), else `[[7]]`, else a lone number 1–10; otherwise None."""
+    candidate = text.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    try:
+        data = json.loads(candidate)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("nota", "grade", "score"):
+            value = data.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value <= 10:
+                return float(value)
+    match = GRADE_FALLBACK.search(text) or re.fullmatch(r"\s*(10|[1-9])\s*\.?\s*", text)
+    return float(match.group(1)) if match else None
+
+
+def render_prompt(tokenizer, prompt: str) -> list[int]:
+    encoded = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=True)
+    return list(encoded["input_ids"])
 
 
 class LocalJudge:
@@ -65,6 +89,25 @@ class LocalJudge:
             picks += [CHOICES[i] for i in logits.argmax(dim=-1).tolist()]
         return picks
 
+    def rate(self, prompts: Sequence[str]) -> list[float | None]:
+        """Expected grade under the judge's probabilities of answering each of "1" … "10".
+
+        Each whole answer is scored (not just its first token), so "1" and "10"
+        stay distinct whatever the tokenizer does with digits.
+        """
+        from stages.metrics_math import score
+
+        rows = []
+        for prompt in prompts:
+            context = list(render_prompt(self.tokenizer, prompt))
+            for grade in GRADES:
+                answer = self.tokenizer.encode(str(grade), add_special_tokens=False) + [self.tokenizer.eos_token_id]
+                rows.append({"input_ids": context + answer, "mask": [0] * len(context) + [1] * len(answer)})
+        self.calls += 1
+        nll = torch.tensor([s[0] for s in score(self.model, rows, self.tokenizer.pad_token_id, self.batch_size)])
+        weights = torch.softmax(-nll.view(len(prompts), len(GRADES)), dim=-1)
+        return (weights @ torch.tensor(GRADES, dtype=weights.dtype)).tolist()
+
 
 class JudgmentCache:
     """Successful judgments by hash of (judge model, prompt), one JSON line each, appended as they come."""
@@ -72,6 +115,7 @@ class JudgmentCache:
     def __init__(self, path: Path, judge_model: str):
         self.path, self.judge_model = path, judge_model
         self.entries: dict[str, str] = {}
+        self.lock = threading.Lock()
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
@@ -86,10 +130,11 @@ class JudgmentCache:
 
     def put(self, prompt: str, answer: str) -> None:
         key = self.key(prompt)
-        self.entries[key] = answer
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
+        with self.lock:
+            self.entries[key] = answer
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
 
 
 class OpenAIJudge:
@@ -116,11 +161,11 @@ class OpenAIJudge:
         self.cache = JudgmentCache(cache_path, f"{settings.base_url}|{settings.model}")
         self.calls = self.cache_hits = 0
 
-    def ask(self, prompt: str) -> str | None:
+    def ask(self, prompt: str, parse=parse_choice):
         cached = self.cache.get(prompt)
         if cached is not None:
             self.cache_hits += 1
-            return parse_choice(cached)
+            return parse(cached)
         self.calls += 1
         try:
             response = self.client.chat.completions.create(
@@ -130,13 +175,17 @@ class OpenAIJudge:
         except Exception as err:  # noqa: BLE001 - every client error (HTTP, timeout, malformed body) is a failed judgment
             log.warning("judge call failed: %s", type(err).__name__)
             return None
-        choice = parse_choice(answer)
-        if choice is None:
+        parsed = parse(answer)
+        if parsed is None:
             log.warning("judge answer not understood (%d characters)", len(answer))
         else:
             self.cache.put(prompt, answer)
-        return choice
+        return parsed
 
     def choose(self, prompts: Sequence[str]) -> list[str | None]:
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
             return list(pool.map(self.ask, prompts))
+
+    def rate(self, prompts: Sequence[str]) -> list[float | None]:
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            return list(pool.map(lambda p: self.ask(p, parse_grade), prompts))

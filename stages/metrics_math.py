@@ -1,4 +1,4 @@
-"""Small statistics shared by the evaluation stages: masked NLL and bootstrap intervals."""
+"""Small statistics shared by the evaluation stages: masked NLL, batched scoring and bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -37,3 +37,27 @@ def bootstrap_interval(
 def perplexity_interval(nll: Sequence[float], tokens: Sequence[float], resamples: int, seed: int = 0) -> tuple[float, float]:
     nll_a, tok_a = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
     return bootstrap_interval(len(nll_a), lambda idx: math.exp(nll_a[idx].sum() / max(tok_a[idx].sum(), 1)), resamples, seed)
+
+
+@torch.inference_mode()
+def score(model, rows: list[dict], pad_id: int, batch_size: int) -> list[tuple[float, int]]:
+    """(sum NLL, target tokens) per row; batches sorted by length so padding stays small."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    where = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = [rows[i] for i in order[start : start + batch_size]]
+        width = max(len(r["input_ids"]) for r in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        loss_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, item in enumerate(chunk):
+            n = len(item["input_ids"])
+            ids[row, :n] = torch.tensor(item["input_ids"])
+            attention[row, :n] = 1
+            loss_mask[row, :n] = torch.tensor(item["mask"])
+        logits = model(input_ids=ids.to(where), attention_mask=attention.to(where)).logits
+        nll, count = masked_nll(logits, ids.to(where), loss_mask.to(where))
+        for offset, index in enumerate(order[start : start + batch_size]):
+            results[index] = (float(nll[offset]), int(count[offset]))
+    return results

@@ -13,12 +13,11 @@ import math
 import time
 from pathlib import Path
 
-import torch
 
 from stages.errors import run_stage
 from stages.io import read_jsonl, write_json
-from stages.metrics_math import masked_nll, perplexity_interval
-from stages.modeling import device, encode_chat, load_tuned
+from stages.metrics_math import perplexity_interval, score
+from stages.modeling import encode_chat, load_tuned
 from stages.params import load_params
 
 log = logging.getLogger("perplexity")
@@ -40,30 +39,6 @@ def encode_all(tokenizer, conversations: list[dict], max_length: int) -> list[di
             "truncated": len(full["input_ids"]) > max_length,
         })
     return rows
-
-
-@torch.inference_mode()
-def score(model, rows: list[dict], pad_id: int, batch_size: int) -> list[tuple[float, int]]:
-    """(sum NLL, target tokens) per row; batches sorted by length so padding stays small."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
-    where = device()
-    for start in range(0, len(order), batch_size):
-        chunk = [rows[i] for i in order[start : start + batch_size]]
-        width = max(len(r["input_ids"]) for r in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        loss_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, item in enumerate(chunk):
-            n = len(item["input_ids"])
-            ids[row, :n] = torch.tensor(item["input_ids"])
-            attention[row, :n] = 1
-            loss_mask[row, :n] = torch.tensor(item["mask"])
-        logits = model(input_ids=ids.to(where), attention_mask=attention.to(where)).logits
-        nll, count = masked_nll(logits, ids.to(where), loss_mask.to(where))
-        for offset, index in enumerate(order[start : start + batch_size]):
-            results[index] = (float(nll[offset]), int(count[offset]))
-    return results
 
 
 def summarise(rows: list[dict], scores: list[tuple[float, int]], resamples: int) -> dict:

@@ -131,3 +131,57 @@ def test_openai_backend_needs_its_key_variable_and_url(monkeypatch, tmp_path):
         OpenAIJudge(settings("http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY_FOR_TEST"), tmp_path / "c.jsonl")
     with pytest.raises(UserError, match="base_url is empty"):
         OpenAIJudge(settings(""), tmp_path / "c.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("text", "grade"),
+    [('{"nota": 7}', 7.0), ("[[10]]", 10.0), ("Le doy [[3]] porque...", 3.0), (" 8. ", 8.0), ('{"nota": 11}', None),
+     ("once", None), ("7 de 10", None)],
+)
+def test_parse_grade(text, grade):
+    from stages.judges import parse_grade
+
+    assert parse_grade(text) == grade
+
+
+def test_openai_backend_rates_through_the_same_cache(endpoint, tmp_path):
+    from stages.judges import parse_grade
+
+    judge = OpenAIJudge(settings(endpoint.url), tmp_path / "cache.jsonl")
+    assert judge.rate(["GARBAGE", "plain"]) == [None, None]
+    assert parse_grade("[[C]]") is None
+
+
+def test_rating_summary_separates_failures_from_grades():
+    from stages.judge import rating_summary
+
+    summary = rating_summary([4.0, None, 6.0, 8.0], 200)
+    assert summary["mean"] == pytest.approx(6.0) and summary["n"] == 3 and summary["failed"] == 1
+    assert 4.0 <= summary["ci95"][0] <= summary["ci95"][1] <= 8.0
+
+
+def test_local_rating_is_the_expected_grade_over_whole_answers():
+    import torch
+
+    from stages.base import build_model, train_tokenizer
+    from stages.judges import LocalJudge, render_prompt
+    from stages.params import Base
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["del 1 al 10, le doy un 10", "un 7 o un 3, wena po", "12345678910"] * 30, 300)
+    model = build_model(tokenizer, Base(hidden_size=32, layers=1, heads=2, context=128)).eval()
+    prompts = ["Califica: wena po", "Califica otra vez, más largo: ya po cachai"]
+    grades = LocalJudge(model, tokenizer, batch_size=7).rate(prompts)
+    for prompt, grade in zip(prompts, grades):
+        context = list(render_prompt(tokenizer, prompt))
+        logprobs = []
+        for option in range(1, 11):
+            answer = tokenizer.encode(str(option), add_special_tokens=False) + [tokenizer.eos_token_id]
+            ids = torch.tensor([context + answer])
+            with torch.no_grad():
+                log_softmax = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            positions = range(len(context) - 1, len(context) + len(answer) - 1)
+            logprobs.append(sum(log_softmax[p, ids[0, p + 1]].item() for p in positions))
+        weights = torch.softmax(torch.tensor(logprobs), dim=0)
+        assert grade == pytest.approx(float((weights * torch.arange(1, 11)).sum()), rel=1e-4)
+        assert 1.0 <= grade <= 10.0

@@ -1,0 +1,89 @@
+"""Data-stage benchmarks: `clean` against whatstk 0.9.1 on the same export, `group` + `split`, and how they scale.
+
+Every measurement runs in a fresh interpreter so that its peak resident memory is
+its own; the parent keeps the median of the repeats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORT = Path("data/raw/whatsapp/Chat de WhatsApp con Cami.txt")
+
+
+def prepare(work: Path, lines: int) -> None:
+    from benchmarks.synthetic import write_export
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["split"]["min_test"] = 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    write_export(work / EXPORT, lines)
+
+
+def load(name: str, work: Path):
+    """The measured work as a callable, with its imports done (import time is not what we compare)."""
+    if name == "whatstk":
+        from whatstk import WhatsAppChat
+
+        return lambda: WhatsAppChat.from_source(filepath=str(work / EXPORT), hformat="%d/%m/%y, %H:%M - %name:")
+    if name == "parse":
+        from stages.clean import parse_file
+        from stages.params import Clean
+
+        return lambda: parse_file(work / EXPORT, EXPORT.relative_to("data/raw"), Clean())
+    import importlib
+
+    return importlib.import_module(f"stages.{name}").main
+
+
+def timed(tasks: list[str], work: Path) -> dict:
+    jobs = [load(name, work) for name in tasks]
+    start = time.perf_counter()
+    for job in jobs:
+        job()
+    return {"seconds": time.perf_counter() - start, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def measure_one(spec: dict) -> dict:
+    """Prepares the input (and runs prerequisite stages) here, then times the tasks in a fresh interpreter."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        work = Path(tmp)
+        prepare(work, spec["lines"])
+        for before in spec.get("after", []):
+            load(before, work)()
+        done = subprocess.run([sys.executable, "-c", TIMED, str(REPO), json.dumps(spec["tasks"])], cwd=work,
+                              capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+TIMED = (
+    "import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+    "from benchmarks.data_stages import timed; print(json.dumps(timed(json.loads(sys.argv[2]), Path.cwd())))"
+)
+
+
+def measure(spec: dict, repeats: int) -> dict:
+    runs = []
+    for _ in range(repeats):
+        done = subprocess.run([sys.executable, "-m", "benchmarks.data_stages", json.dumps(spec)], cwd=REPO,
+                              capture_output=True, text=True, env={**__import__("os").environ, "HABLA_LOG_LEVEL": "WARNING"})
+        if done.returncode:
+            return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {"seconds": statistics.median(r["seconds"] for r in runs), "peak_mib": statistics.median(r["peak_mib"] for r in runs),
+            "runs": len(runs)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure_one(json.loads(sys.argv[1]))))
