@@ -58,6 +58,7 @@ def project(tmp_path_factory) -> Path:
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "config", "user.name", "test"], root)
     run(["dvc", "init", "-q"], root)
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path_factory.mktemp("remote"))], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "base"], root)
     return root
@@ -65,7 +66,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_runs_every_stage_and_writes_the_contracted_outputs(project):
     output = run(["dvc", "repro"], project)
-    for stage in ("clean", "group", "split", "base", "train", "perplexity", "judge"):
+    for stage in ("clean", "group", "split", "base", "train", "perplexity", "judge", "reference"):
         assert f"Running stage '{stage}'" in output
     for path in ("data/cleaned/messages.parquet", "data/cleaned/rejected.parquet", "data/grouped/conversations.jsonl",
                  "data/grouped/documents.jsonl", "data/splits/test.jsonl", "models/base/model.safetensors",
@@ -87,10 +88,46 @@ def test_second_repro_runs_nothing(project):
     assert "up to date" in run(["dvc", "status"], project)
 
 
-def test_experiment_on_lora_rank_reruns_training_and_after_only(project):
-    output = run(["dvc", "exp", "run", "-S", "train.lora.r=4"], project)
+def digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_push_then_fresh_clone_pull_is_up_to_date(project, tmp_path):
+    run(["dvc", "push"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    for path in ("data/cleaned/messages.parquet", "data/splits/train.jsonl", "models/base/model.safetensors",
+                 "models/adapter/adapter_model.safetensors"):
+        assert digest(clone / path) == digest(project / path), path
+    assert "up to date" in run(["dvc", "status"], clone)
+    assert "Running stage" not in run(["dvc", "repro"], clone)
+
+
+def test_data_stages_give_byte_identical_outputs_when_rerun(project):
+    before = {p: digest(project / p) for p in ("data/cleaned/messages.parquet", "data/cleaned/rejected.parquet",
+                                              "data/grouped/conversations.jsonl", "data/splits/train.jsonl")}
+    run(["dvc", "repro", "--force", "--single-item", "clean"], project)
+    run(["dvc", "repro", "--force", "--single-item", "group"], project)
+    run(["dvc", "repro", "--force", "--single-item", "split"], project)
+    assert {p: digest(project / p) for p in before} == before
+    assert "up to date" in run(["dvc", "status"], project)
+
+
+def test_experiments_rerun_training_and_after_only_and_compare(project):
+    output = run(["dvc", "exp", "run", "-n", "rank4", "-S", "train.lora.r=4"], project)
     assert "Running stage 'train'" in output and "Running stage 'perplexity'" in output
     for stage in ("clean", "group", "split", "base"):
         assert f"Running stage '{stage}'" not in output
-    experiments = json.loads(run(["dvc", "exp", "show", "--json"], project))
-    assert json.dumps(experiments).count('"r": 4') >= 1
+    run(["dvc", "exp", "run", "-n", "slow-lr", "-S", "train.learning_rate=0.0005"], project)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    experiments = {exp["name"]: exp for row in shown for exp in row.get("experiments") or [] for exp in exp["revs"]}
+    assert {"rank4", "slow-lr"} <= set(experiments)
+    for name, (key, value) in {"rank4": ("r", 4), "slow-lr": ("learning_rate", 0.0005)}.items():
+        data = experiments[name]["data"]
+        params = data["params"]["params.yaml"]["data"]["train"]
+        assert params[key] == value if key != "r" else params["lora"]["r"] == value
+        perplexity = data["metrics"]["metrics/perplexity.json"]["data"]
+        assert perplexity["tuned"]["perplexity"] > 1
