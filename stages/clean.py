@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
+import zipfile
 from pathlib import Path
 
 import ftfy
@@ -19,6 +21,7 @@ from stages.errors import UserError, run_stage
 from stages.gates import run_gate
 from stages.io import write_json
 from stages.params import Clean, load_params
+from stages import transcripts
 from stages.redact import redact_frame
 from stages.whatsapp import detect_format, parse_whatsapp
 
@@ -34,7 +37,9 @@ MESSAGES_SCHEMA = {
 }
 REJECTED_SCHEMA = {"source": pl.String, "file": pl.String, "line": pl.UInt32, "lines": pl.UInt32, "reason": pl.String, "raw": pl.String}
 IGNORED_NAMES = {".gitkeep", "README.md", ".DS_Store"}
-SOUND_CUE = r"\[(?:[Mm]úsica|[Aa]plausos|[Rr]isas|[Mm]usic|[Aa]pplause|[Ll]aughter|[Ss]ilencio|[Ii]naudible)\]"
+TEXT_SUFFIXES = (".txt", ".vtt", ".srt", ".json", ".lrc")
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+SUPPORTED = (*TEXT_SUFFIXES, *TABLE_SUFFIXES, ".zip")
 MOJIBAKE = re.compile("[ÃÂ][\u0080-\u00bf]")
 MIN_WHATSAPP_SHARE = 0.3
 
@@ -75,61 +80,172 @@ def discover(raw_dir: Path) -> list[Path]:
     return files
 
 
-def parse_plain_text(lines: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A transcript or lyrics file: one item per non-empty line; sound cues dropped."""
-    frame = pl.DataFrame({"raw": lines}, schema={"raw": pl.String}).with_row_index("line", offset=1)
-    frame = frame.with_columns(
-        text=pl.col("raw").str.replace_all(SOUND_CUE, "").str.strip_chars(), lines=pl.lit(1, dtype=pl.UInt32)
-    )
-    reason = (
-        pl.when(pl.col("raw").str.strip_chars() == "").then(pl.lit("blank_line"))
-        .when(pl.col("text") == "").then(pl.lit("sound_cue"))
-    )
-    frame = frame.with_columns(reason=reason)
-    kept = frame.filter(pl.col("reason").is_null()).select(
+def split_units(units: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Reader units (line, lines, text, reason, raw) → kept items and rejected units."""
+    kept = units.filter(pl.col("reason").is_null()).select(
         "line", "lines", ts=pl.lit(None, dtype=pl.Datetime("us")), author=pl.lit(None, dtype=pl.String), text="text"
     )
-    return kept, frame.filter(pl.col("reason").is_not_null()).select("line", "lines", "reason", "raw")
+    return kept, units.filter(pl.col("reason").is_not_null()).select("line", "lines", "reason", "raw")
 
 
-def source_of(relative: Path, lines: list[str]) -> str:
-    if relative.suffix.lower() != ".txt":
-        raise UnreadableFile(f"unsupported file type {relative.suffix or '(none)'}; supported: .txt")
-    fmt, share = detect_format(pl.Series(lines, dtype=pl.String))
-    if fmt is not None and share >= MIN_WHATSAPP_SHARE:
-        return "whatsapp"
-    return "lyrics" if relative.parts[0].lower() in ("lyrics", "letras") else "transcript"
+def is_lyrics(relative: Path) -> bool:
+    return relative.parts[0].lower() in ("lyrics", "letras") or relative.suffix.lower() == ".lrc"
 
 
-def parse_file(path: Path, relative: Path, settings: Clean) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """One raw file → (kept, rejected, report entry). Problems with the file become a report line."""
-    try:
-        text, encoding = decode(path.read_bytes())
-        lines = split_lines(text)
-        if not any(line.strip() for line in lines):
-            raise UnreadableFile("empty file")
-        source = source_of(relative, lines)
-    except (OSError, UnreadableFile) as err:
-        raw_preview = path.read_bytes()[:200].decode("utf-8", errors="replace") if path.exists() else ""
-        rejected = pl.DataFrame(
-            {"line": [1], "lines": [0], "reason": ["unreadable_file"], "raw": [f"{err}: {raw_preview}"]},
-            schema={"line": pl.UInt32, "lines": pl.UInt32, "reason": pl.String, "raw": pl.String},
-        )
-        return _empty_messages(), _tag(rejected, "unknown", relative), {"error": str(err), "kept": 0, "rejected": {}}
-    info: dict = {"encoding": encoding, "raw_lines": len(lines), "source": source}
-    if source == "whatsapp":
-        kept, rejected, details = parse_whatsapp(lines, settings.date_order)
-        info.update(details)
+def read_text_file(data: bytes, relative: Path, settings: Clean) -> tuple[str, pl.DataFrame, pl.DataFrame, dict]:
+    """One text export (any supported format) → (source, kept, rejected, report entry)."""
+    text, encoding = decode(data)
+    info: dict = {"encoding": encoding}
+    suffix = relative.suffix.lower()
+    lines = split_lines(text)
+    if not any(line.strip() for line in lines):
+        raise UnreadableFile("empty file")
+    if suffix == ".txt":
+        fmt, share = detect_format(pl.Series(lines, dtype=pl.String))
+        if fmt is not None and share >= MIN_WHATSAPP_SHARE:
+            kept, rejected, details = parse_whatsapp(lines, settings.date_order)
+            return "whatsapp", kept, rejected, {**info, **details, "unit": "line", "raw_units": len(lines)}
+        units = transcripts.plain_text(lines, lyrics=is_lyrics(relative))
+        source, info["format"] = ("lyrics", "lyrics text") if is_lyrics(relative) else ("transcript", "plain text")
+    elif suffix == ".lrc":
+        units, source, info["format"] = transcripts.lrc(lines), "lyrics", "lrc"
+    elif suffix in (".vtt", ".srt"):
+        try:
+            units = transcripts.subtitles(text, srt=suffix == ".srt")
+        except Exception as err:  # noqa: BLE001 - webvtt-py raises several types for one meaning
+            raise UnreadableFile(f"not a valid {suffix[1:].upper()} file ({type(err).__name__})") from None
+        source, info["format"] = "transcript", suffix[1:]
+    elif suffix == ".json":
+        try:
+            units, info["format"] = transcripts.json_transcript(text, settings.whisper_max_no_speech, settings.whisper_max_compression)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise UnreadableFile(f"unrecognised JSON: {str(err).splitlines()[0][:120]}") from None
+        source = "transcript"
     else:
-        kept, rejected = parse_plain_text(lines)
-        info["format"] = "plain text"
-    chat = relative.as_posix()
-    kept = kept.with_columns(source=pl.lit(source), file=pl.lit(chat), chat=pl.lit(chat)).select(list(MESSAGES_SCHEMA))
-    return kept.cast(MESSAGES_SCHEMA), _tag(rejected, source, relative), info
+        raise UnreadableFile(f"unsupported file type {suffix or '(none)'}; supported: {', '.join(SUPPORTED)}")
+    kept, rejected = split_units(units)
+    info.update(unit="line" if suffix in (".txt", ".lrc", ".vtt", ".srt") else "segment", raw_units=int(units["lines"].sum()))
+    return source, kept, rejected, info
 
 
-def _tag(rejected: pl.DataFrame, source: str, relative: Path) -> pl.DataFrame:
-    tagged = rejected.with_columns(source=pl.lit(source), file=pl.lit(relative.as_posix()))
+def read_table(path: Path, settings: Clean) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """A .csv/.parquet/.jsonl table: one item per row, columns named in `clean.table_columns`."""
+    suffix = path.suffix.lower()
+    try:
+        frame = {".csv": pl.read_csv, ".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson}[suffix](path)
+    except Exception as err:  # noqa: BLE001 - polars raises compute/IO errors of several types
+        raise UnreadableFile(f"cannot read table: {str(err).splitlines()[0][:160]}") from None
+    columns = settings.table_columns
+    wanted = {"text": columns.text, "author": columns.author, "title": columns.title, "ts": columns.ts}
+    missing = [f"{k}={v}" for k, v in wanted.items() if v and v not in frame.columns]
+    if missing:
+        raise UnreadableFile(f"columns {missing} not in the table (it has {frame.columns}); set clean.table_columns")
+    row_offset = 2 if suffix == ".csv" else 1
+    units = frame.with_row_index("line", offset=row_offset).select(
+        pl.col("line").cast(pl.UInt32), lines=pl.lit(1, dtype=pl.UInt32),
+        text=pl.col(columns.text).cast(pl.String).fill_null(""),
+        author=pl.col(columns.author).cast(pl.String) if columns.author else pl.lit(None, dtype=pl.String),
+        chat=pl.col(columns.title).cast(pl.String) if columns.title else pl.lit(None, dtype=pl.String),
+        ts=pl.col(columns.ts).cast(pl.String).str.to_datetime(strict=False) if columns.ts else pl.lit(None, dtype=pl.Datetime("us")),
+    ).with_columns(
+        reason=pl.when(pl.col("text").str.strip_chars() == "").then(pl.lit("empty")), raw=pl.col("text")
+    )
+    kept = units.filter(pl.col("reason").is_null()).drop("reason", "raw")
+    rejected = units.filter(pl.col("reason").is_not_null()).select("line", "lines", "reason", "raw")
+    return kept, rejected, {"format": f"table ({suffix[1:]})", "unit": "row", "raw_units": units.height}
+
+
+def zip_members(path: Path, settings: Clean) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+    """Text members of a WhatsApp .zip export, and refused members with why; media files are ignored.
+
+    Nothing is extracted to disk, so a member named `../../x` cannot write outside
+    the work folder; such names, symlinks and oversized members are refused.
+    """
+    accepted, refused = [], []
+    limit = settings.max_zip_member_mb * 2**20
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            name = member.filename
+            if member.is_dir() or Path(name).suffix.lower() not in TEXT_SUFFIXES:
+                continue
+            parts = Path(name).parts
+            if name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name):
+                refused.append((name, "unsafe path"))
+            elif stat.S_ISLNK(member.external_attr >> 16):
+                refused.append((name, "symbolic link"))
+            elif member.file_size > limit:
+                refused.append((name, f"{member.file_size / 2**20:.0f} MB, over clean.max_zip_member_mb"))
+            else:
+                accepted.append((name, archive.read(member)))
+    return accepted, refused
+
+
+def parse_file(path: Path, relative: Path, settings: Clean) -> list[tuple[str, pl.DataFrame, pl.DataFrame, dict]]:
+    """One raw file → (file name, kept, rejected, report entry) per readable item; problems become report lines."""
+    if relative.suffix.lower() == ".zip":
+        try:
+            members, refused = zip_members(path, settings)
+        except (zipfile.BadZipFile, OSError) as err:
+            return [_unreadable(relative.as_posix(), path, err)]
+        results = [_refused_member(f"{relative.as_posix()}/{name}", why) for name, why in refused]
+        for name, data in members:
+            inner = relative / name
+            results.append(_read_one(inner.as_posix(), lambda data=data: data, inner, settings))
+        if not results:
+            return [_unreadable(relative.as_posix(), path, UnreadableFile("zip with no text export inside"))]
+        return results
+    if relative.suffix.lower() in TABLE_SUFFIXES:
+        try:
+            kept, rejected, info = read_table(path, settings)
+        except (OSError, UnreadableFile) as err:
+            return [_unreadable(relative.as_posix(), path, err)]
+        return [_finish_item(relative.as_posix(), "table", kept, rejected, info)]
+    return [_read_one(relative.as_posix(), path.read_bytes, relative, settings)]
+
+
+def _read_one(name: str, read, relative: Path, settings: Clean):
+    try:
+        source, kept, rejected, info = read_text_file(read(), relative, settings)
+    except (OSError, UnreadableFile, UnicodeDecodeError) as err:
+        return _unreadable_bytes(name, read, err)
+    return _finish_item(name, source, kept, rejected, info)
+
+
+def _finish_item(name: str, source: str, kept: pl.DataFrame, rejected: pl.DataFrame, info: dict):
+    info["source"] = source
+    columns = {"source": pl.lit(source), "file": pl.lit(name)}
+    if "chat" not in kept.columns:
+        columns["chat"] = pl.lit(name)
+    kept = kept.with_columns(**columns).with_columns(pl.col("chat").fill_null(name)).select(list(MESSAGES_SCHEMA))
+    return name, kept.cast(MESSAGES_SCHEMA), _tag(rejected, source, name), info
+
+
+def _unreadable(name: str, path: Path, err: Exception):
+    return _unreadable_bytes(name, path.read_bytes if path.exists() else (lambda: b""), err)
+
+
+def _unreadable_bytes(name: str, read, err: Exception):
+    try:
+        preview = read()[:200].decode("utf-8", errors="replace")
+    except OSError:
+        preview = ""
+    rejected = pl.DataFrame(
+        {"line": [1], "lines": [0], "reason": ["unreadable_file"], "raw": [f"{err}: {preview}"]},
+        schema={"line": pl.UInt32, "lines": pl.UInt32, "reason": pl.String, "raw": pl.String},
+    )
+    return name, _empty_messages(), _tag(rejected, "unknown", name), {"error": str(err), "kept": 0, "rejected": {}}
+
+
+def _refused_member(name: str, why: str):
+    rejected = pl.DataFrame(
+        {"line": [1], "lines": [0], "reason": ["zip_member_refused"], "raw": [f"{name}: {why}"]},
+        schema={"line": pl.UInt32, "lines": pl.UInt32, "reason": pl.String, "raw": pl.String},
+    )
+    return name, _empty_messages(), _tag(rejected, "unknown", name), {"error": f"refused: {why}", "kept": 0, "rejected": {}}
+
+
+def _tag(rejected: pl.DataFrame, source: str, name: str) -> pl.DataFrame:
+    tagged = rejected.with_columns(source=pl.lit(source), file=pl.lit(name))
     return tagged.select(list(REJECTED_SCHEMA)).cast(REJECTED_SCHEMA)
 
 
@@ -173,13 +289,13 @@ def report(files: dict[str, dict], kept: pl.DataFrame, rejected: pl.DataFrame) -
         entry["kept"] = kept_counts.get(name, 0)
         entry["rejected"] = dict(sorted(mine.group_by("reason").len().iter_rows()))
         covered = kept_lines.get(name, 0) + int(mine["lines"].sum())
-        if "raw_lines" in entry and covered != entry["raw_lines"]:
-            raise RuntimeError(f"line accounting broken for {name}: {covered} of {entry['raw_lines']} lines covered")
+        if "raw_units" in entry and covered != entry["raw_units"]:
+            raise RuntimeError(f"accounting broken for {name}: {covered} of {entry['raw_units']} {entry['unit']}s covered")
     return {
         "files": files,
         "totals": {
             "files": len(files),
-            "raw_lines": sum(e.get("raw_lines", 0) for e in files.values()),
+            "raw_units": sum(e.get("raw_units", 0) for e in files.values()),
             "kept": kept.height,
             "rejected": rejected.height,
             "rejected_by_reason": dict(sorted(rejected.group_by("reason").len().iter_rows())),
@@ -214,12 +330,11 @@ def main() -> None:
     files = discover(RAW_DIR)
     kept_parts, rejected_parts, entries = [], [], {}
     for path in files:
-        relative = path.relative_to(RAW_DIR)
-        kept, rejected, entry = parse_file(path, relative, params.clean)
-        kept_parts.append(kept)
-        rejected_parts.append(rejected)
-        entries[relative.as_posix()] = entry
-        log.info("%s: %s, %d items kept, %d rejected", relative, entry.get("format", entry.get("error")), kept.height, rejected.height)
+        for name, kept, rejected, entry in parse_file(path, path.relative_to(RAW_DIR), params.clean):
+            kept_parts.append(kept)
+            rejected_parts.append(rejected)
+            entries[name] = entry
+            log.info("%s: %s, %d items kept, %d rejected", name, entry.get("format", entry.get("error")), kept.height, rejected.height)
     kept, more_rejected = finish(pl.concat(kept_parts), params.clean)
     rejected = pl.concat([*rejected_parts, more_rejected]).sort("file", "line")
     kept = kept.sort("file", "line")

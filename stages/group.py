@@ -136,12 +136,13 @@ def passages(text: str, target_chars: int) -> list[str]:
 
 
 def documents(messages: pl.DataFrame, settings: Group) -> list[dict]:
+    """One document per song; transcripts and table rows with the same title cut into passages."""
     texts = messages.filter(pl.col("source").is_in(["transcript", "lyrics", "table"])).sort("file", "line")
-    by_file = texts.group_by("source", "file", maintain_order=True).agg(pl.col("text").str.join("\n"))
+    by_document = texts.group_by("source", "file", "chat", maintain_order=True).agg(pl.col("text").str.join("\n"))
     rows = []
-    for source, file, text in by_file.iter_rows():
+    for source, file, chat, text in by_document.iter_rows():
         pieces = [text] if source == "lyrics" else passages(text.replace("\n", " "), settings.doc_chars)
-        rows += [{"id": stable_id(file, str(i)), "source": source, "file": file, "text": piece} for i, piece in enumerate(pieces)]
+        rows += [{"id": stable_id(file, chat, str(i)), "source": source, "file": file, "text": piece} for i, piece in enumerate(pieces)]
     return rows
 
 

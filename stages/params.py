@@ -44,9 +44,21 @@ class Redaction:
 
 
 @dataclass(frozen=True)
+class TableColumns:
+    text: str = "text"
+    author: str = ""
+    title: str = ""
+    ts: str = ""
+
+
+@dataclass(frozen=True)
 class Clean:
     date_order: Literal["auto", "dmy", "mdy", "ymd"] = "auto"
     max_chars: int = 4000
+    whisper_max_no_speech: float = 0.6
+    whisper_max_compression: float = 2.4
+    max_zip_member_mb: int = 200
+    table_columns: TableColumns = field(default_factory=TableColumns)
     redact: Redaction = field(default_factory=Redaction)
 
 

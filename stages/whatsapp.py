@@ -134,6 +134,27 @@ def _reason(text: pl.Expr, table: list[tuple[str, str]]) -> pl.Expr:
     return expr
 
 
+def pasted_headers(frame: pl.DataFrame) -> pl.Expr:
+    """Header-looking lines that are text someone pasted into a message, not messages.
+
+    A real header's author writes elsewhere in the chat and its time does not go
+    back; a pasted one (a forwarded quote, a copied log) names an author seen
+    nowhere else *and* jumps back in time. Both must hold, so an unusual but real
+    message (a one-off author, or a clock correction) still starts a message.
+    """
+    author = pl.col("rest").str.extract(AUTHOR_PATTERN, 1).str.strip_chars()
+    headers = frame.select(author=pl.when(pl.col("is_header")).then(author))["author"]
+    counts = headers.drop_nulls().value_counts()
+    singletons = counts.filter(pl.col("count") == 1)["author"]
+    previous_ts = pl.when(pl.col("is_header")).then(pl.col("ts")).forward_fill().shift(1)
+    return (
+        pl.col("is_header")
+        & author.is_in(singletons.implode()).fill_null(False)
+        & (pl.col("ts") < previous_ts).fill_null(False)
+        & (pl.len() > 20)
+    )
+
+
 def parse_whatsapp(lines: list[str], date_order: str = "auto") -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Lines of one export → (messages, rejected, report).
 
@@ -156,6 +177,7 @@ def parse_whatsapp(lines: list[str], date_order: str = "auto") -> tuple[pl.DataF
     )
     frame = frame.with_columns(ts=_timestamp(decision.order))
     frame = frame.with_columns(is_header=pl.col("rest").is_not_null() & pl.col("ts").is_not_null())
+    frame = frame.with_columns(is_header=pl.col("is_header") & ~pasted_headers(frame))
     frame = frame.with_columns(msg=pl.col("is_header").cast(pl.Int32).cum_sum())
 
     body_line = pl.when(pl.col("is_header")).then(pl.col("rest")).otherwise(pl.col("norm"))

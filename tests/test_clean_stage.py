@@ -46,9 +46,9 @@ def test_clean_keeps_or_rejects_every_line_and_reports_per_file(in_tmp):
     assert report["files"]["whatsapp/empty.txt"]["error"] == "empty file"
     assert "binary" in report["files"]["whatsapp/photo.jpg"]["error"]
     for name, entry in report["files"].items():
-        if "raw_lines" in entry:
+        if "raw_units" in entry:
             lines = kept.filter(pl.col("file") == name)["lines"].sum() + rejected.filter(pl.col("file") == name)["lines"].sum()
-            assert lines == entry["raw_lines"], name
+            assert lines == entry["raw_units"], name
     assert read_json("metrics/gates/clean.json")["success"] is True
 
 

@@ -116,3 +116,20 @@ def test_every_raw_line_is_kept_or_rejected_exactly_once(lines):
     assert int(kept["lines"].sum()) + int(rejected["lines"].sum()) == len(lines)
     starts = sorted(kept["line"].to_list() + rejected["line"].to_list())
     assert len(starts) == len(set(starts)) and starts[0] == 1
+
+
+def test_a_pasted_header_inside_a_message_stays_in_that_message():
+    from stages.whatsapp import parse_whatsapp
+
+    lines = [f"3/3/23, 20:{minute:02d} - {'Nico' if minute % 2 else 'Cami'}: mensaje {minute}" for minute in range(30)]
+    lines.insert(11, "12/01/2019, 10:00 - Soporte Banco: su clave es temporal")  # pasted: unknown author, back in time
+    lines.insert(20, "3/3/23, 20:18 - Pancho: llegué")  # a one-off author, in order: a real message
+    lines.insert(25, "3/3/23, 19:00 - Nico: el reloj se atrasó")  # a known author back in time: a real message
+    kept, rejected, _ = parse_whatsapp(lines)
+    pasted = kept.filter(pl.col("text").str.contains("su clave es temporal"))
+    assert pasted.height == 1 and pasted["author"].item() == "Cami"
+    assert pasted["text"].item() == "mensaje 10\n12/01/2019, 10:00 - Soporte Banco: su clave es temporal"
+    assert "Soporte Banco" not in kept["author"].to_list()
+    assert kept.filter(pl.col("author") == "Pancho")["text"].to_list() == ["llegué"]
+    assert "el reloj se atrasó" in kept["text"].to_list()
+    assert kept.height + rejected.height == 32

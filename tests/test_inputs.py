@@ -1,0 +1,156 @@
+"""Every input format `clean` reads, on fixtures from webvtt-py and files written like real exports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import polars as pl
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stages import clean, transcripts
+from stages.io import read_json
+from tests.conftest import FIXTURES
+
+SUBTITLES = FIXTURES / "subtitles" / "webvtt-py"
+IOS_CHAT = "\r\n".join([
+    "\ufeff[3/03/23, 20:04:11] Cami: ‎Los mensajes y las llamadas están cifrados de extremo a extremo.",
+    "[3/03/23, 20:04:11] Cami: hola Nico, ¿vamos al estadio?",
+    "[3/03/23, 20:05:02] Nico: obvio po",
+    "al tiro",
+    "[3/03/23, 20:05:40] Nico: ‎imagen omitida",
+    "[14/03/23, 9:15:00] Cami: ¿y? ¿cómo les fue?",
+]) + "\r\n"
+WHISPER = {
+    "text": "...",
+    "segments": [
+        {"id": 0, "text": " Hola a todos, bienvenidos.", "no_speech_prob": 0.01, "compression_ratio": 1.2},
+        {"id": 1, "text": " Gracias.", "no_speech_prob": 0.93, "compression_ratio": 0.9},
+        {"id": 2, "text": " la la la la la la la la la la", "no_speech_prob": 0.1, "compression_ratio": 3.1},
+        {"id": 3, "text": " Subtítulos realizados por la comunidad de Amara.org", "no_speech_prob": 0.2, "compression_ratio": 1.1},
+        {"id": 4, "text": " [Música]", "no_speech_prob": 0.3, "compression_ratio": 1.0},
+        {"id": 5, "text": " Y ahora el humor chileno, po.", "no_speech_prob": 0.02, "compression_ratio": 1.3},
+    ],
+}
+JSON3 = {"events": [
+    {"tStartMs": 0, "dDurationMs": 1000},
+    {"tStartMs": 0, "segs": [{"utf8": "wena"}, {"utf8": " cabros"}]},
+    {"tStartMs": 900, "segs": [{"utf8": "\n"}]},
+    {"tStartMs": 1000, "segs": [{"utf8": "¿cómo"}, {"utf8": " están?"}]},
+]}
+LYRICS = "[Intro]\nAy, ay, ay\n\n[Coro]\nCanta y no llores\nporque cantando se alegran\n[Música]\n"
+LRC = "[ar:Violeta Parra]\n[ti:Gracias a la vida]\n[00:12.00]Gracias a la vida\n[00:17.50]que me ha dado tanto\n[00:22.10]\n"
+TABLE = "Nombre,Transcripción,Autor\nKeynote 1,Hola a todos. Soy María.,María\nKeynote 1,,María\nTaller,Vamos con Argilla.,Gabriel\n"
+
+
+@pytest.fixture
+def raw(in_tmp):
+    params = yaml.safe_load((in_tmp / "params.yaml").read_text(encoding="utf-8"))
+    params["clean"]["table_columns"] = {"text": "Transcripción", "author": "Autor", "title": "Nombre", "ts": ""}
+    params["clean"]["max_zip_member_mb"] = 1
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    root = in_tmp / "data" / "raw"
+    for folder in ("whatsapp", "transcripts", "letras", "tablas", "otros"):
+        (root / folder).mkdir(parents=True)
+    with zipfile.ZipFile(root / "whatsapp" / "WhatsApp Chat - Cami.zip", "w") as archive:
+        archive.writestr("_chat.txt", IOS_CHAT.encode("utf-8"))
+        archive.writestr("00000012-PHOTO-2023-03-03-20-05-40.jpg", b"\xff\xd8\xff\xe0 not really a jpeg")
+        archive.writestr("../../escape.txt", "3/3/23, 20:04 - Nico: fuera\n")
+        archive.writestr("big.txt", "x" * (2 * 2**20))
+        link = zipfile.ZipInfo("link.txt")
+        link.external_attr = (0o120777 << 16)
+        archive.writestr(link, "/etc/passwd")
+    shutil.copy(SUBTITLES / "youtube_dl.vtt", root / "transcripts" / "youtube_dl.vtt")
+    shutil.copy(SUBTITLES / "netflix_chicas_del_cable.vtt", root / "transcripts" / "chicas_del_cable.vtt")
+    shutil.copy(SUBTITLES / "sample.srt", root / "transcripts" / "sample.srt")
+    (root / "transcripts" / "rutina.whisper.json").write_text(json.dumps(WHISPER, ensure_ascii=False), encoding="utf-8")
+    (root / "transcripts" / "video.es.json").write_text(json.dumps(JSON3, ensure_ascii=False), encoding="utf-8")
+    (root / "letras" / "volver a los 17.txt").write_text(LYRICS, encoding="utf-8")
+    (root / "letras" / "gracias a la vida.lrc").write_text(LRC, encoding="utf-8")
+    (root / "tablas" / "somosnlp.csv").write_text(TABLE, encoding="utf-8")
+    (root / "otros" / "foto.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (root / "otros" / "informe.pdf").write_bytes(b"%PDF-1.4")
+    (root / "transcripts" / "roto.vtt").write_text("esto no es un WEBVTT\n", encoding="utf-8")
+    return in_tmp
+
+
+def test_clean_reads_every_format_and_accounts_for_every_unit(raw):
+    clean.main()
+    files = read_json(clean.REPORT)["files"]
+    messages = pl.read_parquet("data/cleaned/messages.parquet")
+    rejected = pl.read_parquet("data/cleaned/rejected.parquet")
+
+    chat = files["whatsapp/WhatsApp Chat - Cami.zip/_chat.txt"]
+    assert chat["format"] == "ios" and chat["kept"] == 3 and chat["rejected"] == {"encryption_notice": 1, "media_omitted": 1}
+    nico = messages.filter(pl.col("author") == "Nico")["text"].to_list()
+    assert nico == ["obvio po\nal tiro"]
+    refused = rejected.filter(pl.col("reason") == "zip_member_refused")["raw"].to_list()
+    assert any("escape.txt: unsafe path" in r for r in refused) and any("big.txt" in r for r in refused)
+    assert any("link.txt: symbolic link" in r for r in refused)
+    assert not (raw.parent / "escape.txt").exists() and not (raw / "escape.txt").exists()
+    assert not any("PHOTO" in name for name in files)
+
+    youtube = files["transcripts/youtube_dl.vtt"]
+    assert youtube["format"] == "vtt" and youtube["kept"] == 3 and youtube["rejected"]["rolling_repeat"] == 2
+    assert messages.filter(pl.col("file") == "transcripts/youtube_dl.vtt")["text"].to_list() == [
+        "yeah", "what", "this will happen is I'm telling"]
+    assert "rolling_repeat" not in files["transcripts/chicas_del_cable.vtt"]["rejected"]
+    assert files["transcripts/sample.srt"]["format"] == "srt" and files["transcripts/sample.srt"]["kept"] == 5
+
+    whisper = files["transcripts/rutina.whisper.json"]
+    assert whisper["format"] == "whisper json" and whisper["kept"] == 2
+    assert whisper["rejected"] == {"hallucinated_credit": 1, "no_speech": 1, "repetitive_segment": 1, "sound_cue": 1}
+    assert files["transcripts/video.es.json"]["format"] == "yt-dlp json3"
+    assert messages.filter(pl.col("file") == "transcripts/video.es.json")["text"].to_list() == ["wena cabros", "¿cómo están?"]
+
+    song = messages.filter(pl.col("file") == "letras/volver a los 17.txt")
+    assert song["source"].unique().to_list() == ["lyrics"]
+    assert song["text"].to_list() == ["Ay, ay, ay", "Canta y no llores", "porque cantando se alegran"]
+    assert files["letras/volver a los 17.txt"]["rejected"] == {"blank_line": 1, "section_marker": 2, "sound_cue": 1}
+    assert messages.filter(pl.col("file") == "letras/gracias a la vida.lrc")["text"].to_list() == [
+        "Gracias a la vida", "que me ha dado tanto"]
+    assert files["letras/gracias a la vida.lrc"]["rejected"] == {"blank_line": 1, "lrc_metadata": 2}
+
+    table = messages.filter(pl.col("source") == "table")
+    assert table.select("line", "chat", "author").rows() == [(2, "Keynote 1", "María"), (4, "Taller", "Gabriel")]
+    assert files["tablas/somosnlp.csv"]["rejected"] == {"empty": 1}
+
+    assert "binary" in files["otros/foto.txt"]["error"]
+    assert "unsupported file type .pdf" in files["otros/informe.pdf"]["error"]
+    assert "not a valid VTT" in files["transcripts/roto.vtt"]["error"]
+    for name, entry in files.items():
+        if "raw_units" in entry:
+            covered = int(messages.filter(pl.col("file") == name)["lines"].sum()) + int(
+                rejected.filter(pl.col("file") == name)["lines"].sum())
+            assert covered == entry["raw_units"], name
+
+
+def test_table_with_unknown_columns_is_reported_with_the_columns_it_has(in_tmp):
+    (in_tmp / "data" / "raw").mkdir(parents=True)
+    (in_tmp / "data" / "raw" / "t.csv").write_text(TABLE, encoding="utf-8")
+    (in_tmp / "data" / "raw" / "chat.txt").write_text("3/3/23, 20:04 - Nico: hola po\n", encoding="utf-8")
+    clean.main()
+    error = read_json(clean.REPORT)["files"]["t.csv"]["error"]
+    assert "text=text" in error and "Transcripción" in error and "clean.table_columns" in error
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=30), max_size=40))
+def test_plain_text_and_lyrics_readers_account_for_every_line(lines):
+    for lyrics in (False, True):
+        units = transcripts.plain_text(lines, lyrics=lyrics)
+        assert units.height == len(lines) and units["line"].to_list() == list(range(1, len(lines) + 1))
+        kept = units.filter(pl.col("reason").is_null())
+        assert (kept["text"].str.strip_chars() != "").all()
+
+
+def test_rolling_repeats_only_in_rolling_files():
+    rolling = pl.DataFrame({"line": [1, 2, 2, 3, 3], "raw": ["hola", "hola", "qué tal", "qué tal", "bien"]},
+                           schema={"line": pl.UInt32, "raw": pl.String})
+    assert transcripts._spoken_lines(rolling)["reason"].to_list() == [None, "rolling_repeat", None, "rolling_repeat", None]
+    dialogue = pl.DataFrame({"line": [1, 2, 3, 4, 5], "raw": ["Buenas noches.", "Buenas noches.", "¿Vamos?", "Sí.", "Ya."]},
+                            schema={"line": pl.UInt32, "raw": pl.String})
+    assert transcripts._spoken_lines(dialogue)["reason"].to_list() == [None] * 5
