@@ -1,8 +1,10 @@
 """`group` stage: cleaned messages → conversations (chat examples) and documents.
 
-Chats are cut into sessions at silences longer than `group.session_gap_minutes`;
-consecutive messages with the same role form one turn, joined by
-`group.separator`. The persona's turns are `assistant`, everyone else is `user`
+Chats are cut into sessions at silences longer than `group.session_gap_minutes`.
+One author's messages sent within `group.merge_window_minutes` of each other are
+a burst, joined by `group.separator` (the model learns to send several bubbles);
+consecutive bursts with the same role form one turn, joined by a newline, so
+roles alternate. The persona's turns are `assistant`, everyone else is `user`
 (pseudonymised in group chats), so training teaches the persona's side only.
 Transcripts and lyrics become plain-text passages for language modelling.
 """
@@ -27,6 +29,7 @@ MESSAGES = Path("data/cleaned/messages.parquet")
 OUT_DIR = Path("data/grouped")
 REPORT = Path("metrics/group.json")
 ROLES = ["system", "user", "assistant"]
+PLACEHOLDER_ONLY = r"^(?:\s*<(?:URL|EMAIL|TELEFONO|RUT|CURP|DNI|NIE)>\s*)+$"
 SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 
 
@@ -47,6 +50,16 @@ def check_persona(chats: pl.DataFrame, persona: Persona) -> None:
             f"persona author(s) {missing} not found in the chats. Authors found (messages): {found}.\n"
             "Set `persona.authors` in params.yaml to the name exactly as it appears in the export."
         )
+
+
+def filter_messages(chats: pl.DataFrame, persona: Persona, settings: Group) -> tuple[pl.DataFrame, dict]:
+    """Leave out persona messages that are only redaction placeholders, and over-long messages, with counts."""
+    placeholder = pl.col("author").is_in(persona.authors) & pl.col("text").str.contains(PLACEHOLDER_ONLY)
+    too_long = pl.col("text").str.len_chars() > settings.max_message_chars
+    counts = chats.select(
+        persona_placeholder_only=placeholder.sum(), message_too_long=(too_long & ~placeholder).sum()
+    ).row(0, named=True)
+    return chats.filter(~placeholder & ~too_long), {k: int(v) for k, v in counts.items()}
 
 
 def turns(chats: pl.DataFrame, persona: Persona, settings: Group) -> pl.DataFrame:
@@ -71,22 +84,51 @@ def turns(chats: pl.DataFrame, persona: Persona, settings: Group) -> pl.DataFram
     frame = frame.with_columns(new_session=new_session.fill_null(True))
     frame = frame.with_columns(session=pl.col("new_session").cum_sum())
     new_turn = pl.col("new_session") | (pl.col("role") != pl.col("role").shift()).fill_null(True)
-    frame = frame.with_columns(turn=new_turn.cum_sum())
+    speaker_changed = (pl.col("author") != pl.col("author").shift()).fill_null(True)
+    new_burst = new_turn | speaker_changed | ((pl.col("ts") - pl.col("ts").shift()) > pl.duration(minutes=settings.merge_window_minutes))
+    frame = frame.with_columns(turn=new_turn.cum_sum(), burst=new_burst.fill_null(True).cum_sum())
     labelled = settings.label_speakers & (pl.col("speakers") > 2) & (pl.col("role") == "user")
-    speaker_changed = (pl.col("author") != pl.col("author").shift()).fill_null(True) | new_turn
-    frame = frame.with_columns(
-        piece=pl.when(labelled & speaker_changed).then(pl.format("{}: {}", "pseudonym", "text")).otherwise(pl.col("text"))
+    bursts = (
+        frame.group_by("burst", maintain_order=True)
+        .agg(
+            pl.col("turn", "chat", "session", "role", "pseudonym").first(),
+            start=pl.col("ts").first(),
+            labelled=labelled.first(),
+            text=pl.col("text").str.join(settings.separator),
+        )
+        .with_columns(
+            piece=pl.when(pl.col("labelled")).then(pl.format("{}: {}", "pseudonym", "text")).otherwise(pl.col("text"))
+        )
     )
     return (
-        frame.group_by("turn", maintain_order=True)
+        bursts.group_by("turn", maintain_order=True)
         .agg(
             chat=pl.col("chat").first(),
             session=pl.col("session").first(),
-            start=pl.col("ts").first(),
+            start=pl.col("start").first(),
             role=pl.col("role").first(),
-            content=pl.col("piece").str.join(settings.separator),
+            content=pl.col("piece").str.join("\n"),
         )
     )
+
+
+def reply_windows(frame: pl.DataFrame, context_turns: int) -> pl.DataFrame:
+    """Reply mode: for each persona turn, that turn and up to `context_turns` turns before it, starting with a user turn.
+
+    Rows are repeated once per window they belong to; `window` is the position of
+    the reply, so (session, window) identifies an example ending with that reply.
+    Earlier persona turns inside the window are in the loss too (TRL's assistant
+    mask covers every assistant turn), as in the seed notebooks this mode is kept
+    to compare against; `conversation` mode sees each reply once and is cheaper.
+    """
+    replies = frame.filter((pl.col("role") == "assistant") & (pl.col("position") > 0)).select(
+        "session", window=pl.col("position")
+    )
+    joined = frame.join(replies, on="session", how="inner", maintain_order="right").filter(
+        (pl.col("position") <= pl.col("window")) & (pl.col("position") >= pl.col("window") - context_turns)
+    )
+    first_user = pl.when(pl.col("role") == "user").then(pl.col("position")).min().over("session", "window")
+    return joined.filter(pl.col("position") >= first_user).sort("session", "window", "position", maintain_order=True)
 
 
 def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) -> tuple[pl.DataFrame, dict]:
@@ -97,7 +139,10 @@ def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) ->
         opening = (pl.col("role") == "assistant") & (pl.col("position") == 0)
         dropped["opening_persona_turns_trimmed"] = frame.filter(opening).height
         frame = frame.filter(~opening).with_columns(position=pl.int_range(pl.len()).over("session"))
-    frame = frame.with_columns(window=pl.col("position") // settings.max_turns)
+    if settings.mode == "reply":
+        frame = reply_windows(frame, settings.context_turns)
+    else:
+        frame = frame.with_columns(window=pl.col("position") // settings.max_turns)
     grouped = (
         frame.group_by("session", "window", maintain_order=True)
         .agg(
@@ -196,7 +241,9 @@ def main() -> None:
     if chats.is_empty():
         raise UserError("no chat messages in data/cleaned/messages.parquet: add WhatsApp exports under data/raw/.")
     check_persona(chats, params.persona)
+    chats, dropped_messages = filter_messages(chats, params.persona, params.group)
     examples, dropped = conversations(turns(chats, params.persona, params.group), params.persona, params.group)
+    dropped = {**dropped_messages, **dropped}
     docs = documents(messages, params.group)
     run_gate("group", flatten(examples).select("role", "content", "assistant_turns", "role_repeats", "system_not_first"), GATE)
     write_jsonl(OUT_DIR / "conversations.jsonl", examples.to_dicts())

@@ -64,12 +64,16 @@ class Clean:
 
 @dataclass(frozen=True)
 class Group:
+    mode: Literal["conversation", "reply"] = "conversation"
     session_gap_minutes: int = 180
+    merge_window_minutes: int = 10
     separator: str = "\n"
     label_speakers: bool = True
     persona_opens: Literal["trim", "keep"] = "trim"
     min_turns: int = 2
     max_turns: int = 12
+    context_turns: int = 6
+    max_message_chars: int = 1500
     doc_chars: int = 600
 
 
@@ -85,6 +89,8 @@ class Split:
     seed: int = 13
     ratios: Ratios = field(default_factory=Ratios)
     overlap_min_chars: int = 30
+    near_dup_threshold: float = 0.8
+    near_dups: Literal["move", "report"] = "move"
     min_test: int = 5
 
 
@@ -247,6 +253,8 @@ def _check(params: Params) -> None:
     ratios = params.split.ratios
     if abs(ratios.train + ratios.val + ratios.test - 1.0) > 1e-6 or min(ratios.train, ratios.val, ratios.test) <= 0:
         raise UserError("params: `split.ratios` must be three positive numbers that add up to 1 (e.g. 0.8, 0.1, 0.1).")
+    if params.group.context_turns < 1:
+        raise UserError("params: `group.context_turns` must be at least 1 (the user turn the persona replies to).")
     if params.group.max_turns < 2 or params.group.max_turns % 2:
         raise UserError("params: `group.max_turns` must be an even number ≥ 2, so every window starts with a user turn.")
     if params.base.hidden_size % params.base.heads:

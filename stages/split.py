@@ -2,8 +2,9 @@
 
 A conversation's split is a pure function of its id (chat + start time) and
 `split.seed`, so adding a new export never moves old conversations between
-splits. Test conversations that share a non-trivial assistant turn with train
-are moved to train, so the test set measures generalisation, not recall.
+splits. Test conversations that share a non-trivial assistant turn with train,
+or whose persona text nearly duplicates a train conversation's (MinHash), are
+moved to train, so the test set measures generalisation, not recall.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import polars as pl
 from stages.errors import UserError, run_stage
 from stages.gates import run_gate
 from stages.io import read_jsonl, write_json, write_jsonl
+from stages.near_dups import near_duplicate_pairs
 from stages.params import Split, load_params
 
 log = logging.getLogger("split")
@@ -64,10 +66,29 @@ def move_overlaps(frame: pl.DataFrame, min_chars: int) -> tuple[pl.DataFrame, in
     return moved, leaking.len()
 
 
-def split_conversations(rows: list[dict], settings: Split) -> tuple[pl.DataFrame, int]:
+def near_duplicate_test_ids(frame: pl.DataFrame, settings: Split) -> list[str]:
+    """Test conversations whose persona text (all assistant turns) nearly duplicates a train conversation's."""
+    persona_text = (
+        assistant_texts(frame, 1).group_by("id", "split", maintain_order=True).agg(pl.col("content").str.join("\n"))
+        .filter(pl.col("content").str.len_chars() >= settings.overlap_min_chars)
+    )
+    test = persona_text.filter(pl.col("split") == "test")
+    train = persona_text.filter(pl.col("split") == "train")
+    pairs = near_duplicate_pairs(test["content"], train["content"], settings.near_dup_threshold, settings.seed)
+    return sorted({test["id"][i] for i, _, _ in pairs})
+
+
+def split_conversations(rows: list[dict], settings: Split) -> tuple[pl.DataFrame, dict]:
     frame = pl.DataFrame(rows)
     frame = frame.with_columns(split=pl.Series(assign(frame["id"].to_list(), settings), dtype=pl.String))
-    return move_overlaps(frame, settings.overlap_min_chars)
+    frame, exact = move_overlaps(frame, settings.overlap_min_chars)
+    near = near_duplicate_test_ids(frame, settings)
+    if settings.near_dups == "move":
+        frame = frame.with_columns(
+            split=pl.when(pl.col("id").is_in(near)).then(pl.lit("train")).otherwise(pl.col("split"))
+        )
+    return frame, {"exact_overlap_moved": exact, "near_duplicates": len(near),
+                   "near_duplicates_moved": len(near) if settings.near_dups == "move" else 0}
 
 
 def ratio_tolerance(total: int) -> float:
@@ -116,7 +137,7 @@ def stats(frame: pl.DataFrame) -> dict:
 def main() -> None:
     params = load_params()
     settings = params.split
-    conversations, moved = split_conversations(read_jsonl(IN_DIR / "conversations.jsonl"), settings)
+    conversations, leakage = split_conversations(read_jsonl(IN_DIR / "conversations.jsonl"), settings)
     counts = check_sizes(conversations, settings)
     docs = read_jsonl(IN_DIR / "documents.jsonl")
     doc_splits = assign([d["id"] for d in docs], settings)
@@ -128,10 +149,11 @@ def main() -> None:
         part = conversations.filter(pl.col("split") == name).drop("split").sort("id")
         write_jsonl(OUT_DIR / f"{name}.jsonl", part.to_dicts())
         write_jsonl(OUT_DIR / "documents" / f"{name}.jsonl", sorted((d for d, s in zip(docs, doc_splits) if s == name), key=lambda d: d["id"]))
-    report = {"conversations": stats(conversations), "moved_to_train_for_overlap": moved,
+    report = {"conversations": stats(conversations), "leakage": leakage,
               "documents": {name: doc_splits.count(name) for name in SPLITS}}
     write_json(REPORT, report)
-    log.info("split: %s (moved %d test conversations to train for overlap)", counts, moved)
+    log.info("split: %s (test conversations moved to train: %d exact overlaps, %d near-duplicates)", counts,
+             leakage["exact_overlap_moved"], leakage["near_duplicates_moved"])
 
 
 if __name__ == "__main__":

@@ -102,8 +102,71 @@ def test_split_is_a_function_of_the_id_so_new_data_moves_nothing():
 def test_long_assistant_turns_shared_with_train_leave_test():
     rows = [conversation(i, "la misma respuesta larga que se repite siempre igual") for i in range(60)]
     rows += [conversation(100 + i, f"respuesta única número {i} que no se repite nunca") for i in range(60)]
-    frame, moved = split_conversations(rows, Split(overlap_min_chars=30))
-    assert moved > 0
+    frame, leakage = split_conversations(rows, Split(overlap_min_chars=30))
+    assert leakage["exact_overlap_moved"] > 0 and leakage["near_duplicates"] == 0
     assert leaking_ids(frame, 30).len() == 0
     test_ids = set(frame.filter(pl.col("split") == "test")["id"])
     assert test_ids and all(int(i[1:]) >= 100 for i in test_ids)
+
+
+def test_merge_window_makes_bursts_joined_by_the_separator_and_later_bursts_by_a_newline():
+    frame = messages([
+        (0, "Cami", "hola"), (1, "Nico", "wena"), (2, "Nico", "¿qué onda?"), (40, "Nico", "oye, ¿sigues ahí?"),
+        (41, "Cami", "sí"),
+    ])
+    result, _ = examples(frame, merge_window_minutes=10, separator="<|msg_sep|>")
+    (conversation,) = result["messages"].to_list()
+    assert [(m["role"], m["content"]) for m in conversation] == [
+        ("user", "hola"), ("assistant", "wena<|msg_sep|>¿qué onda?\noye, ¿sigues ahí?"), ("user", "sí")]
+
+
+def test_group_chat_users_merge_into_one_labelled_turn():
+    frame = messages([(0, "Cami", "hola"), (1, "Feña", "holi"), (2, "Nico", "wena cabros"), (3, "Pancho", "llegué")])
+    result, _ = examples(frame)
+    (conversation,) = result["messages"].to_list()
+    assert [(m["role"], m["content"]) for m in conversation] == [
+        ("user", "[Persona 2]: hola\n[Persona 3]: holi"), ("assistant", "wena cabros"), ("user", "[Persona 4]: llegué")]
+
+
+def test_reply_mode_gives_one_example_per_persona_reply_with_context_starting_with_a_user_turn():
+    frame = messages([
+        (0, "Cami", "a"), (1, "Nico", "b"), (2, "Cami", "c"), (3, "Nico", "d"), (4, "Cami", "e"), (5, "Nico", "f"),
+    ])
+    result, _ = examples(frame, mode="reply", context_turns=2)
+    windows = [[m["content"] for m in row] for row in result["messages"].to_list()]
+    assert windows == [["a", "b"], ["c", "d"], ["e", "f"]]
+    wider, _ = examples(frame, mode="reply", context_turns=3)
+    assert [[m["content"] for m in row] for row in wider["messages"].to_list()] == [["a", "b"], ["a", "b", "c", "d"], ["c", "d", "e", "f"]]
+    assert wider["id"].n_unique() == 3
+
+
+def test_placeholder_only_and_overlong_messages_are_filtered_with_counts():
+    from stages.group import filter_messages
+
+    frame = messages([(0, "Cami", "mira"), (1, "Nico", "<URL>"), (2, "Nico", " <TELEFONO> <EMAIL>"), (3, "Nico", "ya po <URL>"),
+                      (4, "Cami", "x" * 2000)])
+    kept, counts = filter_messages(frame, PERSONA, Group(max_message_chars=1500))
+    assert kept["text"].to_list() == ["mira", "ya po <URL>"]
+    assert counts == {"persona_placeholder_only": 2, "message_too_long": 1}
+
+
+def test_near_duplicate_persona_text_leaves_test_or_is_only_reported():
+    base = "el árbitro era más malo que el pan con palta sin sal, hay que apechugar no más"
+    rows = [conversation(i, f"{base} po {i}" if i < 40 else f"respuesta {i} sobre otro tema distinto al fútbol")
+            for i in range(120)]
+    frame, leakage = split_conversations(rows, Split(overlap_min_chars=30))
+    assert leakage["near_duplicates"] > 0 and leakage["near_duplicates_moved"] == leakage["near_duplicates"]
+    test_ids = set(frame.filter(pl.col("split") == "test")["id"])
+    assert test_ids and all(int(i[1:]) >= 40 for i in test_ids)
+    reported, counts = split_conversations(rows, Split(overlap_min_chars=30, near_dups="report"))
+    assert counts["near_duplicates"] == leakage["near_duplicates"] and counts["near_duplicates_moved"] == 0
+
+
+def test_minhash_estimates_jaccard_of_word_shingles():
+    from stages.near_dups import near_duplicate_pairs
+
+    left = pl.Series(["uno dos tres cuatro cinco seis siete ocho nueve diez", "nada que ver con lo otro de verdad"])
+    right = pl.Series(["uno dos tres cuatro cinco seis siete ocho nueve diez once", "hola"])
+    pairs = near_duplicate_pairs(left, right, 0.5)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 0)]
+    assert pairs[0][2] == pytest.approx(8 / 9, abs=0.15)
