@@ -22,7 +22,7 @@ def data_rows(lines: int, repeats: int, scales: list[int]) -> list[dict]:
     rows = []
     ours = data_stages.measure({"lines": lines, "tasks": ["parse"]}, repeats)
     peer = data_stages.measure({"lines": lines, "tasks": ["whatstk"]}, repeats)
-    rows.append({"figure": f"parse a {lines:,}-line WhatsApp export", "ours": ours, "peer_name": "whatstk 0.9.1", "peer": peer})
+    rows.append({"figure": f"parse a {lines:,}-line WhatsApp export", "ours": ours, "peer_name": "whatstk 0.9.1 `df_from_whatsapp` (auto-detected header)", "peer": peer})
     for size in scales:
         rows.append({"figure": f"`clean` stage, {size:,} lines (parse, normalise, redact, dedup, gate)",
                      "ours": data_stages.measure({"lines": size, "tasks": ["clean"]}, repeats)})

@@ -34,9 +34,9 @@ def prepare(work: Path, lines: int) -> None:
 def load(name: str, work: Path):
     """The measured work as a callable, with its imports done (import time is not what we compare)."""
     if name == "whatstk":
-        from whatstk import WhatsAppChat
+        from whatstk.whatsapp.parser import df_from_whatsapp
 
-        return lambda: WhatsAppChat.from_source(filepath=str(work / EXPORT), hformat="%d/%m/%y, %H:%M - %name:")
+        return lambda: df_from_whatsapp(str(work / EXPORT), auto_header=True, max_size=None)
     if name == "parse":
         from stages.clean import parse_file
         from stages.params import Clean

@@ -35,34 +35,32 @@ FALLBACK = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 GRADE_FALLBACK = re.compile(r"\[\[\s*(10|[1-9])\s*\]\]")
 
 
-def parse_choice(text: str) -> str | None:
-    """`{"veredicto": "A"}` (or `verdict`/`choice`), else `[[A]]` anywhere in the text; otherwise None."""
+def json_field(text: str, keys: tuple[str, ...]):
+    """The first of `keys` in a JSON object answer (code fences allowed), or None."""
     candidate = text.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
     try:
         data = json.loads(candidate)
     except json.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        for key in ("veredicto", "verdict", "choice"):
-            value = str(data.get(key, "")).strip().upper()
-            if value in CHOICES:
-                return value
+        return None
+    if not isinstance(data, dict):
+        return None
+    return next((data[key] for key in keys if key in data), None)
+
+
+def parse_choice(text: str) -> str | None:
+    """`{"veredicto": "A"}` (or `verdict`/`choice`), else `[[A]]` anywhere in the text; otherwise None."""
+    value = str(json_field(text, ("veredicto", "verdict", "choice")) or "").strip().upper()
+    if value in CHOICES:
+        return value
     match = FALLBACK.search(text)
     return match.group(1) if match else None
 
 
 def parse_grade(text: str) -> float | None:
     """`{"nota": 7}` (or `grade`/`score`), else `[[7]]`, else a lone number 1–10; otherwise None."""
-    candidate = text.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
-    try:
-        data = json.loads(candidate)
-    except json.JSONDecodeError:
-        data = None
-    if isinstance(data, dict):
-        for key in ("nota", "grade", "score"):
-            value = data.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value <= 10:
-                return float(value)
+    value = json_field(text, ("nota", "grade", "score"))
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value <= 10:
+        return float(value)
     match = GRADE_FALLBACK.search(text) or re.fullmatch(r"\s*(10|[1-9])\s*\.?\s*", text)
     return float(match.group(1)) if match else None
 
