@@ -71,7 +71,7 @@ class Group:
     label_speakers: bool = True
     persona_opens: Literal["trim", "keep"] = "trim"
     min_turns: int = 2
-    max_turns: int = 12
+    max_turns: int = 8
     context_turns: int = 6
     max_message_chars: int = 1500
     doc_chars: int = 600
