@@ -206,7 +206,11 @@ def make_handler(engine: Engine, api_key: str | None):
                 self.send_json(err.status, err.body())
             except Exception:  # noqa: BLE001 - a server answers every request; the traceback goes to the log
                 log.exception("request failed")
-                self.send_json(500, RequestError(500, "Internal error while generating.", kind="server_error").body())
+                error = RequestError(500, "Internal error while generating.", kind="server_error").body()
+                if getattr(self, "streaming", False):  # headers already sent: end the stream with an error event
+                    self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+                else:
+                    self.send_json(500, error)
 
         def whole_reply(self, request: Completion, ident: str, created: int):
             def consume(stream: ReplyStream) -> None:
@@ -222,7 +226,7 @@ def make_handler(engine: Engine, api_key: str | None):
                 self.send_header("Cache-Control", "no-cache")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                self.close_connection = True
+                self.close_connection = self.streaming = True
                 self.wfile.write(chunk(request, ident, created, {"role": "assistant", "content": ""}))
                 for piece in stream:
                     self.wfile.write(chunk(request, ident, created, {"content": piece}))
