@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 
 demo: install
 	dvc repro
-	dvc metrics show
+	dvc metrics show metrics/perplexity.json metrics/reference.json
 
 test: install
 	python -m pytest

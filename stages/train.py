@@ -244,6 +244,15 @@ def build_trainer(params: Params, model, tokenizer, train_rows: list[dict], val_
     return trainer, {"adapted_modules": adapted, "trainable_parameters": trainable, "total_parameters": total}
 
 
+def sort_target_modules(config_path: Path) -> None:
+    """PEFT saves `target_modules` from a set, in hash order, so the same run wrote a different file (and a new
+    DVC hash for the adapter, rerunning every stage after it) in each process. Sorted, the file is reproducible."""
+    config = read_json(config_path)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     from accelerate import PartialState
     from transformers import set_seed
@@ -274,6 +283,7 @@ def main() -> None:
     evaluation = trainer.evaluate()
     if state.is_main_process:
         trainer.save_model(str(ADAPTER_DIR))
+        sort_target_modules(ADAPTER_DIR / "adapter_config.json")
         tokenizer.save_pretrained(str(ADAPTER_DIR))
         write_json(ADAPTER_DIR / "training_params.json", {"params": as_dict(params), "tokenizer": notes})
         write_json(

@@ -88,3 +88,17 @@ def test_qlora_without_cuda_is_a_clear_error(in_tmp):
     write_json(SOURCE_FILE, {"kind": "builtin-tiny", "location": "models/base"})
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         load_base("4bit")
+
+
+def test_adapter_config_target_modules_are_written_in_a_stable_order(tmp_path):
+    import json
+
+    from stages.train import sort_target_modules
+
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps({"r": 8, "target_modules": ["v_proj", "k_proj", "down_proj", "q_proj"]}), encoding="utf-8")
+    sort_target_modules(path)
+    first = path.read_bytes()
+    assert json.loads(first)["target_modules"] == ["down_proj", "k_proj", "q_proj", "v_proj"]
+    sort_target_modules(path)
+    assert path.read_bytes() == first
