@@ -64,8 +64,10 @@ def decode(data: bytes) -> tuple[str, str]:
     return text, encoding
 
 
-def split_lines(text: str) -> list[str]:
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")[: -1 if text.endswith(("\n", "\r")) else None]
+def split_lines(text: str) -> pl.Series:
+    """Lines as a polars Series: a million Python strings would cost more memory than the parse itself."""
+    lines = pl.Series("raw", [text], dtype=pl.String).str.replace_all("\r\n?", "\n").str.split("\n").explode()
+    return lines.head(-1) if text.endswith(("\n", "\r")) else lines
 
 
 def discover(raw_dir: Path) -> list[Path]:
@@ -95,13 +97,16 @@ def is_lyrics(relative: Path) -> bool:
 def read_text_file(data: bytes, relative: Path, settings: Clean) -> tuple[str, pl.DataFrame, pl.DataFrame, dict]:
     """One text export (any supported format) → (source, kept, rejected, report entry)."""
     text, encoding = decode(data)
+    del data
     info: dict = {"encoding": encoding}
     suffix = relative.suffix.lower()
     lines = split_lines(text)
-    if not any(line.strip() for line in lines):
+    if not (lines.str.strip_chars() != "").any():
         raise UnreadableFile("empty file")
+    if suffix in (".txt", ".lrc"):
+        del text
     if suffix == ".txt":
-        fmt, share = detect_format(pl.Series(lines, dtype=pl.String))
+        fmt, share = detect_format(lines)
         if fmt is not None and share >= MIN_WHATSAPP_SHARE:
             kept, rejected, details = parse_whatsapp(lines, settings.date_order)
             return "whatsapp", kept, rejected, {**info, **details, "unit": "line", "raw_units": len(lines)}

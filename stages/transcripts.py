@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 
 import polars as pl
 
@@ -23,10 +22,9 @@ SECTION_MARKER = r"^\s*\[[^\]]{1,40}\]\s*$"
 LRC_TIMESTAMP = r"\[\d{1,3}:\d{2}(?:[.:]\d{1,3})?\]"
 LRC_METADATA = r"^\s*\[(?:ar|ti|al|au|by|re|ve|length|offset|la|#):[^\]]*\]\s*$"
 # Lines Whisper invents on silence or music, learned from subtitle credits in its training data.
-HALLUCINATED = re.compile(
-    r"(subt[ií]tulos? (?:realizados? )?(?:por|de) la comunidad de amara|amara\.org|subtitulad[oa] por|"
-    r"suscr[ií]bete|gracias por ver|thanks for watching|like and subscribe)",
-    re.IGNORECASE,
+HALLUCINATED = (
+    r"(?i)(subt[ií]tulos? (?:realizados? )?(?:por|de) la comunidad de amara|amara\.org|subtitulad[oa] por|"
+    r"suscr[ií]bete|gracias por ver|thanks for watching|like and subscribe)"
 )
 ROLLING_SHARE = 0.3
 UNIT_SCHEMA = {"line": pl.UInt32, "lines": pl.UInt32, "text": pl.String, "reason": pl.String, "raw": pl.String}
@@ -36,7 +34,7 @@ def _units(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(lines=pl.lit(1, dtype=pl.UInt32)).select(list(UNIT_SCHEMA)).cast(UNIT_SCHEMA)
 
 
-def plain_text(lines: list[str], lyrics: bool = False) -> pl.DataFrame:
+def plain_text(lines: list[str] | pl.Series, lyrics: bool = False) -> pl.DataFrame:
     """One unit per line; sound cues dropped; in lyrics, `[Coro]`-style section markers are structure, not text."""
     frame = pl.DataFrame({"raw": lines}, schema={"raw": pl.String}).with_row_index("line", offset=1)
     frame = frame.with_columns(text=pl.col("raw").str.replace_all(SOUND_CUE, "").str.strip_chars())
@@ -49,7 +47,7 @@ def plain_text(lines: list[str], lyrics: bool = False) -> pl.DataFrame:
     return _units(frame.with_columns(reason=reason))
 
 
-def lrc(lines: list[str]) -> pl.DataFrame:
+def lrc(lines: list[str] | pl.Series) -> pl.DataFrame:
     """Timed lyrics: metadata tags rejected, timestamps removed, the words kept."""
     frame = pl.DataFrame({"raw": lines}, schema={"raw": pl.String}).with_row_index("line", offset=1)
     frame = frame.with_columns(text=pl.col("raw").str.replace_all(LRC_TIMESTAMP, "").str.strip_chars())
@@ -131,7 +129,7 @@ def json_transcript(text: str, max_no_speech: float, max_compression: float) -> 
             pl.when(pl.col("raw").str.strip_chars() == "").then(pl.lit("blank_line"))
             .when(pl.col("no_speech") > max_no_speech).then(pl.lit("no_speech"))
             .when(pl.col("compression") > max_compression).then(pl.lit("repetitive_segment"))
-            .when(pl.col("raw").str.contains(HALLUCINATED.pattern.replace("(", "(?i)(", 1))).then(pl.lit("hallucinated_credit"))
+            .when(pl.col("raw").str.contains(HALLUCINATED)).then(pl.lit("hallucinated_credit"))
             .when(pl.col("text") == "").then(pl.lit("sound_cue"))
         )
         return _units(frame.with_columns(reason=reason)), "whisper json"

@@ -134,28 +134,27 @@ def _reason(text: pl.Expr, table: list[tuple[str, str]]) -> pl.Expr:
     return expr
 
 
-def pasted_headers(frame: pl.DataFrame) -> pl.Expr:
+def pasted_headers(frame: pl.DataFrame) -> pl.Series:
     """Header-looking lines that are text someone pasted into a message, not messages.
 
     A real header's author writes elsewhere in the chat and its time does not go
     back; a pasted one (a forwarded quote, a copied log) names an author seen
     nowhere else *and* jumps back in time. Both must hold, so an unusual but real
     message (a one-off author, or a clock correction) still starts a message.
+    Only the few lines that go back in time are examined, so this stays cheap.
     """
-    author = pl.col("rest").str.extract(AUTHOR_PATTERN, 1).str.strip_chars()
-    headers = frame.select(author=pl.when(pl.col("is_header")).then(author))["author"]
-    counts = headers.drop_nulls().value_counts()
-    singletons = counts.filter(pl.col("count") == 1)["author"]
     previous_ts = pl.when(pl.col("is_header")).then(pl.col("ts")).forward_fill().shift(1)
-    return (
-        pl.col("is_header")
-        & author.is_in(singletons.implode()).fill_null(False)
-        & (pl.col("ts") < previous_ts).fill_null(False)
-        & (pl.len() > 20)
-    )
+    back = frame.select((pl.col("is_header") & (pl.col("ts") < previous_ts)).fill_null(False).alias("back"))["back"]
+    pasted = pl.Series("pasted", [False] * frame.height, dtype=pl.Boolean)
+    if frame.height <= 20 or not back.any():
+        return pasted
+    headers = frame.filter(pl.col("is_header"))["rest"]
+    suspects = frame.with_row_index("row").filter(back).select("row", author=pl.col("rest").str.extract(AUTHOR_PATTERN, 1))
+    singles = [row for row, author in suspects.drop_nulls().iter_rows() if int(headers.str.starts_with(f"{author}: ").sum()) == 1]
+    return pasted.scatter(singles, True) if singles else pasted
 
 
-def parse_whatsapp(lines: list[str], date_order: str = "auto") -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+def parse_whatsapp(lines: list[str] | pl.Series, date_order: str = "auto") -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Lines of one export → (messages, rejected, report).
 
     messages: line, lines, ts, author, text. rejected: line, lines, reason, raw.
@@ -180,21 +179,28 @@ def parse_whatsapp(lines: list[str], date_order: str = "auto") -> tuple[pl.DataF
     frame = frame.with_columns(is_header=pl.col("is_header") & ~pasted_headers(frame))
     frame = frame.with_columns(msg=pl.col("is_header").cast(pl.Int32).cum_sum())
 
-    body_line = pl.when(pl.col("is_header")).then(pl.col("rest")).otherwise(pl.col("norm"))
-    grouped = (
-        frame.group_by("msg", maintain_order=True)
-        .agg(
-            line=pl.col("line").first(),
-            lines=pl.len().cast(pl.UInt32),
-            ts=pl.col("ts").first(),
-            marked=pl.col("marked").first(),
-            body=body_line.str.join("\n"),
-            raw=pl.col("raw").str.join("\n"),
-        )
-        .with_columns(pl.col("body").str.strip_chars_end("\n"))
+    # Most messages are one line: join only the continuation lines, then attach them to their header
+    # (a group_by with string joins over every line costs several times more on a million-line export).
+    continuation = (
+        frame.filter(~pl.col("is_header"))
+        .group_by("msg", maintain_order=True)
+        .agg(first_line=pl.col("line").first(), extra=pl.len().cast(pl.UInt32),
+             more_body=pl.col("norm").str.join("\n"), more_raw=pl.col("raw").str.join("\n"))
     )
-    orphan = grouped.filter(pl.col("msg") == 0)
-    messages = grouped.filter(pl.col("msg") > 0)
+    messages = (
+        frame.filter(pl.col("is_header"))
+        .select("msg", "line", "ts", "marked", "rest", "raw")
+        .join(continuation, on="msg", how="left", maintain_order="left")
+        .select(
+            "msg", "line", "ts", "marked",
+            lines=(pl.col("extra").fill_null(0) + 1).cast(pl.UInt32),
+            body=pl.when(pl.col("more_body").is_null()).then(pl.col("rest"))
+            .otherwise(pl.concat_str("rest", pl.lit("\n"), "more_body")).str.strip_chars_end("\n"),
+            raw=pl.when(pl.col("more_raw").is_null()).then(pl.col("raw"))
+            .otherwise(pl.concat_str("raw", pl.lit("\n"), "more_raw")),
+        )
+    )
+    orphan = continuation.filter(pl.col("msg") == 0).select(line="first_line", lines="extra", raw="more_raw")
 
     split = pl.col("body").str.extract_groups(AUTHOR_PATTERN)
     messages = messages.with_columns(split.struct.field("author"), split.struct.field("text"))
