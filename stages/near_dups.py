@@ -48,15 +48,18 @@ def near_duplicate_pairs(left: pl.Series, right: pl.Series, threshold: float, se
         return []
     sig_left, sig_right = signatures(left, seed=seed), signatures(right, seed=seed)
     rows = PERMUTATIONS // BANDS
-    candidates: set[tuple[int, int]] = set()
+    mix = np.random.default_rng(seed + 1).integers(1, 2**62, rows, dtype=np.int64)
+    joins = []
     for band in range(BANDS):
         block = slice(band * rows, (band + 1) * rows)
-        keys_left = pl.DataFrame({"i": np.arange(len(left)), "key": [bytes(r) for r in sig_left[:, block]]})
-        keys_right = pl.DataFrame({"j": np.arange(len(right)), "key": [bytes(r) for r in sig_right[:, block]]})
-        candidates.update(keys_left.join(keys_right, on="key").select("i", "j").iter_rows())
-    pairs = []
-    for i, j in sorted(candidates):
-        similarity = float((sig_left[i] == sig_right[j]).mean())
-        if similarity >= threshold:
-            pairs.append((i, j, similarity))
-    return pairs
+        # One int64 per band (wrapping arithmetic); a collision only adds a candidate, which is verified below.
+        keys_left = pl.DataFrame({"i": np.arange(len(left)), "key": sig_left[:, block] @ mix})
+        keys_right = pl.DataFrame({"j": np.arange(len(right)), "key": sig_right[:, block] @ mix})
+        joins.append(keys_left.join(keys_right, on="key").select("i", "j"))
+    candidates = pl.concat(joins).unique().sort("i", "j")
+    i, j = candidates["i"].to_numpy(), candidates["j"].to_numpy()
+    similarity = np.concatenate(
+        [(sig_left[i[k : k + 2**20]] == sig_right[j[k : k + 2**20]]).mean(axis=1) for k in range(0, len(i), 2**20)]
+    ) if len(i) else np.empty(0)
+    keep = similarity >= threshold
+    return list(zip(i[keep].tolist(), j[keep].tolist(), similarity[keep].tolist()))
