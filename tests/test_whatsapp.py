@@ -133,3 +133,22 @@ def test_a_pasted_header_inside_a_message_stays_in_that_message():
     assert kept.filter(pl.col("author") == "Pancho")["text"].to_list() == ["llegué"]
     assert "el reloj se atrasó" in kept["text"].to_list()
     assert kept.height + rejected.height == 32
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["2023-01-12 16:14 - Ana: hola", "2023-01-13 09:05 - Nico: wena"], ["2023-01-12 16:14", "2023-01-13 09:05"]),
+        (["26-04-2022 21:03 - Ana: hola", "27-04-2022 08:00 - Nico: wena"], ["2022-04-26 21:03", "2022-04-27 08:00"]),
+        (["03.08.21, 12:30 - Ana: hola", "14.08.21, 12:31 - Nico: wena"], ["2021-08-03 12:30", "2021-08-14 12:31"]),
+        (["[1.1.2019, 12.00.00] Ana: hola", "[15.1.2019, 13.05.09] Nico: wena"], ["2019-01-01 12:00", "2019-01-15 13:05"]),
+        (["12/01/2014 17:03:48: Ana: hola", "13/01/2014 08:00:00: Nico: wena"], ["2014-01-12 17:03", "2014-01-13 08:00"]),
+    ],
+)
+def test_iso_dashed_dotted_and_legacy_dates(lines, expected):
+    from stages.whatsapp import parse_whatsapp
+
+    kept, rejected, _ = parse_whatsapp(lines)
+    assert rejected.is_empty()
+    assert kept["ts"].dt.strftime("%Y-%m-%d %H:%M").to_list() == expected
+    assert kept["author"].to_list() == ["Ana", "Nico"] and kept["text"].to_list() == ["hola", "wena"]
