@@ -83,10 +83,10 @@ def discover(raw_dir: Path) -> list[Path]:
 
 
 def split_units(units: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Reader units (line, lines, text, reason, raw) → kept items and rejected units."""
-    kept = units.filter(pl.col("reason").is_null()).select(
-        "line", "lines", ts=pl.lit(None, dtype=pl.Datetime("us")), author=pl.lit(None, dtype=pl.String), text="text"
-    )
+    """Reader units (line, lines, text, reason, raw, optional author/chat/ts) → kept items and rejected units."""
+    kept = units.filter(pl.col("reason").is_null()).drop("reason", "raw")
+    absent = {"ts": pl.lit(None, dtype=pl.Datetime("us")), "author": pl.lit(None, dtype=pl.String)}
+    kept = kept.with_columns(**{name: value for name, value in absent.items() if name not in kept.columns})
     return kept, units.filter(pl.col("reason").is_not_null()).select("line", "lines", "reason", "raw")
 
 
@@ -155,8 +155,7 @@ def read_table(path: Path, settings: Clean) -> tuple[pl.DataFrame, pl.DataFrame,
     ).with_columns(
         reason=pl.when(pl.col("text").str.strip_chars() == "").then(pl.lit("empty")), raw=pl.col("text")
     )
-    kept = units.filter(pl.col("reason").is_null()).drop("reason", "raw")
-    rejected = units.filter(pl.col("reason").is_not_null()).select("line", "lines", "reason", "raw")
+    kept, rejected = split_units(units)
     return kept, rejected, {"format": f"table ({suffix[1:]})", "unit": "row", "raw_units": units.height}
 
 
@@ -234,19 +233,20 @@ def _unreadable_bytes(name: str, read, err: Exception):
         preview = read()[:200].decode("utf-8", errors="replace")
     except OSError:
         preview = ""
-    rejected = pl.DataFrame(
-        {"line": [1], "lines": [0], "reason": ["unreadable_file"], "raw": [f"{err}: {preview}"]},
-        schema={"line": pl.UInt32, "lines": pl.UInt32, "reason": pl.String, "raw": pl.String},
-    )
-    return name, _empty_messages(), _tag(rejected, "unknown", name), {"error": str(err), "kept": 0, "rejected": {}}
+    return _file_problem(name, "unreadable_file", f"{err}: {preview}", str(err))
 
 
 def _refused_member(name: str, why: str):
+    return _file_problem(name, "zip_member_refused", f"{name}: {why}", f"refused: {why}")
+
+
+def _file_problem(name: str, reason: str, raw: str, error: str):
+    """A whole file (or zip member) that yields nothing: one rejected row, accounting for no lines, and a report line."""
     rejected = pl.DataFrame(
-        {"line": [1], "lines": [0], "reason": ["zip_member_refused"], "raw": [f"{name}: {why}"]},
+        {"line": [1], "lines": [0], "reason": [reason], "raw": [raw]},
         schema={"line": pl.UInt32, "lines": pl.UInt32, "reason": pl.String, "raw": pl.String},
     )
-    return name, _empty_messages(), _tag(rejected, "unknown", name), {"error": f"refused: {why}", "kept": 0, "rejected": {}}
+    return name, _empty_messages(), _tag(rejected, "unknown", name), {"error": error, "kept": 0, "rejected": {}}
 
 
 def _tag(rejected: pl.DataFrame, source: str, name: str) -> pl.DataFrame:

@@ -10,6 +10,7 @@ model and use the `openai` backend (see `stages/judges.py`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -129,13 +130,9 @@ def main() -> None:
     rating = RATING_PROMPTS[settings.backend].read_text(encoding="utf-8")
     rate_base = [fill(rating, c, c["base"]) for c in cases]
     rate_tuned = [fill(rating, c, c["tuned"]) for c in cases]
-    if settings.backend == "local":
-        judge = LocalJudge(model, tokenizer, batch)
-        with model.disable_adapter():
-            first, second = judge.choose(tuned_as_a), judge.choose(tuned_as_b)
-            grades = {"base": judge.rate(rate_base), "tuned": judge.rate(rate_tuned)}
-    else:
-        judge = OpenAIJudge(settings, CACHE)
+    local = settings.backend == "local"
+    judge = LocalJudge(model, tokenizer, batch) if local else OpenAIJudge(settings, CACHE)
+    with model.disable_adapter() if local else contextlib.nullcontext():  # the local judge is the base model
         first, second = judge.choose(tuned_as_a), judge.choose(tuned_as_b)
         grades = {"base": judge.rate(rate_base), "tuned": judge.rate(rate_tuned)}
     outcomes = [verdict(a, b) for a, b in zip(first, second)]
