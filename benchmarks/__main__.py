@@ -10,7 +10,7 @@ import json
 from datetime import date
 from pathlib import Path
 
-from benchmarks import data_stages, train_throughput
+from benchmarks import data_stages, evaluation, train_throughput
 from benchmarks.machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,29 @@ def fmt_mem(result: dict) -> str:
     return f"{result['peak_mib']:.0f} MiB" if "peak_mib" in result else "–"
 
 
-def render(machine: dict, data: list[dict], train: list[dict], repeats: int) -> str:
+def render_evaluation(rows: list[dict], repeats: int) -> list[str]:
+    out = [
+        "",
+        "## Tokenisation, evaluation and serving (CPU, builtin Llama architecture at the demo's size)",
+        "",
+        f"Random weights with a LoRA adapter attached, as the stages load it; the median of {repeats} timed passes "
+        "after a warm-up, peers on the same inputs in the same process (`python -m benchmarks.evaluation`).",
+        "",
+        "| figure | habla | peer | peer figure | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            out.append(f"| {row['figure']} | error: {row['error']} | | | |")
+            continue
+        ours = f"{row['ours']:,.1f} {row['unit']}" + (f" ({row['detail']})" if row.get("detail") else "")
+        peer = f"{row['peer']:,.1f} {row['unit']}" if "peer" in row else ""
+        ratio = f"{row['ours'] / row['peer']:.2f}×" if "peer" in row else ""
+        out.append(f"| {row['figure']} | {ours} | {row.get('peer_name', '')} | {peer} | {ratio} |")
+    return out
+
+
+def render(machine: dict, data: list[dict], train: list[dict], evaluated: list[dict], repeats: int) -> str:
     out = [
         "# Benchmarks",
         "",
@@ -76,6 +98,7 @@ def render(machine: dict, data: list[dict], train: list[dict], repeats: int) -> 
             out.append(f"| {row['name']} | error: {row['error']} | |")
         else:
             out.append(f"| {row['name']} | {row['tokens_per_second']:,.0f} | {row['peak_memory_mib']:.0f} MiB |")
+    out += render_evaluation(evaluated, repeats)
     if GPU_RESULTS.exists():
         recorded = json.loads(GPU_RESULTS.read_text(encoding="utf-8"))
         gpu = recorded["machine"]
@@ -109,7 +132,8 @@ def main() -> None:
     machine = describe()
     data = data_rows(lines, repeats, scales)
     train = train_throughput.run_suite("cpu")
-    text = render(machine, data, train, repeats)
+    evaluated = evaluation.run(repeats)
+    text = render(machine, data, train, evaluated, repeats)
     print(text)
     if not args.quick:
         OUTPUT.write_text(text, encoding="utf-8")

@@ -311,13 +311,13 @@ def report(files: dict[str, dict], kept: pl.DataFrame, rejected: pl.DataFrame) -
 
 def expectations(max_chars: int) -> list:
     return [
-        ("ExpectTableRowCountToBeBetween", {"min_value": 1}),
-        ("ExpectColumnValuesToNotBeNull", {"column": "text"}),
-        ("ExpectColumnValueLengthsToBeBetween", {"column": "text", "min_value": 1, "max_value": max_chars}),
-        ("ExpectColumnValuesToBeInSet", {"column": "source", "value_set": SOURCES}),
-        ("ExpectCompoundColumnsToBeUnique", {"column_list": ["file", "line"]}),
-        ("ExpectColumnValuesToBeBetween", {"column": "year", "min_value": 2009, "max_value": 2100}),
-        ("ExpectColumnValuesToNotBeNull", {"column": "chat_author"}),
+        ("ExpectTableRowCountToBeBetween", {"min_value": 1, "description": "at least one message is kept"}),
+        ("ExpectColumnValuesToNotBeNull", {"column": "text", "description": "every message has text"}),
+        ("ExpectColumnValueLengthsToBeBetween", {"column": "text", "min_value": 1, "max_value": max_chars, "description": "no empty or over-long message"}),
+        ("ExpectColumnValuesToBeInSet", {"column": "source", "value_set": SOURCES, "description": "every source is a known one"}),
+        ("ExpectCompoundColumnsToBeUnique", {"column_list": ["file", "line"], "description": "each raw line is kept at most once"}),
+        ("ExpectColumnValuesToBeBetween", {"column": "year", "min_value": 2009, "max_value": 2100, "description": "chat dates are plausible (WhatsApp exists since 2009): check clean.date_order"}),
+        ("ExpectColumnValuesToNotBeNull", {"column": "chat_author", "description": "every chat message has an author"}),
     ]
 
 

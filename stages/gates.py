@@ -35,6 +35,7 @@ def _summarise(result: dict) -> dict:
     details = result.get("result") or {}
     return {
         "expectation": config["type"],
+        "description": config.get("description") or config["type"].replace("_", " "),
         "kwargs": kwargs,
         "success": result["success"],
         "unexpected_count": details.get("unexpected_count"),
@@ -74,7 +75,7 @@ def run_gate(stage: str, frame: pl.DataFrame, expectations: list[Expectation], o
             column = check["kwargs"].get("column") or check["kwargs"].get("column_list") or "table"
             count = check["unexpected_count"] if check["unexpected_count"] is not None else check["observed_value"]
             examples = f" e.g. {check['examples']}" if check["examples"] else ""
-            lines.append(f"  - {check['expectation']} on {column}: {count}{examples}")
+            lines.append(f"  - {check['description']} ({check['expectation']} on {column}): {count}{examples}")
         lines.append(f"Full report: {Path(out_dir) / f'{stage}.json'}")
         raise GateError("\n".join(lines))
     log.info("gate %s: %d checks passed on %d rows", stage, len(checks), frame.height)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from stages.modeling import device
+from stages.modeling import device, end_ids
 from stages.params import Sampling
 
 
@@ -129,10 +129,3 @@ class ReplyStream:
     def _possible_stop_prefix(self, text: str) -> int:
         """Length of the longest tail of `text` that could begin a stop string."""
         return max((n for s in self.stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
-
-
-def end_ids(model, tokenizer) -> list[int]:
-    """The model's own end tokens plus the tokenizer's end-of-turn token (which `train` may have set)."""
-    value = model.generation_config.eos_token_id
-    ids = set(value) if isinstance(value, (list, tuple)) else ({value} if value is not None else set())
-    return sorted(ids | {tokenizer.eos_token_id})

@@ -6,7 +6,9 @@ a burst, joined by `group.separator` (the model learns to send several bubbles);
 consecutive bursts with the same role form one turn, joined by a newline, so
 roles alternate. The persona's turns are `assistant`, everyone else is `user`
 (pseudonymised in group chats), so training teaches the persona's side only.
-Transcripts and lyrics become plain-text passages for language modelling.
+Transcripts and lyrics become plain-text passages for language modelling, and
+each passage an instruction example ("write about <its keywords>") when
+`group.keyword_tasks.enabled`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import polars as pl
 
 from stages.errors import UserError, run_stage
 from stages.gates import run_gate
-from stages.io import write_json, write_jsonl
-from stages.params import Group, Persona, load_params
+from stages.io import write_frame_jsonl, write_json, write_jsonl
+from stages.keywords import keyword_prompt, top_keywords
+from stages.params import Group, KeywordTasks, Persona, load_params
 
 log = logging.getLogger("group")
 
@@ -135,10 +138,17 @@ def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) ->
     """Turns → conversation examples (windows of at most `max_turns`), with filter counts."""
     frame = turn_rows.with_columns(position=pl.int_range(pl.len()).over("session"))
     dropped: dict[str, int] = {}
+    opening = (pl.col("role") == "assistant") & (pl.col("position") == 0)
     if settings.persona_opens == "trim":
-        opening = (pl.col("role") == "assistant") & (pl.col("position") == 0)
         dropped["opening_persona_turns_trimmed"] = frame.filter(opening).height
         frame = frame.filter(~opening).with_columns(position=pl.int_range(pl.len()).over("session"))
+    elif settings.persona_opens == "opener":
+        openers = frame.filter(opening).with_columns(role=pl.lit("user"), content=pl.lit(settings.opener), position=pl.lit(-1, dtype=frame.schema["position"]))
+        dropped["opening_persona_turns_given_opener"] = openers.height
+        frame = (
+            pl.concat([openers, frame]).sort("session", "position")
+            .with_columns(position=pl.int_range(pl.len()).over("session"))
+        )
     if settings.mode == "reply":
         frame = reply_windows(frame, settings.context_turns)
     else:
@@ -151,13 +161,21 @@ def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) ->
             messages=pl.struct("role", "content"),
             assistant_turns=(pl.col("role") == "assistant").sum(),
             n_turns=pl.len(),
+            shortest_turn=pl.col("content").str.len_chars().min(),
+            longest_turn=pl.col("content").str.len_chars().max(),
         )
     )
-    no_persona = pl.col("assistant_turns") == 0
-    too_short = pl.col("n_turns") < settings.min_turns
-    dropped["no_persona_turn"] = grouped.filter(no_persona).height
-    dropped["too_few_turns"] = grouped.filter(~no_persona & too_short).height
-    kept = grouped.filter(~no_persona & ~too_short)
+    reasons = {
+        "no_persona_turn": pl.col("assistant_turns") == 0,
+        "too_few_turns": pl.col("n_turns") < settings.min_turns,
+        "turn_too_short": pl.col("shortest_turn") < settings.min_turn_chars,
+        "turn_too_long": pl.col("longest_turn") > settings.max_turn_chars,
+    }
+    rejected = pl.lit(False)
+    for reason, condition in reasons.items():
+        dropped[reason] = grouped.filter(~rejected & condition).height
+        rejected = rejected | condition
+    kept = grouped.filter(~rejected)
     ids = [stable_id(chat, str(start), str(window)) for chat, start, window in kept.select("chat", "start", "window").iter_rows()]
     kept = kept.with_columns(id=pl.Series(ids, dtype=pl.String), source=pl.lit("whatsapp"))
     if persona.system_prompt:
@@ -191,6 +209,34 @@ def documents(messages: pl.DataFrame, settings: Group) -> list[dict]:
     return rows
 
 
+def keyword_tasks(docs: list[dict], persona: Persona, settings: KeywordTasks) -> tuple[list[dict], int]:
+    """One instruction example per document: the user asks for a text about its keywords, the persona answers with it.
+
+    Returns the tasks and how many documents had no keyword left after stop words.
+    Each task keeps its `document` id, so `split` sends it where the document goes.
+    """
+    if not settings.enabled:
+        return [], 0
+    chosen = top_keywords([d["text"] for d in docs], settings.keywords, settings.extra_stop_words)
+    system = [{"role": "system", "content": persona.system_prompt}] if persona.system_prompt else []
+    tasks = [
+        {
+            "id": stable_id("keywords", doc["id"]),
+            "source": "keywords",
+            "document": doc["id"],
+            "keywords": words,
+            "messages": [
+                *system,
+                {"role": "user", "content": keyword_prompt(settings.song_prompt if doc["source"] == "lyrics" else settings.prompt, words)},
+                {"role": "assistant", "content": doc["text"]},
+            ],
+        }
+        for doc, words in zip(docs, chosen)
+        if words
+    ]
+    return tasks, len(docs) - len(tasks)
+
+
 def flatten(examples: pl.DataFrame) -> pl.DataFrame:
     """One row per turn with its position and the previous role, for the gate."""
     return (
@@ -209,17 +255,17 @@ def flatten(examples: pl.DataFrame) -> pl.DataFrame:
 
 
 GATE = [
-    ("ExpectTableRowCountToBeBetween", {"min_value": 1}),
-    ("ExpectColumnValuesToNotBeNull", {"column": "content"}),
-    ("ExpectColumnValueLengthsToBeBetween", {"column": "content", "min_value": 1}),
-    ("ExpectColumnValuesToBeInSet", {"column": "role", "value_set": ROLES}),
-    ("ExpectColumnValuesToBeBetween", {"column": "assistant_turns", "min_value": 1}),
-    ("ExpectColumnValuesToBeInSet", {"column": "role_repeats", "value_set": [False]}),
-    ("ExpectColumnValuesToBeInSet", {"column": "system_not_first", "value_set": [False]}),
+    ("ExpectTableRowCountToBeBetween", {"min_value": 1, "description": "at least one example"}),
+    ("ExpectColumnValuesToNotBeNull", {"column": "content", "description": "every turn has content"}),
+    ("ExpectColumnValueLengthsToBeBetween", {"column": "content", "min_value": 1, "description": "no empty turn"}),
+    ("ExpectColumnValuesToBeInSet", {"column": "role", "value_set": ROLES, "description": "roles are system, user or assistant"}),
+    ("ExpectColumnValuesToBeBetween", {"column": "assistant_turns", "min_value": 1, "description": "every example has a persona turn"}),
+    ("ExpectColumnValuesToBeInSet", {"column": "role_repeats", "value_set": [False], "description": "roles alternate (no two turns in a row with one role)"}),
+    ("ExpectColumnValuesToBeInSet", {"column": "system_not_first", "value_set": [False], "description": "a system turn only comes first"}),
 ]
 
 
-def summary(examples: pl.DataFrame, docs: list[dict], dropped: dict, messages: pl.DataFrame) -> dict:
+def summary(examples: pl.DataFrame, docs: list[dict], tasks: list[dict], dropped: dict, messages: pl.DataFrame) -> dict:
     flat = flatten(examples)
     chars = flat.filter(pl.col("role") != "system")["content"].str.len_chars()
     n_turns = examples["messages"].list.len()
@@ -227,6 +273,7 @@ def summary(examples: pl.DataFrame, docs: list[dict], dropped: dict, messages: p
         "messages_by_source": dict(sorted(messages.group_by("source").len().iter_rows())),
         "conversations": examples.height,
         "documents": len(docs),
+        "keyword_tasks": len(tasks),
         "turns_per_conversation": {"mean": n_turns.mean(), "median": n_turns.median(), "max": n_turns.max()},
         "chars_per_turn": {"mean": chars.mean(), "median": chars.median(), "max": chars.max()},
         "persona_share_of_turns": float((flat["role"] == "assistant").mean()) if flat.height else 0.0,
@@ -245,12 +292,15 @@ def main() -> None:
     examples, dropped = conversations(turns(chats, params.persona, params.group), params.persona, params.group)
     dropped = {**dropped_messages, **dropped}
     docs = documents(messages, params.group)
-    run_gate("group", flatten(examples).select("role", "content", "assistant_turns", "role_repeats", "system_not_first"), GATE)
-    write_jsonl(OUT_DIR / "conversations.jsonl", examples.to_dicts())
+    tasks, dropped["documents_without_keywords"] = keyword_tasks(docs, params.persona, params.group.keyword_tasks)
+    checked = pl.concat([examples.select("id", "messages"), pl.DataFrame(tasks, schema={"id": pl.String, "messages": examples.schema["messages"]})])
+    run_gate("group", flatten(checked).select("role", "content", "assistant_turns", "role_repeats", "system_not_first"), GATE)
+    write_frame_jsonl(OUT_DIR / "conversations.jsonl", examples)
     write_jsonl(OUT_DIR / "documents.jsonl", docs)
-    stats = summary(examples, docs, dropped, messages)
+    write_jsonl(OUT_DIR / "keyword_tasks.jsonl", tasks)
+    stats = summary(examples, docs, tasks, dropped, messages)
     write_json(REPORT, stats)
-    log.info("%d conversations, %d documents, filtered %s", stats["conversations"], stats["documents"], dropped)
+    log.info("%d conversations, %d documents, %d keyword tasks, filtered %s", stats["conversations"], stats["documents"], len(tasks), dropped)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 
 def _clean_floats(value: Any) -> Any:
     if isinstance(value, float):
@@ -43,6 +45,13 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
             handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
             count += 1
     return count
+
+
+def write_frame_jsonl(path: str | Path, frame: pl.DataFrame) -> None:
+    """JSONL straight from polars (column order, no Python dict per row): for the large conversation files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_ndjson(path)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

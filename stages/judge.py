@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +35,18 @@ PROMPTS = {"local": Path("prompts/judge_pairwise.es.txt"), "openai": Path("promp
 RATING_PROMPTS = {"local": Path("prompts/judge_rating.es.txt"), "openai": Path("prompts/judge_rating_json.es.txt")}
 
 
-def cut_before_last_reply(messages: list[dict]) -> tuple[list[dict], str] | None:
-    """The conversation up to the persona's last reply, and that reply as the reference."""
-    for index in range(len(messages) - 1, 0, -1):
-        if messages[index]["role"] == "assistant":
-            return messages[:index], messages[index]["content"]
-    return None
+def cut_before_reply(conversation: dict, how: str = "last", seed: int = 0) -> tuple[list[dict], str] | None:
+    """The conversation up to one persona reply (the last, or a random one), and that reply as the reference.
+
+    The random choice is seeded by `seed` and the conversation's id, so each
+    conversation's cut stays put when others are added or the order changes.
+    """
+    messages = conversation["messages"]
+    replies = [i for i in range(1, len(messages)) if messages[i]["role"] == "assistant"]
+    if not replies:
+        return None
+    index = replies[-1] if how == "last" else random.Random(f"{seed}:{conversation['id']}").choice(replies)
+    return messages[:index], messages[index]["content"]
 
 
 def render_transcript(messages: list[dict]) -> str:
@@ -111,7 +118,7 @@ def main() -> None:
     template = template_path(settings).read_text(encoding="utf-8")
     cases = []
     for conversation in read_jsonl(TEST)[: params.evaluate.max_prompts]:
-        cut = cut_before_last_reply(conversation["messages"])
+        cut = cut_before_reply(conversation, params.evaluate.cut, params.evaluate.cut_seed)
         if cut:
             cases.append({"id": conversation["id"], "source": conversation.get("source"), "prompt": cut[0], "reference": cut[1]})
     if not cases:

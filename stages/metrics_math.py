@@ -22,6 +22,27 @@ def masked_nll(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.T
     return (token_nll * mask).sum(dim=1), mask.sum(dim=1)
 
 
+def sliding_windows(ids: list[int], mask: list[int], window: int, stride: int) -> list[tuple[list[int], list[int]]]:
+    """Cut a sequence longer than the model's context into overlapping windows that score each target once.
+
+    Window k ends at `window + k * stride` (the last one at the end) and scores only
+    the targets the previous window did not reach, so every scored token sees at
+    least `window - stride` tokens of context (all of them near the start). A
+    sequence that fits is one window. As in the transformers perplexity guide, but
+    anchored at the end so the final window is full and no target is lost.
+    """
+    if len(ids) <= window:
+        return [(ids, mask)]
+    out, scored_until, end = [], 0, window
+    while scored_until < len(ids):
+        end = min(end, len(ids))
+        begin = max(0, end - window)
+        fresh = [m if begin + i >= scored_until else 0 for i, m in enumerate(mask[begin:end])]
+        out.append((ids[begin:end], fresh))
+        scored_until, end = end, end + stride
+    return out
+
+
 def bootstrap_interval(
     n: int, statistic: Callable[[np.ndarray], float], resamples: int, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:

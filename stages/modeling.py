@@ -131,3 +131,14 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) 
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
     return {"input_ids": ids, "assistant_masks": mask}
+
+
+def end_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a reply: the model's own end tokens plus the tokenizer's EOS (which `train` may have set).
+
+    Chat models often end a turn with a token that is not the tokenizer's EOS
+    (Gemma's `<end_of_turn>`, Llama 3's `<|eot_id|>`); their generation config lists it.
+    """
+    value = model.generation_config.eos_token_id
+    ids = set(value) if isinstance(value, (list, tuple)) else ({value} if value is not None else set())
+    return sorted(ids | {tokenizer.eos_token_id})

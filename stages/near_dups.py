@@ -14,6 +14,7 @@ import polars as pl
 PRIME = (1 << 31) - 1
 PERMUTATIONS = 64
 BANDS = 16  # 16 bands of 4 rows: pairs above ~0.5 Jaccard become candidates, then are verified
+CHUNK = 2**20  # candidate pairs verified at once
 
 
 def signatures(texts: pl.Series, shingle: int = 3, seed: int = 0) -> np.ndarray:
@@ -43,23 +44,40 @@ def signatures(texts: pl.Series, shingle: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def near_duplicate_pairs(left: pl.Series, right: pl.Series, threshold: float, seed: int = 0) -> list[tuple[int, int, float]]:
-    """(i, j, estimated Jaccard) for texts left[i] and right[j] whose shingle sets overlap at least `threshold`."""
+    """(i, j, estimated Jaccard): for each text left[i] with a near duplicate in `right`, its closest right[j].
+
+    Identical signatures are collapsed first (chat data repeats short replies a
+    lot, and every copy would otherwise pair with every other copy in each band),
+    and candidates are verified band by band, so memory follows the number of
+    distinct texts rather than the number of candidate pairs.
+    """
     if len(left) == 0 or len(right) == 0:
         return []
     sig_left, sig_right = signatures(left, seed=seed), signatures(right, seed=seed)
+    unique_left, left_group = np.unique(sig_left, axis=0, return_inverse=True)
+    unique_right, right_first = np.unique(sig_right, axis=0, return_index=True)
     rows = PERMUTATIONS // BANDS
     mix = np.random.default_rng(seed + 1).integers(1, 2**62, rows, dtype=np.int64)
-    joins = []
+    best_similarity = np.zeros(len(unique_left))
+    best_match = np.full(len(unique_left), len(right), dtype=np.int64)
     for band in range(BANDS):
         block = slice(band * rows, (band + 1) * rows)
         # One int64 per band (wrapping arithmetic); a collision only adds a candidate, which is verified below.
-        keys_left = pl.DataFrame({"i": np.arange(len(left)), "key": sig_left[:, block] @ mix})
-        keys_right = pl.DataFrame({"j": np.arange(len(right)), "key": sig_right[:, block] @ mix})
-        joins.append(keys_left.join(keys_right, on="key").select("i", "j"))
-    candidates = pl.concat(joins).unique().sort("i", "j")
-    i, j = candidates["i"].to_numpy(), candidates["j"].to_numpy()
-    similarity = np.concatenate(
-        [(sig_left[i[k : k + 2**20]] == sig_right[j[k : k + 2**20]]).mean(axis=1) for k in range(0, len(i), 2**20)]
-    ) if len(i) else np.empty(0)
-    keep = similarity >= threshold
-    return list(zip(i[keep].tolist(), j[keep].tolist(), similarity[keep].tolist()))
+        keys_left = pl.DataFrame({"i": np.arange(len(unique_left)), "key": unique_left[:, block] @ mix})
+        keys_right = pl.DataFrame({"u": np.arange(len(unique_right)), "j": right_first, "key": unique_right[:, block] @ mix})
+        candidates = keys_left.join(keys_right, on="key").select("i", "u", "j")
+        i, u = candidates["i"].to_numpy(), candidates["u"].to_numpy()
+        similarity = np.concatenate(
+            [(unique_left[i[k : k + CHUNK]] == unique_right[u[k : k + CHUNK]]).mean(axis=1) for k in range(0, len(i), CHUNK)]
+        ) if len(i) else np.empty(0)
+        closest = (
+            candidates.with_columns(similarity=similarity)
+            .sort(["i", "similarity", "j"], descending=[False, True, False])
+            .unique("i", keep="first", maintain_order=True)
+        )
+        ci, cj, cs = (closest[name].to_numpy() for name in ("i", "j", "similarity"))
+        better = (cs > best_similarity[ci]) | ((cs == best_similarity[ci]) & (cj < best_match[ci]))
+        best_similarity[ci[better]], best_match[ci[better]] = cs[better], cj[better]
+    similarity, match = best_similarity[left_group.ravel()], best_match[left_group.ravel()]
+    hits = np.flatnonzero((match < len(right)) & (similarity >= threshold))
+    return list(zip(hits.tolist(), match[hits].tolist(), similarity[hits].tolist()))

@@ -63,18 +63,31 @@ class Clean:
 
 
 @dataclass(frozen=True)
+class KeywordTasks:
+    enabled: bool = True
+    keywords: int = 3
+    prompt: str = "Escribe un texto sobre: {keywords}."
+    song_prompt: str = "Escribe una canción sobre: {keywords}."
+    extra_stop_words: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Group:
     mode: Literal["conversation", "reply"] = "conversation"
     session_gap_minutes: int = 180
     merge_window_minutes: int = 10
     separator: str = "\n"
     label_speakers: bool = True
-    persona_opens: Literal["trim", "keep"] = "trim"
+    persona_opens: Literal["trim", "keep", "opener"] = "trim"
+    opener: str = "…"
     min_turns: int = 2
     max_turns: int = 8
     context_turns: int = 6
     max_message_chars: int = 1500
+    min_turn_chars: int = 1
+    max_turn_chars: int = 3000
     doc_chars: int = 600
+    keyword_tasks: KeywordTasks = field(default_factory=KeywordTasks)
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,7 @@ class Ratios:
 
 @dataclass(frozen=True)
 class Split:
+    strategy: Literal["hash", "time"] = "hash"
     seed: int = 13
     ratios: Ratios = field(default_factory=Ratios)
     overlap_min_chars: int = 30
@@ -155,7 +169,10 @@ class Sampling:
 class Evaluate:
     batch_size: int = 16
     bootstrap: int = 1000
+    stride: int = 128
     max_prompts: int = 24
+    cut: Literal["last", "random"] = "last"
+    cut_seed: int = 0
     sampling: Sampling = field(default_factory=Sampling)
 
 
@@ -257,6 +274,18 @@ def _check(params: Params) -> None:
         raise UserError("params: `group.context_turns` must be at least 1 (the user turn the persona replies to).")
     if params.group.max_turns < 2 or params.group.max_turns % 2:
         raise UserError("params: `group.max_turns` must be an even number ≥ 2, so every window starts with a user turn.")
+    if params.group.min_turn_chars > params.group.max_turn_chars:
+        raise UserError("params: `group.min_turn_chars` must not exceed `group.max_turn_chars`.")
+    tasks = params.group.keyword_tasks
+    if tasks.keywords < 1:
+        raise UserError("params: `group.keyword_tasks.keywords` must be at least 1 (or set `enabled: false`).")
+    if "{keywords}" not in tasks.prompt or "{keywords}" not in tasks.song_prompt:
+        raise UserError("params: `group.keyword_tasks.prompt` and `song_prompt` must contain `{keywords}` where the words go.")
+    if not 0 < params.evaluate.stride < params.train.max_length:
+        raise UserError(
+            f"params: `evaluate.stride` ({params.evaluate.stride}) must be positive and below `train.max_length` "
+            f"({params.train.max_length}): windows overlap by max_length − stride tokens of context (e.g. half of it)."
+        )
     if params.base.hidden_size % params.base.heads:
         raise UserError("params: `base.hidden_size` must be divisible by `base.heads`.")
 

@@ -1,8 +1,11 @@
 """`split` stage: conversations and documents → train / val / test.
 
-A conversation's split is a pure function of its id (chat + start time) and
-`split.seed`, so adding a new export never moves old conversations between
-splits. Test conversations that share a non-trivial assistant turn with train,
+With `split.strategy: hash` a conversation's split is a pure function of its id
+(chat + start time) and `split.seed`, so adding a new export never moves old
+conversations between splits; with `time` the latest conversations are the test
+set. Documents are split by hash of their id and a keyword task goes where its
+document goes, because the builtin base model is pretrained on train documents.
+Test conversations that share a non-trivial assistant turn with train,
 or whose persona text nearly duplicates a train conversation's (MinHash), are
 moved to train, so the test set measures generalisation, not recall.
 """
@@ -17,7 +20,7 @@ import polars as pl
 
 from stages.errors import UserError, run_stage
 from stages.gates import run_gate
-from stages.io import read_jsonl, write_json, write_jsonl
+from stages.io import read_jsonl, write_frame_jsonl, write_json, write_jsonl
 from stages.near_dups import near_duplicate_pairs
 from stages.params import Split, load_params
 
@@ -33,6 +36,17 @@ def bucket(item_id: str, seed: int) -> float:
     """A uniform number in [0, 1) from the id; blake2b, because polars' hash is not stable across versions."""
     digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def assign_by_time(frame: pl.DataFrame, settings: Split) -> pl.DataFrame:
+    """The earliest conversations train, the latest test: how a chatbot meets new messages (ties by id)."""
+    share = pl.int_range(pl.len()) / pl.len()
+    ratios = settings.ratios
+    return frame.sort("start", "id").with_columns(
+        split=pl.when(share < ratios.train).then(pl.lit("train"))
+        .when(share < ratios.train + ratios.val).then(pl.lit("val"))
+        .otherwise(pl.lit("test"))
+    )
 
 
 def assign(ids: list[str], settings: Split) -> list[str]:
@@ -78,9 +92,11 @@ def near_duplicate_test_ids(frame: pl.DataFrame, settings: Split) -> list[str]:
     return sorted({test["id"][i] for i, _, _ in pairs})
 
 
-def split_conversations(rows: list[dict], settings: Split) -> tuple[pl.DataFrame, dict]:
-    frame = pl.DataFrame(rows)
-    frame = frame.with_columns(split=pl.Series(assign(frame["id"].to_list(), settings), dtype=pl.String))
+def split_conversations(frame: pl.DataFrame, settings: Split) -> tuple[pl.DataFrame, dict]:
+    if settings.strategy == "time":
+        frame = assign_by_time(frame, settings)
+    else:
+        frame = frame.with_columns(split=pl.Series(assign(frame["id"].to_list(), settings), dtype=pl.String))
     frame, exact = move_overlaps(frame, settings.overlap_min_chars)
     near = near_duplicate_test_ids(frame, settings)
     if settings.near_dups == "move":
@@ -108,9 +124,9 @@ def gate_frame(frame: pl.DataFrame, settings: Split) -> pl.DataFrame:
 
 
 GATE = [
-    ("ExpectColumnValuesToBeUnique", {"column": "id"}),
-    ("ExpectColumnDistinctValuesToEqualSet", {"column": "split", "value_set": list(SPLITS)}),
-    ("ExpectColumnValuesToBeInSet", {"column": "leaks_into_test", "value_set": [False]}),
+    ("ExpectColumnValuesToBeUnique", {"column": "id", "description": "no conversation in two splits"}),
+    ("ExpectColumnDistinctValuesToEqualSet", {"column": "split", "value_set": list(SPLITS), "description": "train, val and test are all non-empty"}),
+    ("ExpectColumnValuesToBeInSet", {"column": "leaks_into_test", "value_set": [False], "description": "no test persona turn also occurs in train"}),
 ]
 
 
@@ -137,20 +153,28 @@ def stats(frame: pl.DataFrame) -> dict:
 def main() -> None:
     params = load_params()
     settings = params.split
-    conversations, leakage = split_conversations(read_jsonl(IN_DIR / "conversations.jsonl"), settings)
+    conversations, leakage = split_conversations(pl.read_ndjson(IN_DIR / "conversations.jsonl"), settings)
     counts = check_sizes(conversations, settings)
     docs = read_jsonl(IN_DIR / "documents.jsonl")
     doc_splits = assign([d["id"] for d in docs], settings)
+    split_of_document = dict(zip((d["id"] for d in docs), doc_splits))
+    tasks = read_jsonl(IN_DIR / "keyword_tasks.jsonl")
+    task_splits = [split_of_document[t["document"]] for t in tasks]
+    task_frame = pl.DataFrame(tasks).with_columns(split=pl.Series(task_splits, dtype=pl.String)) if tasks else None
     gate = gate_frame(conversations, settings)
-    drift = ("ExpectColumnValuesToBeBetween", {"column": "ratio_drift", "min_value": 0, "max_value": ratio_tolerance(gate.height)})
+    drift = ("ExpectColumnValuesToBeBetween", {"column": "ratio_drift", "min_value": 0, "max_value": ratio_tolerance(gate.height),
+                                                "description": "each split is near its `split.ratios` share"})
     run_gate("split", gate, [*GATE, drift])
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
-        part = conversations.filter(pl.col("split") == name).drop("split").sort("id")
-        write_jsonl(OUT_DIR / f"{name}.jsonl", part.to_dicts())
+        part = conversations.filter(pl.col("split") == name)
+        if task_frame is not None:
+            part = pl.concat([part, task_frame.filter(pl.col("split") == name)], how="diagonal_relaxed")
+        write_frame_jsonl(OUT_DIR / f"{name}.jsonl", part.drop("split").sort("id"))
         write_jsonl(OUT_DIR / "documents" / f"{name}.jsonl", sorted((d for d, s in zip(docs, doc_splits) if s == name), key=lambda d: d["id"]))
     report = {"conversations": stats(conversations), "leakage": leakage,
-              "documents": {name: doc_splits.count(name) for name in SPLITS}}
+              "documents": {name: doc_splits.count(name) for name in SPLITS},
+              "keyword_tasks": {name: task_splits.count(name) for name in SPLITS}}
     write_json(REPORT, report)
     log.info("split: %s (test conversations moved to train: %d exact overlaps, %d near-duplicates)", counts,
              leakage["exact_overlap_moved"], leakage["near_duplicates_moved"])

@@ -20,8 +20,8 @@ import torch
 from stages.errors import UserError, run_stage
 from stages.io import read_json, read_jsonl, write_json
 from stages.modeling import (
-    ADAPTER_DIR, CHATML_TRAINING_TEMPLATE, IM_END, IM_START, PAD, SOURCE_FILE, compute_dtype, encode_chat, load_base,
-    special_separator,
+    ADAPTER_DIR, CHATML_TRAINING_TEMPLATE, IM_END, IM_START, PAD, SOURCE_FILE, compute_dtype, encode_chat, end_ids,
+    load_base, special_separator,
 )
 from stages.params import Params, as_dict, load_params
 
@@ -86,18 +86,37 @@ def check_targets(model, target_modules: str | list[str]) -> list[str]:
     return targets
 
 
-def check_masks(tokenizer, conversations: list[dict], max_length: int) -> dict:
-    """The assistant mask must be non-empty and contain the end-of-turn token; report truncation."""
-    eos = tokenizer.eos_token_id
+def encode_or_explain(tokenizer, messages: list[dict]) -> dict[str, list[int]]:
+    """encode_chat, with a template's own refusal (Gemma rejects system turns) turned into advice."""
+    from jinja2 import TemplateError
+
+    try:
+        return encode_chat(tokenizer, messages)
+    except TemplateError as err:
+        raise UserError(
+            f"the model's chat template refuses a training conversation: {err}. Gemma-style templates accept no "
+            "system turn and need strict user/assistant alternation starting with the user: set "
+            "`persona.system_prompt: ''` and `group.persona_opens: trim` (or `opener`)."
+        ) from None
+
+
+def check_masks(tokenizer, conversations: list[dict], max_length: int, stop_ids: list[int] | None = None) -> dict:
+    """The assistant mask must be non-empty and contain a token that ends a reply; report truncation.
+
+    `stop_ids` are the ids generation stops at (see `end_ids`): the model must be
+    trained to produce one of them, whether it is the tokenizer's EOS or a
+    family's end-of-turn token such as Gemma's `<end_of_turn>`.
+    """
+    stops = set(stop_ids or [tokenizer.eos_token_id])
     empty, no_eos, truncated, lengths = 0, 0, 0, []
     for conversation in conversations[:MASK_SAMPLE]:
-        encoded = encode_chat(tokenizer, conversation["messages"])
+        encoded = encode_or_explain(tokenizer, conversation["messages"])
         masked = [i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
         empty += not masked
-        no_eos += eos not in masked
+        no_eos += not stops & set(masked)
         lengths.append(len(encoded["input_ids"]))
     for conversation in conversations[MASK_SAMPLE:]:
-        lengths.append(len(encode_chat(tokenizer, conversation["messages"])["input_ids"]))
+        lengths.append(len(encode_or_explain(tokenizer, conversation["messages"])["input_ids"]))
     truncated = sum(length > max_length for length in lengths)
     if empty:
         raise UserError(
@@ -107,7 +126,8 @@ def check_masks(tokenizer, conversations: list[dict], max_length: int) -> dict:
         )
     if no_eos:
         raise UserError(
-            f"in {no_eos} sampled conversations the end-of-turn token ({tokenizer.eos_token}) is outside the loss mask, "
+            f"in {no_eos} sampled conversations no end-of-reply token ({tokenizer.convert_ids_to_tokens(sorted(stops))}) is "
+            "inside the loss mask, "
             "so the model would never learn to stop. Use a template whose generation block includes the end token."
         )
     share = truncated / max(len(lengths), 1)
@@ -173,16 +193,29 @@ def run_fingerprint(params: Params) -> str:
     return digest.hexdigest()
 
 
+def finished(checkpoint: str | None) -> bool:
+    """Whether a checkpoint is the last step of its run (its trainer state says so)."""
+    state = Path(checkpoint or "") / "trainer_state.json"
+    if not checkpoint or not state.exists():
+        return False
+    recorded = read_json(state)
+    return recorded.get("max_steps", 0) > 0 and recorded.get("global_step", 0) >= recorded["max_steps"]
+
+
 def resumable_checkpoint(params: Params) -> str | None:
     """The last checkpoint of an interrupted run with the same fingerprint; stale checkpoints are removed.
 
     Without the fingerprint, `-S train.lora.r=4` would try to resume a rank-8 checkpoint.
+    A finished run is not resumed either: DVC reruns `train` with unchanged params
+    only when its code changed, and "resuming" at the last step would train nothing
+    and report a meaningless loss.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
     fingerprint = run_fingerprint(params)
     marker = CHECKPOINTS / "run.json"
-    if CHECKPOINTS.is_dir() and (params.train.resume != "auto" or not marker.exists() or read_json(marker).get("fingerprint") != fingerprint):
+    stale = params.train.resume != "auto" or not marker.exists() or read_json(marker).get("fingerprint") != fingerprint
+    if CHECKPOINTS.is_dir() and (stale or finished(get_last_checkpoint(str(CHECKPOINTS)))):
         shutil.rmtree(CHECKPOINTS)
     CHECKPOINTS.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"fingerprint": fingerprint})
@@ -262,7 +295,10 @@ def main() -> None:
     model, tokenizer, notes = prepare_model(params)
     train_rows = read_jsonl(SPLITS_DIR / "train.jsonl")
     val_rows = read_jsonl(SPLITS_DIR / "val.jsonl")
-    token_stats = check_masks(tokenizer, train_rows, params.train.max_length)
+    token_stats = check_masks(tokenizer, train_rows, params.train.max_length, end_ids(model, tokenizer))
+    trainer, adapter = build_trainer(params, model, tokenizer, train_rows, val_rows)
+    # Only now is the process group up (the trainer's accelerator starts it; on CPU an earlier
+    # PartialState() would see one process), so rank decisions come after the trainer exists.
     state = PartialState()
     checkpoint = resumable_checkpoint(params) if state.is_main_process else None
     state.wait_for_everyone()
@@ -270,15 +306,13 @@ def main() -> None:
         from transformers.trainer_utils import get_last_checkpoint
 
         checkpoint = get_last_checkpoint(str(CHECKPOINTS))
-    callbacks = []
     if state.is_main_process:
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
         # dvcyaml=None: by default dvclive rewrites our dvc.yaml.
         live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, resume=checkpoint is not None)
-        callbacks.append(DVCLiveCallback(live=live, log_model=None))
-    trainer, adapter = build_trainer(params, model, tokenizer, train_rows, val_rows, callbacks)
+        trainer.add_callback(DVCLiveCallback(live=live, log_model=None))
     result = trainer.train(resume_from_checkpoint=checkpoint)
     evaluation = trainer.evaluate()
     if state.is_main_process:

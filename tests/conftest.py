@@ -42,6 +42,7 @@ REPLIES = [
 SMALL = {
     "base": {"max_steps": 4, "batch_size": 4, "hidden_size": 32, "layers": 1, "heads": 2, "vocab_size": 300, "context": 64},
     "train": {"max_steps": 6, "eval_steps": 2, "batch_size": 4, "max_length": 96},
+    "evaluate": {"stride": 48, "bootstrap": 50},
 }
 
 

@@ -56,7 +56,32 @@ def test_filters_and_persona_openings_are_counted():
     frame = messages([(0, "Nico", "wena"), (1, "Cami", "hola"), (2, "Nico", "¿cómo estai?"), (500, "Cami", "¿nadie?")])
     result, dropped = examples(frame)
     assert result["messages"].to_list() == [[{"role": "user", "content": "hola"}, {"role": "assistant", "content": "¿cómo estai?"}]]
-    assert dropped == {"opening_persona_turns_trimmed": 1, "no_persona_turn": 1, "too_few_turns": 0}
+    assert dropped == {"opening_persona_turns_trimmed": 1, "no_persona_turn": 1, "too_few_turns": 0,
+                       "turn_too_short": 0, "turn_too_long": 0}
+
+
+def test_a_conversation_opened_by_the_persona_can_be_kept_or_given_a_synthetic_opener():
+    frame = messages([(0, "Nico", "wena"), (1, "Cami", "hola"), (2, "Nico", "¿cómo estai?")])
+    kept, counts = examples(frame, persona_opens="keep")
+    assert [m["role"] for m in kept["messages"].to_list()[0]] == ["assistant", "user", "assistant"]
+    assert "opening_persona_turns_trimmed" not in counts
+    opened, counts = examples(frame, persona_opens="opener", opener="…")
+    assert opened["messages"].to_list()[0] == [
+        {"role": "user", "content": "…"}, {"role": "assistant", "content": "wena"},
+        {"role": "user", "content": "hola"}, {"role": "assistant", "content": "¿cómo estai?"}]
+    assert counts["opening_persona_turns_given_opener"] == 1
+    assert not flatten(opened)["role_repeats"].any()
+
+
+def test_windows_with_a_turn_outside_the_character_limits_are_left_out_and_counted():
+    frame = messages([
+        (0, "Cami", "hola"), (1, "Nico", "k"),
+        (300, "Cami", "¿y?"), (301, "Nico", "bla " * 30),
+        (600, "Cami", "¿vamos?"), (601, "Nico", "de una po"),
+    ])
+    result, dropped = examples(frame, min_turn_chars=2, max_turn_chars=100)
+    assert [m["content"] for m in result["messages"].to_list()[0]] == ["¿vamos?", "de una po"]
+    assert dropped["turn_too_short"] == 1 and dropped["turn_too_long"] == 1
 
 
 def test_system_prompt_goes_first_and_windows_start_with_user():
@@ -87,6 +112,13 @@ def conversation(i, reply):
         {"role": "user", "content": "hola"}, {"role": "assistant", "content": reply}]}
 
 
+def test_time_strategy_puts_the_latest_conversations_in_test():
+    rows = [{**conversation(i, f"respuesta {i}"), "start": f"2023-01-{1 + i // 24:02d}T{i % 24:02d}:00:00"} for i in range(100)]
+    frame, _ = split_conversations(pl.DataFrame(rows), Split(strategy="time", ratios=Ratios(0.7, 0.1, 0.2)))
+    by_split = {name: sorted(int(i[1:]) for i in frame.filter(pl.col("split") == name)["id"]) for name in ("train", "val", "test")}
+    assert by_split == {"train": list(range(70)), "val": list(range(70, 80)), "test": list(range(80, 100))}
+
+
 def test_split_is_a_function_of_the_id_so_new_data_moves_nothing():
     settings = Split(ratios=Ratios(0.6, 0.2, 0.2))
     ids = [f"conv-{i}" for i in range(300)]
@@ -102,7 +134,7 @@ def test_split_is_a_function_of_the_id_so_new_data_moves_nothing():
 def test_long_assistant_turns_shared_with_train_leave_test():
     rows = [conversation(i, "la misma respuesta larga que se repite siempre igual") for i in range(60)]
     rows += [conversation(100 + i, f"respuesta única número {i} que no se repite nunca") for i in range(60)]
-    frame, leakage = split_conversations(rows, Split(overlap_min_chars=30))
+    frame, leakage = split_conversations(pl.DataFrame(rows), Split(overlap_min_chars=30))
     assert leakage["exact_overlap_moved"] > 0 and leakage["near_duplicates"] == 0
     assert leaking_ids(frame, 30).len() == 0
     test_ids = set(frame.filter(pl.col("split") == "test")["id"])
@@ -154,11 +186,11 @@ def test_near_duplicate_persona_text_leaves_test_or_is_only_reported():
     base = "el árbitro era más malo que el pan con palta sin sal, hay que apechugar no más"
     rows = [conversation(i, f"{base} po {i}" if i < 40 else f"respuesta {i} sobre otro tema distinto al fútbol")
             for i in range(120)]
-    frame, leakage = split_conversations(rows, Split(overlap_min_chars=30))
+    frame, leakage = split_conversations(pl.DataFrame(rows), Split(overlap_min_chars=30))
     assert leakage["near_duplicates"] > 0 and leakage["near_duplicates_moved"] == leakage["near_duplicates"]
     test_ids = set(frame.filter(pl.col("split") == "test")["id"])
     assert test_ids and all(int(i[1:]) >= 40 for i in test_ids)
-    reported, counts = split_conversations(rows, Split(overlap_min_chars=30, near_dups="report"))
+    reported, counts = split_conversations(pl.DataFrame(rows), Split(overlap_min_chars=30, near_dups="report"))
     assert counts["near_duplicates"] == leakage["near_duplicates"] and counts["near_duplicates_moved"] == 0
 
 
@@ -170,3 +202,25 @@ def test_minhash_estimates_jaccard_of_word_shingles():
     pairs = near_duplicate_pairs(left, right, 0.5)
     assert [(i, j) for i, j, _ in pairs] == [(0, 0)]
     assert pairs[0][2] == pytest.approx(8 / 9, abs=0.15)
+
+
+def test_near_duplicates_with_many_repeated_texts_match_a_brute_force_search():
+    import random
+
+    import numpy as np
+
+    from stages.near_dups import near_duplicate_pairs, signatures
+
+    rng = random.Random(5)
+    words = "ya po wena cabros vamos al estadio mañana con harta palta".split()
+    pool = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(40)]
+    left = pl.Series([rng.choice(pool) for _ in range(300)])  # heavy repetition, as in real chats
+    right = pl.Series([rng.choice(pool) for _ in range(500)] + ["algo completamente distinto de todo lo demás"])
+    found = near_duplicate_pairs(left, right, 0.6)
+    sl, sr = signatures(left), signatures(right)
+    exact = (sl[:, None, :] == sr[None, :, :]).mean(axis=2)
+    expected = {i for i in range(len(left)) if exact[i].max() >= 0.6}
+    assert {i for i, _, _ in found} == expected and len(expected) > 250
+    for i, j, similarity in found:
+        assert similarity == pytest.approx(exact[i].max()) and exact[i, j] == pytest.approx(similarity)
+        assert j == int(np.flatnonzero(exact[i] == exact[i].max())[0])  # the closest, lowest index on ties

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from stages.judge import cut_before_last_reply, verdict, win_rate
-from stages.metrics_math import bootstrap_interval, masked_nll, perplexity_interval
+from hypothesis import given, strategies as st
+
+from stages.judge import cut_before_reply, verdict, win_rate
+from stages.metrics_math import bootstrap_interval, masked_nll, perplexity_interval, sliding_windows
 
 
 def test_masked_nll_counts_only_marked_targets_by_hand():
@@ -40,5 +42,54 @@ def test_bootstrap_interval_brackets_the_estimate_and_collapses_on_constant_data
 
 def test_prompt_is_cut_before_the_last_persona_reply():
     messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
-    assert cut_before_last_reply(messages) == (messages[:1], "b")
-    assert cut_before_last_reply(messages[:1]) is None
+    assert cut_before_reply({"id": "x", "messages": messages}) == (messages[:1], "b")
+    assert cut_before_reply({"id": "x", "messages": messages[:1]}) is None
+
+
+def test_random_cut_is_seeded_per_conversation_and_reaches_every_reply():
+    messages = []
+    for i in range(6):
+        messages += [{"role": "user", "content": f"u{i}"}, {"role": "assistant", "content": f"r{i}"}]
+    conversations = [{"id": f"c{i}", "messages": messages} for i in range(60)]
+    references = [cut_before_reply(c, "random", seed=3)[1] for c in conversations]
+    assert references == [cut_before_reply(c, "random", seed=3)[1] for c in reversed(conversations)][::-1]
+    assert set(references) == {f"r{i}" for i in range(6)}
+    assert references != [cut_before_reply(c, "random", seed=4)[1] for c in conversations]
+    prompt, reference = cut_before_reply(conversations[0], "random", seed=3)
+    assert messages[len(prompt)]["content"] == reference and prompt[-1]["role"] == "user"
+
+
+@given(st.integers(1, 300), st.integers(2, 64), st.data())
+def test_sliding_windows_score_every_target_once_with_enough_context(length, window, data):
+    stride = data.draw(st.integers(1, window - 1))
+    mask = data.draw(st.lists(st.integers(0, 1), min_size=length, max_size=length))
+    ids = list(range(length))
+    windows = sliding_windows(ids, mask, window, stride)
+    scored = []
+    for piece_ids, piece_mask in windows:
+        assert len(piece_ids) <= window and len(piece_ids) == len(piece_mask)
+        for offset, (token, flag) in enumerate(zip(piece_ids, piece_mask)):
+            if flag and offset > 0:  # position 0 of a window is never a target (nothing before it)
+                scored.append(token)
+                assert offset >= min(token, window - stride)  # context: all before it, or at least window − stride
+    assert sorted(scored) == [i for i in range(1, length) if mask[i]]
+    if length <= window:
+        assert windows == [(ids, mask)]
+
+
+def test_sliding_window_nll_matches_a_full_pass_when_the_window_holds_everything():
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(11, 11)
+
+    def model_logits(ids):  # a "model" that depends only on the previous token: context length does not matter
+        return embed(ids)
+
+    ids = torch.randint(0, 11, (1, 40))
+    mask = torch.ones_like(ids)
+    full, _ = masked_nll(model_logits(ids), ids, mask)
+    total = 0.0
+    for piece_ids, piece_mask in sliding_windows(ids[0].tolist(), mask[0].tolist(), 16, 8):
+        piece = torch.tensor([piece_ids])
+        nll, _ = masked_nll(model_logits(piece), piece, torch.tensor([piece_mask]))
+        total += nll.item()
+    assert total == pytest.approx(full.item(), rel=1e-5)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ FAST_PARAMS = {
     "base": {"max_steps": 12, "batch_size": 4, "hidden_size": 64, "layers": 2, "heads": 2, "vocab_size": 512},
     "train": {"max_steps": 6, "eval_steps": 3, "batch_size": 4, "max_length": 128},
     "split": {"min_test": 2},
-    "evaluate": {"max_prompts": 3, "bootstrap": 50, "batch_size": 8, "sampling": {"max_new_tokens": 6}},
+    "evaluate": {"max_prompts": 3, "bootstrap": 50, "batch_size": 8, "stride": 64, "sampling": {"max_new_tokens": 6}},
 }
 
 
@@ -106,6 +108,74 @@ def test_push_then_fresh_clone_pull_is_up_to_date(project, tmp_path):
     assert "Running stage" not in run(["dvc", "repro"], clone)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """OpenSSH's sshd on a free localhost port, with throw-away host and client keys; stopped afterwards."""
+    binary = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()), None)
+    if not binary or not shutil.which("ssh-keygen"):
+        pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server; .ci/run does it when it can)")
+    home = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
+    (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
+    (home / "authorized_keys").chmod(0o600)
+    port = free_port()
+    config = home / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {home / 'host_key'}", f"PidFile {home / 'sshd.pid'}",
+        f"AuthorizedKeysFile {home / 'authorized_keys'}", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+        "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
+        "Subsystem sftp internal-sftp",
+    ]) + "\n")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory, absent in containers
+    server = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 20
+    while True:
+        if server.poll() is not None:
+            pytest.skip(f"sshd could not start here: {server.stdout.read()[-500:]}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if time.monotonic() > deadline:
+            server.kill()
+            pytest.fail("sshd did not listen within 20 s")
+        time.sleep(0.1)
+    yield {"port": port, "key": home / "client_key", "user": os.environ.get("USER") or __import__("getpass").getuser()}
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_push_to_an_ssh_remote_then_fresh_clone_pull_is_up_to_date(project, sshd, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("ssh-storage")
+    url = f"ssh://127.0.0.1:{sshd['port']}{storage}"
+    run(["dvc", "remote", "add", "sshremote", url], project)
+    run(["git", "add", ".dvc/config"], project)
+    run(["git", "commit", "-qm", "ssh remote"], project)
+    # Credentials go to .dvc/config.local, which git ignores: a clone never sees them.
+    for key, value in (("user", sshd["user"]), ("keyfile", str(sshd["key"]))):
+        run(["dvc", "remote", "modify", "--local", "sshremote", key, value], project)
+    assert "keyfile" not in (project / ".dvc/config").read_text()
+    run(["dvc", "push", "-r", "sshremote"], project)
+    assert any(storage.rglob("*")), "nothing arrived on the SSH remote"
+    clone = tmp_path_factory.mktemp("ssh-clone") / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], clone.parent)
+    assert not (clone / ".dvc/config.local").exists()
+    for key, value in (("user", sshd["user"]), ("keyfile", str(sshd["key"]))):
+        run(["dvc", "remote", "modify", "--local", "sshremote", key, value], clone)
+    run(["dvc", "pull", "-r", "sshremote"], clone)
+    for path in ("data/cleaned/messages.parquet", "data/splits/train.jsonl", "models/base/model.safetensors",
+                 "models/adapter/adapter_model.safetensors"):
+        assert digest(clone / path) == digest(project / path), path
+    assert "Running stage" not in run(["dvc", "repro"], clone)
+
+
 def test_data_stages_give_byte_identical_outputs_when_rerun(project):
     before = {p: digest(project / p) for p in ("data/cleaned/messages.parquet", "data/cleaned/rejected.parquet",
                                               "data/grouped/conversations.jsonl", "data/splits/train.jsonl")}
@@ -131,3 +201,18 @@ def test_experiments_rerun_training_and_after_only_and_compare(project):
         assert params[key] == value if key != "r" else params["lora"]["r"] == value
         perplexity = data["metrics"]["metrics/perplexity.json"]["data"]
         assert perplexity["tuned"]["perplexity"] > 1
+
+
+def test_training_under_dvc_exp_run_is_deterministic(project):
+    first = run(["dvc", "exp", "run", "-n", "seed5", "-S", "train.seed=5"], project)
+    assert "Running stage 'train'" in first
+    before = adapter_hash(project)
+    again = run(["dvc", "exp", "run", "-n", "seed5-again", "--force", "--single-item", "train"], project)
+    assert "Running stage 'train'" in again  # trained again, not restored from the run cache
+    assert adapter_hash(project) == before, "the retrained adapter differs"
+
+
+def adapter_hash(project: Path) -> str:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    (out,) = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/adapter"]
+    return out["md5"]

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stages import export, train
+from stages import export, perplexity, train
 from stages.io import read_json, write_jsonl
 from tests.conftest import conversations, make_tiny_project
 
@@ -87,6 +87,16 @@ def test_changed_params_never_resume_a_stale_checkpoint(tiny_project, caplog):
     assert "resuming" not in caplog.text
 
 
+def test_a_finished_run_is_retrained_not_resumed_at_its_last_step(tiny_project, caplog):
+    train.main()
+    first = read_json(train.REPORT)
+    with caplog.at_level(logging.INFO, logger="train"):
+        train.main()  # what DVC does when only the stage's code changed
+    assert "resuming" not in caplog.text
+    again = read_json(train.REPORT)
+    assert again["steps"] == first["steps"] == 6 and again["train_loss"] == pytest.approx(first["train_loss"])
+
+
 def test_export_merges_into_a_full_precision_base_with_the_same_outputs(tiny_project):
     from transformers import AutoModelForCausalLM
 
@@ -125,3 +135,64 @@ def test_special_separator_is_trained_as_one_token_and_saved_with_the_adapter(ti
     assert tokenizer("ya<|msg_sep|>po", add_special_tokens=False)["input_ids"].count(separator_id) == 1
     assert tuned.get_input_embeddings().weight.shape[0] == len(tokenizer) > separator_id
     assert any("trainable_tokens" in name for name in adapter_weights())
+
+
+def test_perplexity_scores_long_conversations_and_documents_whole_with_sliding_windows(tiny_project):
+    from stages.modeling import encode_chat, load_tuned
+
+    train.main()
+    long_reply = " ".join(f"ya po, la {i} vez que te digo que no voy" for i in range(20))
+    test_rows = conversations(4, 3) + [{"id": "long", "source": "whatsapp", "messages": [
+        {"role": "user", "content": "¿vienes?"}, {"role": "assistant", "content": long_reply}]}]
+    write_jsonl(perplexity.TEST, test_rows)
+    documents = [{"id": "d1", "source": "transcript", "text": "Buenas noches Viña. " * 40}]
+    write_jsonl(perplexity.TEST_DOCUMENTS, documents)
+
+    perplexity.main()
+
+    report = read_json(perplexity.REPORT)
+    _, tokenizer = load_tuned()
+    encoded = [encode_chat(tokenizer, row["messages"]) for row in test_rows]
+    assert len(encoded[-1]["input_ids"]) > 96  # longer than train.max_length: windowed, not cut
+    assert report["windowed_conversations"] == sum(len(e["input_ids"]) > 96 for e in encoded) >= 1
+    assert report["tuned"]["tokens"] == report["base"]["tokens"] == sum(sum(e["assistant_masks"][1:]) for e in encoded)
+    doc_ids = tokenizer(documents[0]["text"])["input_ids"]
+    assert report["documents"]["count"] == 1 and report["documents"]["windowed"] == 1
+    assert report["documents"]["base"]["tokens"] == len(doc_ids) - 1
+    assert report["tuned"]["perplexity"] > 1 and report["documents"]["tuned"]["perplexity"] > 1
+
+
+def test_rslora_and_dora_options_reach_the_saved_adapter(tiny_project):
+    import json
+
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
+    params["train"].update(max_steps=2, resume="never")
+    params["train"]["lora"].update(use_rslora=True, use_dora=True)
+    Path("params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    train.main()
+    config = json.loads((train.ADAPTER_DIR / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["use_rslora"] is True and config["use_dora"] is True
+    magnitudes = [name for name in adapter_weights() if "lora_magnitude_vector" in name]
+    assert magnitudes, "DoRA adds a magnitude vector per adapted layer"
+
+
+def test_the_stage_trains_data_parallel_in_two_processes_and_only_rank_zero_writes(tiny_project):
+    """DDP over gloo on the CPU (torchrun): the multi-GPU profile's code path, minus the GPUs."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "stages.train"], cwd=tiny_project, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = read_json(train.REPORT)
+    live = read_json(train.LIVE_DIR / "metrics.json")
+    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["train"]
+    # each optimizer step consumed one batch per process: twice the single-process epoch progress
+    assert report["steps"] == params["max_steps"]
+    assert live["epoch"] == pytest.approx(2 * params["max_steps"] * params["batch_size"] / 48)
+    assert (train.ADAPTER_DIR / "adapter_model.safetensors").exists()
+    assert done.stderr.count("LoRA on") == 2  # both ranks built the model; one wrote the results

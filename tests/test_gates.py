@@ -1,0 +1,58 @@
+"""The gates between stages stop broken data with a message that says what is wrong."""
+
+import polars as pl
+import pytest
+
+from stages import group, split
+from stages.errors import UserError
+from stages.gates import GateError, run_gate
+from stages.params import Split
+
+
+def example(id_, *turns):
+    return {"id": id_, "messages": [{"role": r, "content": c} for r, c in turns]}
+
+
+def group_gate_frame(rows):
+    return group.flatten(pl.DataFrame(rows)).select("role", "content", "assistant_turns", "role_repeats", "system_not_first")
+
+
+def test_group_gate_passes_valid_examples_and_names_each_broken_rule(tmp_path):
+    good = [example("a", ("system", "Eres Nico."), ("user", "hola"), ("assistant", "wena"))]
+    assert run_gate("group", group_gate_frame(good), group.GATE, tmp_path)["success"]
+    broken = [
+        example("b", ("user", "hola"), ("user", "¿hay alguien?")),
+        example("c", ("user", "hola"), ("assistant", "")),
+        example("d", ("user", "hola"), ("system", "tarde"), ("assistant", "ya")),
+        example("e", ("user", "hola"), ("bot", "soy un bot")),
+    ]
+    with pytest.raises(GateError) as err:
+        run_gate("group", group_gate_frame(good + broken), group.GATE, tmp_path)
+    message = str(err.value)
+    assert message.startswith("data gate after `group` failed (5 of 7 checks)")
+    for rule in ("every example has a persona turn (expect_column_values_to_be_between on assistant_turns): 4",
+                 "no empty turn (expect_column_value_lengths_to_be_between on content): 1",
+                 "roles alternate (no two turns in a row with one role) (expect_column_values_to_be_in_set on role_repeats): 1",
+                 "a system turn only comes first (expect_column_values_to_be_in_set on system_not_first): 1",
+                 "roles are system, user or assistant (expect_column_values_to_be_in_set on role): 1"):
+        assert rule in message
+    assert "'bot'" in message and str(tmp_path / "group.json") in message
+
+
+def test_split_gate_catches_an_id_in_two_splits_and_a_leaking_reply(tmp_path):
+    reply = "una respuesta bastante larga que no debería repetirse"
+    rows = [
+        {"id": "x", "split": "train", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": reply}]},
+        {"id": "x", "split": "val", "messages": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "otra"}]},
+        {"id": "y", "split": "test", "messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": reply}]},
+    ]
+    with pytest.raises(GateError) as err:
+        run_gate("split", split.gate_frame(pl.DataFrame(rows), Split()), split.GATE, tmp_path)
+    assert "no conversation in two splits (expect_column_values_to_be_unique on id): 2" in str(err.value)
+    assert "no test persona turn also occurs in train (expect_column_values_to_be_in_set on leaks_into_test): 1" in str(err.value)
+
+
+def test_too_little_data_to_split_says_what_to_do():
+    frame = pl.DataFrame({"id": ["a", "b", "c"], "split": ["train", "val", "test"]})
+    with pytest.raises(UserError, match="too little data to split: train 1, val 1, test 1 .*lower `split.min_test`"):
+        split.check_sizes(frame, Split(min_test=5))

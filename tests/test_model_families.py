@@ -1,0 +1,127 @@
+"""The `train` stage run on tiny models of real families, each with its family's real chat template.
+
+Hub tokenizers are out of reach offline, so each family's tokenizer is the
+project's BPE with the family's special tokens, BOS/EOS and the exact chat
+template the family ships (TRL keeps verbatim copies; it recognises them by
+content to swap in a training variant). The model is the family's architecture
+at tiny dimensions, with the family's end-of-turn ids in its generation config.
+This proves target modules, template and mask handling per family, which the
+builtin Llama alone cannot.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stages import train
+from stages.errors import UserError
+from stages.io import read_json, write_json
+from stages.modeling import SOURCE_FILE, end_ids, load_tuned
+from tests.conftest import make_tiny_project
+
+pytestmark = pytest.mark.slow
+
+LLAMA_LIKE = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+FAMILIES = {
+    "llama3": {
+        "config": "LlamaConfig", "model": "LlamaForCausalLM", "template": "llama3.jinja",
+        "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+        "extra_tokens": ["<|start_header_id|>", "<|end_header_id|>"], "stops": ["<|eot_id|>"],
+        "reply_end": "<|eot_id|>", "targets": LLAMA_LIKE,
+    },
+    "phi3": {
+        "config": "Phi3Config", "model": "Phi3ForCausalLM", "template": "phi3.jinja",
+        "tokens": {"eos_token": "<|endoftext|>"},
+        "extra_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "stops": ["<|endoftext|>", "<|end|>"],
+        "reply_end": "<|end|>\n", "targets": ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"],
+    },
+    "gemma2": {
+        "config": "Gemma2Config", "model": "Gemma2ForCausalLM", "template": "gemma.jinja", "config_extra": {"head_dim": 16},
+        "tokens": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
+        "extra_tokens": ["<start_of_turn>", "<end_of_turn>"], "stops": ["<eos>", "<end_of_turn>"],
+        "reply_end": "<end_of_turn>\n", "targets": LLAMA_LIKE,
+    },
+    "qwen2.5": {
+        "config": "Qwen2Config", "model": "Qwen2ForCausalLM", "template": "qwen2_5.jinja",
+        "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        "extra_tokens": [], "stops": ["<|im_end|>", "<|endoftext|>"], "reply_end": "<|im_end|>", "targets": LLAMA_LIKE,
+    },
+}
+
+
+def family_template(name: str) -> str:
+    import trl
+
+    return (Path(trl.__file__).parent / "chat_templates" / name).read_text(encoding="utf-8")
+
+
+def save_family_base(family: dict, where: Path) -> None:
+    """A tiny model of the family and a tokenizer shaped like the family's, as a local `model.base` path."""
+    import transformers
+
+    from stages.base import train_tokenizer
+    from tests.conftest import REPLIES
+
+    tokenizer = train_tokenizer(REPLIES * 20, 400)
+    tokenizer.add_special_tokens({**family["tokens"], "additional_special_tokens": family["extra_tokens"]})
+    tokenizer.pad_token = family["tokens"].get("pad_token")  # None where the family ships none (train adds one)
+    tokenizer.chat_template = family_template(family["template"])
+    config = getattr(transformers, family["config"])(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id or 0,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **family.get("config_extra", {}),
+    )
+    model = getattr(transformers, family["model"])(config)
+    stops = tokenizer.convert_tokens_to_ids(family["stops"])
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    model.save_pretrained(where)
+    tokenizer.save_pretrained(where)
+
+
+@pytest.fixture
+def family_project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_tiny_project(tmp_path, {"train": {"max_steps": 2, "resume": "never"}})
+
+    def use(name: str) -> dict:
+        family = FAMILIES[name]
+        save_family_base(family, tmp_path / name)
+        write_json(SOURCE_FILE, {"kind": "local", "location": str(tmp_path / name)})
+        return family
+
+    return use
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_family_trains_on_its_own_projections_with_its_training_template(family_project, name):
+    family = family_project(name)
+
+    train.main()
+
+    report = read_json(train.REPORT)
+    assert report["adapted_modules"] == family["targets"]
+    assert report["tokenizer"]["template"] == "TRL training template for this model family"
+    assert report["steps"] == 2
+    model, tokenizer = load_tuned()
+    conversation = [{"role": "user", "content": "¿vamos?"}, {"role": "assistant", "content": "ya po, de una"},
+                    {"role": "user", "content": "¿a qué hora?"}, {"role": "assistant", "content": "a las ocho"}]
+    encoded = tokenizer.apply_chat_template(conversation, return_dict=True, return_assistant_tokens_mask=True)
+    trained = tokenizer.decode([i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m])
+    assert trained.strip().startswith("ya po, de una" + family["reply_end"].strip())
+    assert "a las ocho" + family["reply_end"].strip() in trained
+    assert "¿vamos?" not in trained and "assistant" not in trained and "model\n" not in trained  # headers stay out
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id  # else the collator masks EOS out of the labels
+    assert set(tokenizer.convert_tokens_to_ids(family["stops"])) <= set(end_ids(model, tokenizer))
+
+
+def test_a_system_prompt_on_gemma_is_a_clear_error_not_a_template_traceback(family_project):
+    family_project("gemma2")
+    rows = [json.loads(line) for line in Path("data/splits/train.jsonl").read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        row["messages"].insert(0, {"role": "system", "content": "Eres Nico."})
+    Path("data/splits/train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(UserError, match="System role not supported.*persona.system_prompt: ''"):
+        train.main()
