@@ -23,16 +23,24 @@ log = logging.getLogger(__name__)
 
 Expectation = tuple[str, dict[str, Any]]
 GATES_DIR = Path("metrics/gates")
+# Columns that hold people's words: a failing check shows their length, never the text, because
+# the gate report is committed to git and the error is printed.
+PRIVATE_COLUMNS = {"text", "content"}
 
 
 class GateError(UserError):
     """A data gate failed: the stage's output breaks the contract the next stage relies on."""
 
 
+def _example(value: Any, private: bool) -> str:
+    return f"<{len(str(value))} characters>" if private else str(value)[:80]
+
+
 def _summarise(result: dict) -> dict:
     config = result["expectation_config"]
     kwargs = {k: v for k, v in config["kwargs"].items() if k not in ("batch_id",)}
     details = result.get("result") or {}
+    private = kwargs.get("column") in PRIVATE_COLUMNS
     return {
         "expectation": config["type"],
         "description": config.get("description") or config["type"].replace("_", " "),
@@ -40,7 +48,7 @@ def _summarise(result: dict) -> dict:
         "success": result["success"],
         "unexpected_count": details.get("unexpected_count"),
         "observed_value": details.get("observed_value"),
-        "examples": [str(v)[:80] for v in (details.get("partial_unexpected_list") or [])[:3]],
+        "examples": [_example(v, private) for v in (details.get("partial_unexpected_list") or [])[:3]],
     }
 
 

@@ -56,3 +56,17 @@ def test_too_little_data_to_split_says_what_to_do():
     frame = pl.DataFrame({"id": ["a", "b", "c"], "split": ["train", "val", "test"]})
     with pytest.raises(UserError, match="too little data to split: train 1, val 1, test 1 .*lower `split.min_test`"):
         split.check_sizes(frame, Split(min_test=5))
+
+
+def test_failing_checks_on_message_text_show_lengths_not_words(tmp_path):
+    import json
+
+    secret = "mi clave del banco es 1234 y vivo en Providencia " * 3
+    frame = group_gate_frame([example("a", ("user", "hola"), ("assistant", secret))])
+    too_short = [("ExpectColumnValueLengthsToBeBetween", {"column": "content", "max_value": 20, "description": "short turns"})]
+    with pytest.raises(GateError) as err:
+        run_gate("group", frame, too_short, tmp_path)
+    report = (tmp_path / "group.json").read_text(encoding="utf-8")
+    assert "Providencia" not in str(err.value) and "Providencia" not in report
+    assert f"<{len(secret)} characters>" in str(err.value)
+    assert json.loads(report)["checks"][0]["examples"] == [f"<{len(secret)} characters>"]
