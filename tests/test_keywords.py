@@ -1,9 +1,8 @@
 import json
 
-import polars as pl
 from hypothesis import given, settings, strategies as st
 
-from stages import group, split
+from stages import split
 from stages.group import keyword_tasks
 from stages.io import read_jsonl, write_jsonl
 from stages.keywords import spanish_stop_words, top_keywords
@@ -76,3 +75,18 @@ def test_keyword_tasks_go_to_the_split_of_their_document(in_tmp):
     assert set(doc_split.values()) == {"train", "val", "test"}
     report = json.loads((in_tmp / "metrics/split.json").read_text())
     assert report["keyword_tasks"] == report["documents"]
+
+
+def test_split_without_documents_or_tasks_writes_conversations_only(in_tmp):
+    grouped = in_tmp / "data" / "grouped"
+    chats = [{"id": f"c{i}", "source": "whatsapp", "chat": "x", "start": "2023-01-01T00:00:00", "messages": [
+        {"role": "user", "content": "hola"}, {"role": "assistant", "content": f"respuesta número {i}"}]} for i in range(120)]
+    write_jsonl(grouped / "conversations.jsonl", chats)
+    write_jsonl(grouped / "documents.jsonl", [])
+    write_jsonl(grouped / "keyword_tasks.jsonl", [])
+
+    split.main()
+
+    rows = [r for name in ("train", "val", "test") for r in read_jsonl(f"data/splits/{name}.jsonl")]
+    assert sorted(r["id"] for r in rows) == sorted(c["id"] for c in chats)
+    assert all(set(r) == {"id", "source", "chat", "start", "messages"} for r in rows)

@@ -76,3 +76,14 @@ def test_every_shipped_preset_is_valid(tmp_path):
     for name in presets:
         params = load_params(write(tmp_path, text.replace('preset: ""', f"preset: {name}")))
         assert params.model.base != "builtin-tiny" and params.train.accelerate_profile != "cpu"
+
+
+def test_cross_field_mistakes_say_what_to_change(tmp_path):
+    with pytest.raises(UserError, match=r"`evaluate.stride` \(256\) must be positive and below `train.max_length` \(256\)"):
+        load_params(write(tmp_path, "evaluate:\n  stride: 256\ntrain:\n  max_length: 256\n"))
+    with pytest.raises(UserError, match=r"must contain `\{keywords\}`"):
+        load_params(write(tmp_path, "group:\n  keyword_tasks:\n    prompt: 'Escribe algo.'\n"))
+    with pytest.raises(UserError, match="min_turn_chars"):
+        load_params(write(tmp_path, "group:\n  min_turn_chars: 50\n  max_turn_chars: 10\n"))
+    with pytest.raises(UserError, match=r"one of 'hash', 'time'"):
+        load_params(write(tmp_path, "split:\n  strategy: random\n"))
