@@ -115,7 +115,7 @@ def serve_rows(model, tokenizer, conversations: list[dict], params) -> list[dict
     server = make_server(Engine(model, tokenizer, params), settings)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions"
-    prompts = [cut_before_reply(c)[0] for c in conversations if cut_before_reply(c)][:SERVE_REQUESTS]
+    prompts = [cut[0] for cut in map(cut_before_reply, conversations) if cut][:SERVE_REQUESTS]
 
     def ask(messages) -> float:
         body = json.dumps({"model": "tuned", "messages": messages, "max_tokens": 24, "temperature": 0.7}).encode()

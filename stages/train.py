@@ -195,8 +195,7 @@ def run_fingerprint(params: Params) -> str:
 
 def finished(checkpoint: str | None) -> bool:
     """Whether a checkpoint is the last step of its run (its trainer state says so)."""
-    state = Path(checkpoint or "") / "trainer_state.json"
-    if not checkpoint or not state.exists():
+    if not checkpoint or not (state := Path(checkpoint) / "trainer_state.json").exists():
         return False
     recorded = read_json(state)
     return recorded.get("max_steps", 0) > 0 and recorded.get("global_step", 0) >= recorded["max_steps"]
