@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,13 +24,17 @@ REPO = Path(__file__).resolve().parents[1]
 EXPORT = Path("data/raw/whatsapp/Chat de WhatsApp con Cami.txt")
 
 
-def prepare(work: Path, lines: int) -> None:
-    from benchmarks.synthetic import write_export
+def prepare(work: Path, lines: int, per_export: int | None) -> None:
+    """One export of `lines` lines, or (with `per_export`) a corpus of chats of that many lines each."""
+    from benchmarks.synthetic import write_export, write_exports
 
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["split"]["min_test"] = 1
     (work / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-    write_export(work / EXPORT, lines)
+    if per_export:
+        write_exports(work / EXPORT.parent, lines, per_export)
+    else:
+        write_export(work / EXPORT, lines)
 
 
 def load(name: str, work: Path):
@@ -38,10 +44,10 @@ def load(name: str, work: Path):
 
         return lambda: df_from_whatsapp(str(work / EXPORT), auto_header=True, max_size=None)
     if name == "parse":
-        from stages.clean import parse_file
-        from stages.params import Clean
+        from stages.clean import read_items
+        from stages.params import Clean, Resources
 
-        return lambda: parse_file(work / EXPORT, EXPORT.relative_to("data/raw"), Clean())
+        return lambda: list(read_items(work / EXPORT, EXPORT.relative_to("data/raw"), Clean(), Resources().batch_rows))
     import importlib
 
     return importlib.import_module(f"stages.{name}").main
@@ -55,16 +61,12 @@ def timed(tasks: list[str], work: Path) -> dict:
     return {"seconds": time.perf_counter() - start, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def measure_one(spec: dict) -> dict:
-    """Prepares the input (and runs prerequisite stages) here, then times the tasks in a fresh interpreter."""
-    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
-        work = Path(tmp)
-        prepare(work, spec["lines"])
+def prepare_work(spec: dict, work: Path) -> None:
+    """The input, with the prerequisite stages already run on it (untimed)."""
+    with contextlib.chdir(work):
+        prepare(work, spec["lines"], spec.get("per_export"))
         for before in spec.get("after", []):
             load(before, work)()
-        done = subprocess.run([sys.executable, "-c", TIMED, str(REPO), json.dumps(spec["tasks"])], cwd=work,
-                              capture_output=True, text=True, check=True)
-        return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 TIMED = (
@@ -74,16 +76,27 @@ TIMED = (
 
 
 def measure(spec: dict, repeats: int) -> dict:
+    """The input is prepared once (in its own interpreter); each repeat times the tasks on a fresh copy of it."""
+    env = {**os.environ, "HABLA_LOG_LEVEL": "WARNING"}
     runs = []
-    for _ in range(repeats):
-        done = subprocess.run([sys.executable, "-m", "benchmarks.data_stages", json.dumps(spec)], cwd=REPO,
-                              capture_output=True, text=True, env={**__import__("os").environ, "HABLA_LOG_LEVEL": "WARNING"})
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared"
+        prepared.mkdir()
+        done = subprocess.run([sys.executable, "-m", "benchmarks.data_stages", json.dumps(spec), str(prepared)], cwd=REPO,
+                              capture_output=True, text=True, env=env)
         if done.returncode:
             return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        for index in range(repeats):
+            work = shutil.copytree(prepared, Path(tmp) / f"run-{index}")
+            done = subprocess.run([sys.executable, "-c", TIMED, str(REPO), json.dumps(spec["tasks"])], cwd=work,
+                                  capture_output=True, text=True, env=env)
+            if done.returncode:
+                return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            shutil.rmtree(work)
     return {"seconds": statistics.median(r["seconds"] for r in runs), "peak_mib": statistics.median(r["peak_mib"] for r in runs),
             "runs": len(runs)}
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure_one(json.loads(sys.argv[1]))))
+    prepare_work(json.loads(sys.argv[1]), Path(sys.argv[2]))

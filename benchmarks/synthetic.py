@@ -42,3 +42,9 @@ def write_export(path: Path, count: int, seed: int = 7) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(export_lines(count, seed)) + "\n", encoding="utf-8")
     return path
+
+
+def write_exports(folder: Path, count: int, per_export: int) -> list[Path]:
+    """`count` lines as chats of at most `per_export` lines, as a corpus of many exports looks."""
+    sizes = [per_export] * (count // per_export) + ([count % per_export] if count % per_export else [])
+    return [write_export(folder / f"Chat de WhatsApp con Cami {index:04d}.txt", size, seed=7 + index) for index, size in enumerate(sizes)]

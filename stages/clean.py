@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 import re
 import stat
+import tempfile
 import zipfile
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import ftfy
 import polars as pl
 
 from stages.errors import UserError, run_stage
-from stages.gates import run_gate
-from stages.io import write_json
+from stages.gates import Gate
+from stages.io import ParquetParts, write_json
 from stages.params import Clean, load_params
 from stages import transcripts
 from stages.redact import redact_frame
@@ -133,20 +136,22 @@ def read_text_file(data: bytes, relative: Path, settings: Clean) -> tuple[str, p
     return source, kept, rejected, info
 
 
-def read_table(path: Path, settings: Clean) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
-    """A .csv/.parquet/.jsonl table: one item per row, columns named in `clean.table_columns`."""
+def table_slices(path: Path, settings: Clean, batch_rows: int) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, dict]]:
+    """A .csv/.parquet/.jsonl table, one item per row (columns named in `clean.table_columns`), streamed
+    `batch_rows` rows at a time so that a table larger than memory can be cleaned."""
     suffix = path.suffix.lower()
+    scan = {".csv": pl.scan_csv, ".parquet": pl.scan_parquet, ".jsonl": pl.scan_ndjson}[suffix]
     try:
-        frame = {".csv": pl.read_csv, ".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson}[suffix](path)
+        table = scan(path)
+        present = table.collect_schema().names()
     except Exception as err:  # noqa: BLE001 - polars raises compute/IO errors of several types
         raise UnreadableFile(f"cannot read table: {str(err).splitlines()[0][:160]}") from None
     columns = settings.table_columns
     wanted = {"text": columns.text, "author": columns.author, "title": columns.title, "ts": columns.ts}
-    missing = [f"{k}={v}" for k, v in wanted.items() if v and v not in frame.columns]
+    missing = [f"{k}={v}" for k, v in wanted.items() if v and v not in present]
     if missing:
-        raise UnreadableFile(f"columns {missing} not in the table (it has {frame.columns}); set clean.table_columns")
-    row_offset = 2 if suffix == ".csv" else 1
-    units = frame.with_row_index("line", offset=row_offset).select(
+        raise UnreadableFile(f"columns {missing} not in the table (it has {present}); set clean.table_columns")
+    units = table.with_row_index("line", offset=2 if suffix == ".csv" else 1).select(
         pl.col("line").cast(pl.UInt32), lines=pl.lit(1, dtype=pl.UInt32),
         text=pl.col(columns.text).cast(pl.String).fill_null(""),
         author=pl.col(columns.author).cast(pl.String) if columns.author else pl.lit(None, dtype=pl.String),
@@ -155,8 +160,12 @@ def read_table(path: Path, settings: Clean) -> tuple[pl.DataFrame, pl.DataFrame,
     ).with_columns(
         reason=pl.when(pl.col("text").str.strip_chars() == "").then(pl.lit("empty")), raw=pl.col("text")
     )
-    kept, rejected = split_units(units)
-    return kept, rejected, {"format": f"table ({suffix[1:]})", "unit": "row", "raw_units": units.height}
+    try:
+        for batch in units.collect_batches(chunk_size=batch_rows):
+            kept, rejected = split_units(batch)
+            yield kept, rejected, {"format": f"table ({suffix[1:]})", "unit": "row", "raw_units": batch.height}
+    except pl.exceptions.PolarsError as err:
+        raise UnreadableFile(f"cannot read table: {str(err).splitlines()[0][:160]}") from None
 
 
 def zip_members(path: Path, settings: Clean) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
@@ -184,27 +193,43 @@ def zip_members(path: Path, settings: Clean) -> tuple[list[tuple[str, bytes]], l
     return accepted, refused
 
 
-def parse_file(path: Path, relative: Path, settings: Clean) -> list[tuple[str, pl.DataFrame, pl.DataFrame, dict]]:
-    """One raw file → (file name, kept, rejected, report entry) per readable item; problems become report lines."""
+def read_items(path: Path, relative: Path, settings: Clean, batch_rows: int) -> Iterator[tuple[str, str, pl.DataFrame, pl.DataFrame, dict]]:
+    """One raw file → (item name, source, kept, rejected, report entry) per readable piece, in name order.
+
+    An item is the file, or a member of a .zip; a table comes in slices of
+    `batch_rows` rows (same name, consecutive lines). Problems become a
+    rejected row and an `error` in the report, never an exception.
+    """
+    name = relative.as_posix()
     if relative.suffix.lower() == ".zip":
         try:
             members, refused = zip_members(path, settings)
         except (zipfile.BadZipFile, OSError) as err:
-            return [_unreadable(relative.as_posix(), path, err)]
-        results = [_refused_member(f"{relative.as_posix()}/{name}", why) for name, why in refused]
-        for name, data in members:
-            inner = relative / name
-            results.append(_read_one(inner.as_posix(), lambda data=data: data, inner, settings))
-        if not results:
-            return [_unreadable(relative.as_posix(), path, UnreadableFile("zip with no text export inside"))]
-        return results
+            yield _unreadable(name, path, err)
+            return
+        inner = [(member, why, None) for member, why in refused] + [(member, None, data) for member, data in members]
+        if not inner:
+            yield _unreadable(name, path, UnreadableFile("zip with no text export inside"))
+        for member, why, data in sorted(inner, key=lambda item: item[0]):
+            if why is not None:
+                yield _refused_member(f"{name}/{member}", why)
+            else:
+                yield _read_one(f"{name}/{member}", lambda data=data: data, relative / member, settings)
+        return
     if relative.suffix.lower() in TABLE_SUFFIXES:
         try:
-            kept, rejected, info = read_table(path, settings)
+            for kept, rejected, info in table_slices(path, settings, batch_rows):
+                yield _finish_item(name, "table", kept, rejected, info)
         except (OSError, UnreadableFile) as err:
-            return [_unreadable(relative.as_posix(), path, err)]
-        return [_finish_item(relative.as_posix(), "table", kept, rejected, info)]
-    return [_read_one(relative.as_posix(), path.read_bytes, relative, settings)]
+            yield _unreadable(name, path, err)
+        return
+    yield _read_one(name, path.read_bytes, relative, settings)
+
+
+def item_order(path: Path, raw_dir: Path) -> str:
+    """Items come out sorted by name (a zip's members are named `x.zip/member`), so outputs need no global sort."""
+    relative = path.relative_to(raw_dir).as_posix()
+    return f"{relative}/" if path.suffix.lower() == ".zip" else relative
 
 
 def _read_one(name: str, read, relative: Path, settings: Clean):
@@ -221,11 +246,15 @@ def _finish_item(name: str, source: str, kept: pl.DataFrame, rejected: pl.DataFr
     if "chat" not in kept.columns:
         columns["chat"] = pl.lit(name)
     kept = kept.with_columns(**columns).with_columns(pl.col("chat").fill_null(name)).select(list(MESSAGES_SCHEMA))
-    return name, kept.cast(MESSAGES_SCHEMA), _tag(rejected, source, name), info
+    return name, source, kept.cast(MESSAGES_SCHEMA), _tag(rejected, source, name), info
 
 
 def _unreadable(name: str, path: Path, err: Exception):
-    return _unreadable_bytes(name, path.read_bytes if path.exists() else (lambda: b""), err)
+    def head() -> bytes:
+        with path.open("rb") as handle:
+            return handle.read(200)
+
+    return _unreadable_bytes(name, head if path.exists() else (lambda: b""), err)
 
 
 def _unreadable_bytes(name: str, read, err: Exception):
@@ -246,7 +275,7 @@ def _file_problem(name: str, reason: str, raw: str, error: str):
         {"line": [1], "lines": [0], "reason": [reason], "raw": [raw]},
         schema={"line": pl.UInt32, "lines": pl.UInt32, "reason": pl.String, "raw": pl.String},
     )
-    return name, _empty_messages(), _tag(rejected, "unknown", name), {"error": error, "kept": 0, "rejected": {}}
+    return name, "unknown", _empty_messages(), _tag(rejected, "unknown", name), {"error": error}
 
 
 def _tag(rejected: pl.DataFrame, source: str, name: str) -> pl.DataFrame:
@@ -270,7 +299,10 @@ def normalise_text(text: pl.Expr) -> pl.Expr:
 
 
 def finish(messages: pl.DataFrame, settings: Clean) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Normalise and redact text; move empty, over-long and duplicate messages to rejected."""
+    """Normalise and redact text; move empty, over-long and duplicate messages to rejected.
+
+    Duplicates are looked for within a chat, and a chat is one item, so items can be finished one at a time.
+    """
     messages = redact_frame(messages.with_columns(normalise_text(pl.col("text"))), settings.redact)
     minute = pl.col("ts").dt.truncate("1m")
     duplicate = (pl.col("source") == "whatsapp") & ~pl.struct("chat", "author", "text", minute).is_first_distinct()
@@ -286,25 +318,37 @@ def finish(messages: pl.DataFrame, settings: Clean) -> tuple[pl.DataFrame, pl.Da
     return messages.filter(pl.col("reason").is_null()).drop("reason"), rejected.cast(REJECTED_SCHEMA)
 
 
-def report(files: dict[str, dict], kept: pl.DataFrame, rejected: pl.DataFrame) -> dict:
-    kept_counts = dict(kept.group_by("file").len().iter_rows())
-    kept_lines = dict(kept.group_by("file").agg(pl.col("lines").sum()).iter_rows())
-    for name, entry in files.items():
-        mine = rejected.filter(pl.col("file") == name)
-        entry["kept"] = kept_counts.get(name, 0)
-        entry["rejected"] = dict(sorted(mine.group_by("reason").len().iter_rows()))
-        covered = kept_lines.get(name, 0) + int(mine["lines"].sum())
-        if "raw_units" in entry and covered != entry["raw_units"]:
-            raise RuntimeError(f"accounting broken for {name}: {covered} of {entry['raw_units']} {entry['unit']}s covered")
+def account(entry: dict, kept: pl.DataFrame, rejected: pl.DataFrame) -> dict:
+    """One piece's report entry with its counts; refuses to go on if kept and rejected do not cover its raw lines."""
+    covered = int(kept["lines"].sum()) + int(rejected["lines"].sum())
+    if "raw_units" in entry and covered != entry["raw_units"]:
+        raise RuntimeError(f"accounting broken: {covered} of {entry['raw_units']} {entry['unit']}s covered")
+    return {**entry, "kept": kept.height, "rejected": dict(rejected.group_by("reason").len().iter_rows())}
+
+
+def merge_entries(old: dict | None, new: dict) -> dict:
+    """The report entry of an item read in several slices: counts add up."""
+    if old is None:
+        return {**new, "rejected": dict(sorted(new["rejected"].items()))}
+    merged = {**old, "kept": old["kept"] + new["kept"], "rejected": dict(sorted((Counter(old["rejected"]) + Counter(new["rejected"])).items()))}
+    if "raw_units" in new:
+        merged["raw_units"] = old.get("raw_units", 0) + new["raw_units"]
+    if "error" in new:
+        merged["error"] = new["error"]
+    return merged
+
+
+def report(entries: dict[str, dict], kept_by_source: Counter) -> dict:
+    rejected_by_reason = sum((Counter(e["rejected"]) for e in entries.values()), Counter())
     return {
-        "files": files,
+        "files": entries,
         "totals": {
-            "files": len(files),
-            "raw_units": sum(e.get("raw_units", 0) for e in files.values()),
-            "kept": kept.height,
-            "rejected": rejected.height,
-            "rejected_by_reason": dict(sorted(rejected.group_by("reason").len().iter_rows())),
-            "by_source": dict(sorted(kept.group_by("source").len().iter_rows())),
+            "files": len(entries),
+            "raw_units": sum(e.get("raw_units", 0) for e in entries.values()),
+            "kept": sum(e["kept"] for e in entries.values()),
+            "rejected": sum(rejected_by_reason.values()),
+            "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
+            "by_source": dict(sorted(kept_by_source.items())),
         },
     }
 
@@ -332,26 +376,33 @@ def gate_frame(kept: pl.DataFrame) -> pl.DataFrame:
 
 def main() -> None:
     params = load_params()
-    files = discover(RAW_DIR)
-    kept_parts, rejected_parts, entries = [], [], {}
-    for path in files:
-        for name, kept, rejected, entry in parse_file(path, path.relative_to(RAW_DIR), params.clean):
-            kept_parts.append(kept)
-            rejected_parts.append(rejected)
-            entries[name] = entry
-            log.info("%s: %s, %d items kept, %d rejected", name, entry.get("format", entry.get("error")), kept.height, rejected.height)
-    kept, more_rejected = finish(pl.concat(kept_parts), params.clean)
-    rejected = pl.concat([*rejected_parts, more_rejected]).sort("file", "line")
-    kept = kept.sort("file", "line")
-    summary = report(entries, kept, rejected)
-    if kept.is_empty():
-        problems = "\n".join(f"  - {name}: {e.get('error') or 'nothing kept'}" for name, e in entries.items())
-        raise UserError(f"no usable messages in {RAW_DIR}/:\n{problems}\nCheck the files above; supported inputs are listed in the README.")
-    write_json(REPORT, summary)
-    run_gate("clean", gate_frame(kept), expectations(params.clean.max_chars))
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    kept.write_parquet(OUT_DIR / "messages.parquet")
-    rejected.write_parquet(OUT_DIR / "rejected.parquet")
+    settings = params.clean
+    files = sorted(discover(RAW_DIR), key=lambda path: item_order(path, RAW_DIR))
+    gate = Gate("clean", expectations(settings.max_chars))
+    entries: dict[str, dict] = {}
+    kept_by_source: Counter = Counter()
+    OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=OUT_DIR.parent, prefix=".clean-") as spill:
+        parts = ParquetParts(Path(spill), params.resources.batch_rows, checks={"messages": lambda batch: gate.check(gate_frame(batch))})
+        for path in files:
+            for name, source, kept, rejected, entry in read_items(path, path.relative_to(RAW_DIR), settings, params.resources.batch_rows):
+                kept, more_rejected = finish(kept, settings)
+                kept, rejected = kept.sort("line"), pl.concat([rejected, more_rejected]).sort("line")
+                entries[name] = merge_entries(entries.get(name), account(entry, kept, rejected))
+                kept_by_source[source] += kept.height
+                log.info("%s: %s, %d items kept, %d rejected", name, entry.get("format", entry.get("error")), kept.height, rejected.height)
+                parts.add(messages=kept, rejected=rejected)
+        summary = report(entries, +kept_by_source)
+        if not summary["totals"]["kept"]:
+            problems = "\n".join(f"  - {name}: {e.get('error') or 'nothing kept'}" for name, e in entries.items())
+            raise UserError(f"no usable messages in {RAW_DIR}/:\n{problems}\nCheck the files above; supported inputs are listed in the README.")
+        write_json(REPORT, summary)
+        parts.flush()
+        gate.close()
+        parts.merge(
+            {"messages": OUT_DIR / "messages.parquet", "rejected": OUT_DIR / "rejected.parquet"},
+            {"messages": MESSAGES_SCHEMA, "rejected": REJECTED_SCHEMA},
+        )
     totals = summary["totals"]
     log.info("kept %d messages, rejected %d (%s)", totals["kept"], totals["rejected"], totals["rejected_by_reason"])
 

@@ -16,14 +16,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 
 from stages.errors import UserError, run_stage
-from stages.gates import run_gate
-from stages.io import write_frame_jsonl, write_json, write_jsonl
-from stages.keywords import keyword_prompt, top_keywords
+from stages.gates import Gate
+from stages.io import append_jsonl, read_jsonl_batches, write_json
+from stages.keywords import document_frequencies, keyword_prompt, merge_frequencies, top_keywords
 from stages.params import Group, KeywordTasks, Persona, load_params
 
 log = logging.getLogger("group")
@@ -41,8 +44,9 @@ def stable_id(*parts: str) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
 
 
-def check_persona(chats: pl.DataFrame, persona: Persona) -> None:
-    authors = chats.group_by("author").len().sort("len", descending=True)
+def check_persona(author_counts: pl.DataFrame, persona: Persona) -> None:
+    """`author_counts`: one row per chat author with its number of messages (`author`, `len`)."""
+    authors = author_counts.sort("len", "author", descending=[True, False])
     if not persona.authors:
         found = ", ".join(f"{a} ({n})" for a, n in authors.head(10).iter_rows())
         raise UserError(f"params: `persona.authors` is empty. Authors found (messages): {found}.")
@@ -209,15 +213,18 @@ def documents(messages: pl.DataFrame, settings: Group) -> list[dict]:
     return rows
 
 
-def keyword_tasks(docs: list[dict], persona: Persona, settings: KeywordTasks) -> tuple[list[dict], int]:
+def keyword_tasks(
+    docs: list[dict], persona: Persona, settings: KeywordTasks, corpus: tuple[pl.DataFrame, int] | None = None
+) -> tuple[list[dict], int]:
     """One instruction example per document: the user asks for a text about its keywords, the persona answers with it.
 
     Returns the tasks and how many documents had no keyword left after stop words.
     Each task keeps its `document` id, so `split` sends it where the document goes.
+    `corpus` (document frequencies, count) scores a batch of documents against all of them.
     """
     if not settings.enabled:
         return [], 0
-    chosen = top_keywords([d["text"] for d in docs], settings.keywords, settings.extra_stop_words)
+    chosen = top_keywords([d["text"] for d in docs], settings.keywords, settings.extra_stop_words, corpus)
     system = [{"role": "system", "content": persona.system_prompt}] if persona.system_prompt else []
     tasks = [
         {
@@ -265,42 +272,100 @@ GATE = [
 ]
 
 
-def summary(examples: pl.DataFrame, docs: list[dict], tasks: list[dict], dropped: dict, messages: pl.DataFrame) -> dict:
-    flat = flatten(examples)
-    chars = flat.filter(pl.col("role") != "system")["content"].str.len_chars()
-    n_turns = examples["messages"].list.len()
-    return {
-        "messages_by_source": dict(sorted(messages.group_by("source").len().iter_rows())),
-        "conversations": examples.height,
-        "documents": len(docs),
-        "keyword_tasks": len(tasks),
-        "turns_per_conversation": {"mean": n_turns.mean(), "median": n_turns.median(), "max": n_turns.max()},
-        "chars_per_turn": {"mean": chars.mean(), "median": chars.median(), "max": chars.max()},
-        "persona_share_of_turns": float((flat["role"] == "assistant").mean()) if flat.height else 0.0,
-        "filtered": dropped,
-    }
+MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+def gate_frame(examples: pl.DataFrame) -> pl.DataFrame:
+    return flatten(examples.select("id", "messages")).select("role", "content", "assistant_turns", "role_repeats", "system_not_first")
+
+
+def batches(messages: pl.LazyFrame, key: str, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The messages in batches of about `batch_rows`, whole `key` groups (a chat, a file) at a time, in key order.
+
+    Every step of this stage works within one chat or one file, so batch by batch
+    gives the same output as all at once, in bounded memory.
+    """
+    sizes = messages.group_by(key).len().sort(key).collect()
+    numbered = sizes.with_columns(batch=(pl.col("len").cum_sum() - pl.col("len")) // batch_rows)
+    for keys in numbered.group_by("batch", maintain_order=True).agg(pl.col(key))[key]:
+        yield messages.filter(pl.col(key).is_in(keys.to_list())).collect()
+
+
+class Summary:
+    """The report's figures, added up batch by batch (medians keep one small integer per conversation and turn)."""
+
+    def __init__(self):
+        self.turns: list[pl.Series] = []
+        self.chars: list[pl.Series] = []
+        self.persona_turns = self.all_turns = self.documents = self.tasks = 0
+
+    def add_conversations(self, examples: pl.DataFrame) -> None:
+        flat = flatten(examples)
+        self.turns.append(examples["messages"].list.len())
+        self.chars.append(flat.filter(pl.col("role") != "system")["content"].str.len_chars())
+        self.persona_turns += int((flat["role"] == "assistant").sum())
+        self.all_turns += flat.height
+
+    def report(self, dropped: dict, by_source: dict) -> dict:
+        turns, chars = (pl.concat(parts) if parts else pl.Series(dtype=pl.UInt32) for parts in (self.turns, self.chars))
+        return {
+            "messages_by_source": by_source,
+            "conversations": turns.len(),
+            "documents": self.documents,
+            "keyword_tasks": self.tasks,
+            "turns_per_conversation": {"mean": turns.mean(), "median": turns.median(), "max": turns.max()},
+            "chars_per_turn": {"mean": chars.mean(), "median": chars.median(), "max": chars.max()},
+            "persona_share_of_turns": self.persona_turns / self.all_turns if self.all_turns else 0.0,
+            "filtered": dict(sorted(dropped.items())),
+        }
 
 
 def main() -> None:
     params = load_params()
-    messages = pl.read_parquet(MESSAGES)
+    persona, settings, batch_rows = params.persona, params.group, params.resources.batch_rows
+    messages = pl.scan_parquet(MESSAGES)
     chats = messages.filter(pl.col("source") == "whatsapp")
-    if chats.is_empty():
+    author_counts = chats.group_by("author").len().collect()
+    if author_counts.is_empty():
         raise UserError("no chat messages in data/cleaned/messages.parquet: add WhatsApp exports under data/raw/.")
-    check_persona(chats, params.persona)
-    chats, dropped_messages = filter_messages(chats, params.persona, params.group)
-    examples, dropped = conversations(turns(chats, params.persona, params.group), params.persona, params.group)
-    dropped = {**dropped_messages, **dropped}
-    docs = documents(messages, params.group)
-    tasks, dropped["documents_without_keywords"] = keyword_tasks(docs, params.persona, params.group.keyword_tasks)
-    checked = pl.concat([examples.select("id", "messages"), pl.DataFrame(tasks, schema={"id": pl.String, "messages": examples.schema["messages"]})])
-    run_gate("group", flatten(checked).select("role", "content", "assistant_turns", "role_repeats", "system_not_first"), GATE)
-    write_frame_jsonl(OUT_DIR / "conversations.jsonl", examples)
-    write_jsonl(OUT_DIR / "documents.jsonl", docs)
-    write_jsonl(OUT_DIR / "keyword_tasks.jsonl", tasks)
-    stats = summary(examples, docs, tasks, dropped, messages)
+    check_persona(author_counts, persona)
+    gate, summary, dropped = Gate("group", GATE), Summary(), Counter()
+    OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=OUT_DIR.parent, prefix=".group-") as spill:
+        spill = Path(spill)
+        with (spill / "conversations.jsonl").open("wb") as out:
+            for batch in batches(chats, "chat", batch_rows):
+                kept_messages, dropped_messages = filter_messages(batch, persona, settings)
+                examples, dropped_examples = conversations(turns(kept_messages, persona, settings), persona, settings)
+                dropped.update(dropped_messages)
+                dropped.update(dropped_examples)
+                gate.check(gate_frame(examples))
+                summary.add_conversations(examples)
+                examples.write_ndjson(out)
+        tasks_wanted, frequencies = settings.keyword_tasks.enabled, []
+        with (spill / "documents.jsonl").open("w", encoding="utf-8") as out:
+            texts = messages.filter(pl.col("source").is_in(["transcript", "lyrics", "table"]))
+            for batch in batches(texts, "file", batch_rows):
+                docs = documents(batch, settings)
+                summary.documents += append_jsonl(out, docs)
+                if tasks_wanted:
+                    frequencies.append(document_frequencies([d["text"] for d in docs], settings.keyword_tasks.extra_stop_words))
+        corpus = (merge_frequencies(frequencies), summary.documents) if frequencies else None
+        dropped["documents_without_keywords"] = 0
+        with (spill / "keyword_tasks.jsonl").open("w", encoding="utf-8") as out:
+            for batch in read_jsonl_batches(spill / "documents.jsonl", batch_rows) if tasks_wanted else ():
+                tasks, without = keyword_tasks(batch, persona, settings.keyword_tasks, corpus)
+                dropped["documents_without_keywords"] += without
+                gate.check(gate_frame(pl.DataFrame(tasks, schema={"id": pl.String, "messages": MESSAGES_DTYPE})))
+                summary.tasks += append_jsonl(out, tasks)
+        gate.close()
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        for name in ("conversations.jsonl", "documents.jsonl", "keyword_tasks.jsonl"):
+            (spill / name).replace(OUT_DIR / name)
+    by_source = dict(sorted(messages.group_by("source").len().collect().iter_rows()))
+    stats = summary.report(dict(dropped), by_source)
     write_json(REPORT, stats)
-    log.info("%d conversations, %d documents, %d keyword tasks, filtered %s", stats["conversations"], stats["documents"], len(tasks), dropped)
+    log.info("%d conversations, %d documents, %d keyword tasks, filtered %s", stats["conversations"], stats["documents"], summary.tasks, stats["filtered"])
 
 
 if __name__ == "__main__":

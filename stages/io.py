@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import polars as pl
 
@@ -39,11 +39,15 @@ def read_json(path: str | Path) -> Any:
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
     with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-            count += 1
+        return append_jsonl(handle, rows)
+
+
+def append_jsonl(handle: TextIO, rows: Iterable[dict]) -> int:
+    count = 0
+    for row in rows:
+        handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        count += 1
     return count
 
 
@@ -57,3 +61,63 @@ def write_frame_jsonl(path: str | Path, frame: pl.DataFrame) -> None:
 def read_jsonl(path: str | Path) -> list[dict]:
     with Path(path).open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def read_jsonl_batches(path: str | Path, size: int) -> Iterator[list[dict]]:
+    """A JSONL file `size` rows at a time, for files that may not fit in memory."""
+    batch: list[dict] = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                batch.append(json.loads(line))
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+class ParquetParts:
+    """Frames spilled to parquet parts as they come and joined into one file per stream at the end.
+
+    A stage that adds its rows here holds at most about `batch_rows` of them (plus
+    the item it is working on), however large its input. Each stream's parts are
+    written in the order they were added, and `checks` (e.g. a gate) see every part
+    of their stream before it is written.
+    """
+
+    def __init__(self, folder: Path, batch_rows: int, checks: dict[str, Callable[[pl.DataFrame], None]] | None = None):
+        self.folder, self.batch_rows, self.checks = Path(folder), batch_rows, checks or {}
+        self.buffers: dict[str, list[pl.DataFrame]] = {}
+        self.parts: dict[str, list[Path]] = {}
+
+    def add(self, **frames: pl.DataFrame) -> None:
+        for stream, frame in frames.items():
+            self.buffers.setdefault(stream, []).append(frame)
+        if any(sum(f.height for f in buffered) >= self.batch_rows for buffered in self.buffers.values()):
+            self.flush()
+
+    def flush(self) -> None:
+        for stream, buffered in self.buffers.items():
+            if not buffered:
+                continue
+            frame = pl.concat(buffered, rechunk=False)
+            buffered.clear()
+            for start in range(0, frame.height, self.batch_rows):
+                part = frame.slice(start, self.batch_rows)
+                if stream in self.checks:
+                    self.checks[stream](part)
+                path = self.folder / f"{stream}-{len(self.parts.get(stream, [])):06d}.parquet"
+                part.write_parquet(path)
+                self.parts.setdefault(stream, []).append(path)
+
+    def merge(self, outputs: dict[str, Path], schemas: dict[str, dict]) -> None:
+        """Each stream's parts, in order, into its output file (streamed, never all in memory)."""
+        self.flush()
+        for stream, path in outputs.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            parts = self.parts.get(stream)
+            if parts:
+                pl.scan_parquet(parts).sink_parquet(path)
+            else:
+                pl.DataFrame(schema=schemas[stream]).write_parquet(path)

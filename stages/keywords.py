@@ -24,22 +24,44 @@ def spanish_stop_words() -> frozenset[str]:
     return frozenset(get_stop_words("es"))
 
 
-def top_keywords(texts: list[str], count: int, extra_stop_words: list[str] = ()) -> list[list[str]]:
-    """The `count` most distinctive words of each text (lowercase), best first; [] when a text has none."""
-    if not texts:
-        return []
+def _words(texts: list[str], extra_stop_words: list[str]) -> pl.DataFrame:
+    """One row per (text index, word) occurrence, stop words and short words left out."""
     stop = sorted(spanish_stop_words() | {w.lower() for w in extra_stop_words})
-    words = (
+    return (
         pl.DataFrame({"doc": range(len(texts)), "text": texts}, schema={"doc": pl.Int64, "text": pl.String})
         .select("doc", word=pl.col("text").str.to_lowercase().str.extract_all(r"\p{L}+"))
         .explode("word")
         .filter(pl.col("word").str.len_chars() >= MIN_WORD_CHARS, ~pl.col("word").is_in(stop))
     )
+
+
+def document_frequencies(texts: list[str], extra_stop_words: list[str] = ()) -> pl.DataFrame:
+    """How many texts hold each word (`word`, `df`): add up over batches with `merge_frequencies`."""
+    return _words(texts, extra_stop_words).unique(["doc", "word"]).group_by("word").agg(df=pl.len())
+
+
+def merge_frequencies(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat(parts).group_by("word").agg(pl.col("df").sum())
+
+
+def top_keywords(
+    texts: list[str], count: int, extra_stop_words: list[str] = (), corpus: tuple[pl.DataFrame, int] | None = None
+) -> list[list[str]]:
+    """The `count` most distinctive words of each text (lowercase), best first; [] when a text has none.
+
+    `corpus` is (document frequencies, number of texts) of the whole corpus when
+    `texts` is one batch of it; without it the texts are the corpus.
+    """
+    if not texts:
+        return []
+    frequencies, corpus_size = corpus if corpus is not None else (document_frequencies(texts, extra_stop_words), len(texts))
     scored = (
-        words.group_by("doc", "word")
+        _words(texts, extra_stop_words)
+        .group_by("doc", "word")
         .agg(tf=pl.len())
-        .with_columns(df=pl.len().over("word"), doc_words=pl.col("tf").sum().over("doc"))
-        .with_columns(score=pl.col("tf") / pl.col("doc_words") * (((1 + len(texts)) / (1 + pl.col("df"))).log() + 1))
+        .join(frequencies, on="word", how="left")
+        .with_columns(doc_words=pl.col("tf").sum().over("doc"))
+        .with_columns(score=pl.col("tf") / pl.col("doc_words") * (((1 + corpus_size) / (1 + pl.col("df"))).log() + 1))
         .sort(["doc", "score", "word"], descending=[False, True, False])
         .group_by("doc", maintain_order=True)
         .agg(pl.col("word").head(count))

@@ -63,6 +63,13 @@ class Clean:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """How to run, not what to compute: no stage lists this section as a DVC param, so changing it reruns nothing."""
+
+    batch_rows: int = 250_000
+
+
+@dataclass(frozen=True)
 class KeywordTasks:
     enabled: bool = True
     keywords: int = 3
@@ -211,6 +218,7 @@ class Params:
     evaluate: Evaluate = field(default_factory=Evaluate)
     judge: Judge = field(default_factory=Judge)
     serve: Serve = field(default_factory=Serve)
+    resources: Resources = field(default_factory=Resources)
 
 
 def _matches(value: Any, annotation: Any) -> bool:
@@ -270,6 +278,8 @@ def _check(params: Params) -> None:
     ratios = params.split.ratios
     if abs(ratios.train + ratios.val + ratios.test - 1.0) > 1e-6 or min(ratios.train, ratios.val, ratios.test) <= 0:
         raise UserError("params: `split.ratios` must be three positive numbers that add up to 1 (e.g. 0.8, 0.1, 0.1).")
+    if params.resources.batch_rows < 1000:
+        raise UserError("params: `resources.batch_rows` must be at least 1000 (rows held in memory at once; 250000 ≈ 0.3 GB).")
     if params.group.context_turns < 1:
         raise UserError("params: `group.context_turns` must be at least 1 (the user turn the persona replies to).")
     if params.group.max_turns < 2 or params.group.max_turns % 2:

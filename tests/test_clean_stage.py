@@ -64,3 +64,58 @@ def test_nothing_usable_lists_every_file(in_tmp):
     with pytest.raises(UserError) as err:
         clean.main()
     assert "a.txt: empty file" in str(err.value) and "b.pdf" in str(err.value)
+
+
+def set_batch_rows(root, rows: int) -> None:
+    import yaml
+
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    params["resources"] = {"batch_rows": rows}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+
+
+def test_clean_in_small_batches_writes_what_one_batch_writes(in_tmp):
+    """Tables are streamed and items spilled in `resources.batch_rows` parts: the outputs must not depend on it."""
+    import zipfile
+
+    (in_tmp / "data/raw").mkdir(parents=True)
+    for fixture in sorted((FIXTURES / "whatsapp/chat-miner").glob("test_*.txt")):
+        shutil.copy(fixture, in_tmp / "data/raw" / fixture.name)
+    chat = "\n".join(android(1 + i % 28, 1 + i // 28 % 12, 2022, f"{9 + i % 12}:{i % 60:02d}", "Cami" if i % 3 else "Nico", f"mensaje {i}") for i in range(1500))
+    with zipfile.ZipFile(in_tmp / "data/raw/a.zip", "w") as archive:
+        archive.writestr("z_chat.txt", chat)
+        archive.writestr("b_chat.txt", android(2, 2, 2022, "10:00", "Cami", "otro chat"))
+    write_raw(in_tmp, "a.zip.txt", android(3, 3, 2023, "11:00", "Feña", "un nombre que ordena antes que a.zip/b_chat.txt"))
+    rows = [f"verso número {i}" if i % 7 else "" for i in range(2600)]
+    pl.DataFrame({"text": rows}).write_csv(in_tmp / "data/raw/letras.csv")
+
+    outputs = {}
+    for batch_rows in (1000, 1_000_000):
+        set_batch_rows(in_tmp, batch_rows)
+        clean.main()
+        outputs[batch_rows] = (
+            pl.read_parquet("data/cleaned/messages.parquet"), pl.read_parquet("data/cleaned/rejected.parquet"),
+            read_json("metrics/clean.json"), read_json("metrics/gates/clean.json"),
+        )
+    (kept, rejected, report, gate), (kept_one, rejected_one, report_one, gate_one) = outputs[1000], outputs[1_000_000]
+    assert kept.equals(kept_one) and rejected.equals(rejected_one) and report == report_one
+    assert kept.equals(kept.sort("file", "line")) and rejected.equals(rejected.sort("file", "line"))
+    assert kept["file"].unique(maintain_order=True).to_list()[:3] == ["a.zip.txt", "a.zip/b_chat.txt", "a.zip/z_chat.txt"]
+    table = report["files"]["letras.csv"]
+    assert (table["raw_units"], table["kept"], table["rejected"]) == (2600, 2600 - 372, {"empty": 372})
+    assert kept.filter(pl.col("file") == "letras.csv")["line"].to_list()[:3] == [3, 4, 5]
+    assert report["totals"]["kept"] == kept.height and report["totals"]["rejected"] == rejected.height
+    assert gate["rows"] == gate_one["rows"] == kept.height and gate["checks"] == gate_one["checks"]
+
+
+def test_a_table_that_breaks_half_way_keeps_what_was_read_and_says_why(in_tmp):
+    good = "\n".join(f'{{"text": "línea {i}"}}' for i in range(2500))
+    write_raw(in_tmp, "corpus.jsonl", good + '\n{"text": "sin cerrar\n')
+    set_batch_rows(in_tmp, 1000)
+    clean.main()
+    entry = read_json("metrics/clean.json")["files"]["corpus.jsonl"]
+    assert entry["error"].startswith("cannot read table")
+    rejected = pl.read_parquet("data/cleaned/rejected.parquet")
+    assert rejected["reason"].to_list() == ["unreadable_file"] and rejected["raw"][0].startswith("cannot read table")
+    kept = pl.read_parquet("data/cleaned/messages.parquet")
+    assert kept.height == entry["kept"] == entry["raw_units"] and kept.height % 1000 == 0 and kept.height < 2500

@@ -70,3 +70,26 @@ def test_failing_checks_on_message_text_show_lengths_not_words(tmp_path):
     assert "Providencia" not in str(err.value) and "Providencia" not in report
     assert f"<{len(secret)} characters>" in str(err.value)
     assert json.loads(report)["checks"][0]["examples"] == [f"<{len(secret)} characters>"]
+
+
+def test_a_gate_fed_in_batches_adds_up_failures_and_judges_row_count_on_the_total(tmp_path):
+    from stages.gates import Gate
+
+    good = group_gate_frame([example("a", ("user", "hola"), ("assistant", "wena"))])
+    bad = group_gate_frame([example("b", ("user", "hola"), ("user", "¿hay alguien?")), example("c", ("user", "x"), ("bot", "y"))])
+    expectations = [*group.GATE[:1], ("ExpectTableRowCountToBeBetween", {"max_value": 6, "description": "at most six turns"}), *group.GATE[1:]]
+    gate = Gate("group", expectations, tmp_path)
+    for frame in (bad, good, bad):
+        gate.check(frame)
+    with pytest.raises(GateError) as err:
+        gate.close()
+    message = str(err.value)
+    assert "at most six turns (expect_table_row_count_to_be_between on table): 10" in message
+    assert "every example has a persona turn (expect_column_values_to_be_between on assistant_turns): 8" in message
+    assert "roles are system, user or assistant (expect_column_values_to_be_in_set on role): 2 e.g. ['bot', 'bot']" in message
+    report = (tmp_path / "group.json").read_text(encoding="utf-8")
+    import json
+
+    checks = json.loads(report)["checks"]
+    assert json.loads(report)["rows"] == 10 and len(checks) == len(expectations)
+    assert [c["success"] for c in checks if c["expectation"] == "expect_table_row_count_to_be_between"] == [True, False]

@@ -98,7 +98,7 @@ def test_system_prompt_goes_first_and_windows_start_with_user():
 def test_unknown_persona_lists_the_authors_found():
     frame = messages([(0, "Cami", "hola"), (1, "Nico", "wena"), (2, "Nico", "po")])
     with pytest.raises(UserError) as err:
-        check_persona(frame, Persona(authors=["nico"]))
+        check_persona(frame.group_by("author").len(), Persona(authors=["nico"]))
     assert "Nico (2)" in str(err.value) and "Cami (1)" in str(err.value)
 
 
@@ -224,3 +224,45 @@ def test_near_duplicates_with_many_repeated_texts_match_a_brute_force_search():
     for i, j, similarity in found:
         assert similarity == pytest.approx(exact[i].max()) and exact[i, j] == pytest.approx(similarity)
         assert j == int(np.flatnonzero(exact[i] == exact[i].max())[0])  # the closest, lowest index on ties
+
+
+def test_group_in_small_batches_writes_what_one_batch_writes(in_tmp):
+    """`group` works a few chats and files at a time (`resources.batch_rows`); keyword scores still use the whole corpus."""
+    import random
+
+    import yaml
+
+    from stages import group
+    from stages.io import read_json
+
+    rng = random.Random(7)
+    words = "completo palta micro estadio carrete playa cerro feria once sopaipilla terremoto cueca".split()
+    chats = [
+        messages([(i * rng.choice([1, 5, 200]), rng.choice(["Nico", "Cami", "Feña"]), " ".join(rng.sample(words, 3))) for i in range(600)], chat)
+        for chat in ("whatsapp/c.txt", "whatsapp/a.txt", "whatsapp/b.txt")
+    ]
+    texts = [
+        messages([(i, None, f"Frase {i} sobre {rng.choice(words)} y {rng.choice(words)}.") for i in range(800)], name)
+        .with_columns(source=pl.lit(source))
+        for name, source in (("shows/uno.txt", "transcript"), ("letras/dos.txt", "lyrics"))
+    ]
+    path = in_tmp / "data/cleaned/messages.parquet"
+    path.parent.mkdir(parents=True)
+    pl.concat([*chats, *texts]).write_parquet(path)
+
+    produced = {}
+    for batch_rows in (1000, 1_000_000):
+        params = yaml.safe_load((in_tmp / "params.yaml").read_text(encoding="utf-8"))
+        params["resources"] = {"batch_rows": batch_rows}
+        (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+        group.main()
+        produced[batch_rows] = {name: (in_tmp / "data/grouped" / name).read_bytes()
+                                for name in ("conversations.jsonl", "documents.jsonl", "keyword_tasks.jsonl")}
+        produced[batch_rows]["report"] = read_json("metrics/group.json")
+        produced[batch_rows]["gate"] = read_json("metrics/gates/group.json")
+    assert produced[1000] == produced[1_000_000]
+    report = produced[1000]["report"]
+    assert report["conversations"] > 30 and report["documents"] > 10 and report["keyword_tasks"] == report["documents"]
+    assert sorted({row["chat"] for row in map(__import__("json").loads, produced[1000]["conversations.jsonl"].splitlines())}) == [
+        "whatsapp/a.txt", "whatsapp/b.txt", "whatsapp/c.txt"]
+    assert not list((in_tmp / "data").glob(".group-*"))

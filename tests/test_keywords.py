@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from stages import split
 from stages.group import keyword_tasks
 from stages.io import read_jsonl, write_jsonl
-from stages.keywords import spanish_stop_words, top_keywords
+from stages.keywords import document_frequencies, merge_frequencies, spanish_stop_words, top_keywords
 from stages.params import KeywordTasks, Persona
 
 SONG = "La micro va llena, la micro no para. La micro me deja en la esquina de siempre."
@@ -39,6 +39,15 @@ def test_keywords_are_words_of_their_text_best_first_and_deterministic(texts, co
         assert all(len(w) >= 3 and w in text.lower() for w in words)
         assert len(set(words)) == len(words)
     assert top_keywords(texts, count) == result
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="abcdeñáé ,.!¿?xyzNOP", max_size=80), min_size=2, max_size=8), st.integers(1, 4), st.data())
+def test_keywords_of_a_batch_scored_against_the_whole_corpus_match_the_whole_run(texts, count, data):
+    cut = data.draw(st.integers(1, len(texts) - 1))
+    batches = [texts[:cut], texts[cut:]]
+    corpus = (merge_frequencies([document_frequencies(batch) for batch in batches]), len(texts))
+    assert [w for batch in batches for w in top_keywords(batch, count, corpus=corpus)] == top_keywords(texts, count)
 
 
 def test_one_task_per_document_with_the_song_prompt_for_lyrics_and_the_system_prompt_first():
