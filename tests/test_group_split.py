@@ -6,7 +6,7 @@ import pytest
 from stages.errors import UserError
 from stages.group import check_persona, conversations, flatten, passages, turns
 from stages.params import Group, Persona, Ratios, Split
-from stages.split import assign, leaking_ids, split_conversations
+from stages.split import assign, leaking_ids, move_overlaps, split_conversations
 
 T0 = datetime(2023, 3, 1, 10, 0)
 
@@ -139,6 +139,20 @@ def test_long_assistant_turns_shared_with_train_leave_test():
     assert leaking_ids(frame, 30).len() == 0
     test_ids = set(frame.filter(pl.col("split") == "test")["id"])
     assert test_ids and all(int(i[1:]) >= 100 for i in test_ids)
+
+
+def test_a_test_conversation_that_leaks_only_through_another_moved_one_moves_too():
+    shared_with_train, shared_in_test = "una respuesta larga que también está en train", "otra respuesta larga que solo comparten a y b"
+    rows = [
+        {**conversation(1, shared_with_train), "split": "train"},
+        {**conversation(2, shared_with_train), "split": "test"},
+        {**conversation(3, shared_in_test), "split": "test"},
+        {**conversation(4, "una respuesta larga que nadie más escribió"), "split": "test"},
+    ]
+    rows[1]["messages"] += [{"role": "user", "content": "¿y?"}, {"role": "assistant", "content": shared_in_test}]
+    frame, moved = move_overlaps(pl.DataFrame(rows), 30)
+    assert moved == 2 and frame.filter(pl.col("split") == "test")["id"].to_list() == ["c4"]
+    assert leaking_ids(frame, 30).len() == 0
 
 
 def test_merge_window_makes_bursts_joined_by_the_separator_and_later_bursts_by_a_newline():
