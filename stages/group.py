@@ -275,8 +275,9 @@ GATE = [
 MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
 
-def gate_frame(examples: pl.DataFrame) -> pl.DataFrame:
-    return flatten(examples.select("id", "messages")).select("role", "content", "assistant_turns", "role_repeats", "system_not_first")
+def gate_frame(flat: pl.DataFrame) -> pl.DataFrame:
+    """The gate's columns of `flatten(examples)`."""
+    return flat.select("role", "content", "assistant_turns", "role_repeats", "system_not_first")
 
 
 def batches(messages: pl.LazyFrame, key: str, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -299,8 +300,8 @@ class Summary:
         self.chars: list[pl.Series] = []
         self.persona_turns = self.all_turns = self.documents = self.tasks = 0
 
-    def add_conversations(self, examples: pl.DataFrame) -> None:
-        flat = flatten(examples)
+    def add_conversations(self, examples: pl.DataFrame, flat: pl.DataFrame) -> None:
+        """`flat` is `flatten(examples)`, computed once for this and the gate."""
         self.turns.append(examples["messages"].list.len())
         self.chars.append(flat.filter(pl.col("role") != "system")["content"].str.len_chars())
         self.persona_turns += int((flat["role"] == "assistant").sum())
@@ -339,8 +340,9 @@ def main() -> None:
                 examples, dropped_examples = conversations(turns(kept_messages, persona, settings), persona, settings)
                 dropped.update(dropped_messages)
                 dropped.update(dropped_examples)
-                gate.check(gate_frame(examples))
-                summary.add_conversations(examples)
+                flat = flatten(examples)
+                gate.check(gate_frame(flat))
+                summary.add_conversations(examples, flat)
                 examples.write_ndjson(out)
         tasks_wanted, frequencies = settings.keyword_tasks.enabled, []
         with (spill / "documents.jsonl").open("w", encoding="utf-8") as out:
@@ -356,7 +358,7 @@ def main() -> None:
             for batch in read_jsonl_batches(spill / "documents.jsonl", batch_rows) if tasks_wanted else ():
                 tasks, without = keyword_tasks(batch, persona, settings.keyword_tasks, corpus)
                 dropped["documents_without_keywords"] += without
-                gate.check(gate_frame(pl.DataFrame(tasks, schema={"id": pl.String, "messages": MESSAGES_DTYPE})))
+                gate.check(gate_frame(flatten(pl.DataFrame(tasks, schema={"id": pl.String, "messages": MESSAGES_DTYPE}))))
                 summary.tasks += append_jsonl(out, tasks)
         gate.close()
         OUT_DIR.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ def example(id_, *turns):
 
 
 def group_gate_frame(rows):
-    return group.flatten(pl.DataFrame(rows)).select("role", "content", "assistant_turns", "role_repeats", "system_not_first")
+    return group.gate_frame(group.flatten(pl.DataFrame(rows)))
 
 
 def test_group_gate_passes_valid_examples_and_names_each_broken_rule(tmp_path):
