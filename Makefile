@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS = 1
 export GX_ANALYTICS_ENABLED = false
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install demo test test-fast bench clean-outputs
+.PHONY: install lint demo test test-fast bench mutate clean-outputs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,23 @@ demo: install
 	dvc repro
 	dvc metrics show metrics/perplexity.json metrics/reference.json
 
-test: install
+LINTED := stages habla tests benchmarks scripts
+
+lint: install
+	ruff check $(LINTED)
+	ruff format --check $(LINTED)
+
+test: install lint
+	bash scripts/install_test_tools.sh
 	python -m pytest
 
-test-fast: install
+test-fast: install lint
 	python -m pytest -m "not slow"
+
+# Mutation testing of the modules that hold the guarantees (not part of `make test`: about 45 min on 2 cores).
+mutate: install
+	python -m pip install -q -e '.[mutate]'
+	python scripts/mutate.py
 
 bench: install
 	python -m pip install -q -e '.[bench]'

@@ -44,8 +44,8 @@ def load(name: str, work: Path):
 
         return lambda: df_from_whatsapp(str(work / EXPORT), auto_header=True, max_size=None)
     if name == "parse":
-        from stages.clean import read_items
-        from stages.params import Clean, Resources
+        from habla.params import Clean, Resources
+        from habla.readers.files import read_items
 
         return lambda: list(read_items(work / EXPORT, EXPORT.relative_to("data/raw"), Clean(), Resources().batch_rows))
     import importlib
@@ -58,7 +58,10 @@ def timed(tasks: list[str], work: Path) -> dict:
     start = time.perf_counter()
     for job in jobs:
         job()
-    return {"seconds": time.perf_counter() - start, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def prepare_work(spec: dict, work: Path) -> None:
@@ -82,20 +85,33 @@ def measure(spec: dict, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared"
         prepared.mkdir()
-        done = subprocess.run([sys.executable, "-m", "benchmarks.data_stages", json.dumps(spec), str(prepared)], cwd=REPO,
-                              capture_output=True, text=True, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.data_stages", json.dumps(spec), str(prepared)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if done.returncode:
             return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
         for index in range(repeats):
             work = shutil.copytree(prepared, Path(tmp) / f"run-{index}")
-            done = subprocess.run([sys.executable, "-c", TIMED, str(REPO), json.dumps(spec["tasks"])], cwd=work,
-                                  capture_output=True, text=True, env=env)
+            done = subprocess.run(
+                [sys.executable, "-c", TIMED, str(REPO), json.dumps(spec["tasks"])],
+                cwd=work,
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if done.returncode:
                 return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
             shutil.rmtree(work)
-    return {"seconds": statistics.median(r["seconds"] for r in runs), "peak_mib": statistics.median(r["peak_mib"] for r in runs),
-            "runs": len(runs)}
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "peak_mib": statistics.median(r["peak_mib"] for r in runs),
+        "runs": len(runs),
+    }
 
 
 if __name__ == "__main__":

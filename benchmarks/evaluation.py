@@ -1,7 +1,8 @@
 """Throughput of everything around training: tokenisation and packing, perplexity scoring,
 the local judge and `habla serve`, on the builtin architecture at the demo's size.
 
-On a CUDA machine the same code runs on the GPU (bf16 where supported). The model has random weights (throughput does not depend on what it learned) and a
+On a CUDA machine the same code runs on the GPU (bf16 where supported). The model has random
+weights (throughput does not depend on what it learned) and a
 freshly initialised LoRA adapter, as the stages load it. Each figure is the median of
 `repeats` timed passes after one warm-up pass; peers are measured in the same process on
 the same inputs:
@@ -52,7 +53,7 @@ def tokenisation_rows(tokenizer, conversations: list[dict], repeats: int) -> lis
     from datasets import Dataset
     from trl.data_utils import pack_dataset
 
-    from stages.modeling import encode_chat
+    from habla.model.loading import encode_chat
 
     encoded = [encode_chat(tokenizer, c["messages"]) for c in conversations]
     tokens = sum(len(e["input_ids"]) for e in encoded)
@@ -63,30 +64,52 @@ def tokenisation_rows(tokenizer, conversations: list[dict], repeats: int) -> lis
         return tokenizer(texts)["input_ids"]
 
     peer = median_rate(notebook, sum(len(ids) for ids in notebook()), repeats)
-    dataset = Dataset.from_list([{"input_ids": e["input_ids"], "assistant_masks": e["assistant_masks"]} for e in encoded])
-    packing = median_rate(lambda: pack_dataset(dataset, SPEC["max_length"], "bfd", {"load_from_cache_file": False}), tokens, repeats)
+    dataset = Dataset.from_list(
+        [{"input_ids": e["input_ids"], "assistant_masks": e["assistant_masks"]} for e in encoded]
+    )
+    packing = median_rate(
+        lambda: pack_dataset(dataset, SPEC["max_length"], "bfd", {"load_from_cache_file": False}), tokens, repeats
+    )
     return [
-        {"figure": f"tokenise {len(conversations)} train conversations (chat template + assistant mask)", "unit": "tokens/s",
-         "ours": ours, "peer_name": "render template to text, batch-tokenise (no mask)", "peer": peer},
-        {"figure": f"pack them into {SPEC['max_length']}-token rows (TRL best-fit decreasing)", "unit": "tokens/s", "ours": packing},
+        {
+            "figure": f"tokenise {len(conversations)} train conversations (chat template + assistant mask)",
+            "unit": "tokens/s",
+            "ours": ours,
+            "peer_name": "render template to text, batch-tokenise (no mask)",
+            "peer": peer,
+        },
+        {
+            "figure": f"pack them into {SPEC['max_length']}-token rows (TRL best-fit decreasing)",
+            "unit": "tokens/s",
+            "ours": packing,
+        },
     ]
 
 
 def perplexity_rows(model, tokenizer, conversations: list[dict], repeats: int) -> list[dict]:
-    from stages.perplexity import encode_conversations, score_windowed
+    from habla.model.perplexity import encode_conversations, score_windowed
 
     rows = encode_conversations(tokenizer, conversations)
     tokens = sum(len(r["input_ids"]) for r in rows)
     window, stride = SPEC["max_length"], SPEC["max_length"] // 2
     ours = median_rate(lambda: score_windowed(model, rows, tokenizer.pad_token_id, 16, window, stride), tokens, repeats)
     peer = median_rate(lambda: score_windowed(model, rows, tokenizer.pad_token_id, 1, window, stride), tokens, repeats)
-    return [{"figure": f"perplexity forward pass over {len(rows)} conversations", "unit": "tokens/s", "ours": ours,
-             "peer_name": "one conversation per forward pass", "peer": peer}]
+    return [
+        {
+            "figure": f"perplexity forward pass over {len(rows)} conversations",
+            "unit": "tokens/s",
+            "ours": ours,
+            "peer_name": "one conversation per forward pass",
+            "peer": peer,
+        }
+    ]
 
 
 def judge_rows(model, tokenizer, conversations: list[dict], repeats: int) -> list[dict]:
-    from stages.judge import PROMPTS, RATING_PROMPTS, cut_before_reply, fill
-    from stages.judges import LocalJudge
+    from habla.model.generation import cut_before_reply
+    from habla.model.judge_backends import LocalJudge
+    from habla.model.judging import fill
+    from stages.judge import PROMPTS, RATING_PROMPTS
 
     cases = []
     for conversation in conversations:
@@ -102,14 +125,22 @@ def judge_rows(model, tokenizer, conversations: list[dict], repeats: int) -> lis
         pairs = median_rate(lambda: judge.choose(choose), len(choose), repeats)
         grades = median_rate(lambda: judge.rate(rate), len(rate), repeats)
     return [
-        {"figure": f"local judge, pairwise verdicts ({len(choose)} prompts, batch 16)", "unit": "judgments/s", "ours": pairs},
-        {"figure": f"local judge, 1–10 ratings (expected grade over 10 answers, {len(rate)} prompts)", "unit": "ratings/s", "ours": grades},
+        {
+            "figure": f"local judge, pairwise verdicts ({len(choose)} prompts, batch 16)",
+            "unit": "judgments/s",
+            "ours": pairs,
+        },
+        {
+            "figure": f"local judge, 1–10 ratings (expected grade over 10 answers, {len(rate)} prompts)",
+            "unit": "ratings/s",
+            "ours": grades,
+        },
     ]
 
 
 def serve_rows(model, tokenizer, conversations: list[dict], params) -> list[dict]:
-    from stages.judge import cut_before_reply
-    from stages.serve import Engine, make_server
+    from habla.apps.serve import Engine, make_server
+    from habla.model.generation import cut_before_reply
 
     settings = dataclasses.replace(params.serve, port=0, queue_limit=SERVE_REQUESTS)
     server = make_server(Engine(model, tokenizer, params), settings)
@@ -135,19 +166,25 @@ def serve_rows(model, tokenizer, conversations: list[dict], params) -> list[dict
         server.shutdown()
         server.server_close()
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
-    return [{"figure": f"`habla serve`, {len(prompts)} chat completions (24 new tokens), {SERVE_CLIENTS} concurrent clients",
-             "unit": "requests/s", "ours": len(prompts) / seconds,
-             "detail": f"latency p50 {statistics.median(latencies):.2f} s, p95 {p95:.2f} s"}]
+    return [
+        {
+            "figure": f"`habla serve`, {len(prompts)} chat completions (24 new tokens), "
+            f"{SERVE_CLIENTS} concurrent clients",
+            "unit": "requests/s",
+            "ours": len(prompts) / seconds,
+            "detail": f"latency p50 {statistics.median(latencies):.2f} s, p95 {p95:.2f} s",
+        }
+    ]
 
 
 def measure(repeats: int = 3) -> list[dict]:
     from peft import get_peft_model
 
     from benchmarks.train_throughput import TRAIN_SPLIT, build_base
-    from stages.io import read_jsonl
-    from stages.modeling import device, load_base
-    from stages.params import load_params
-    from stages.train import lora_config
+    from habla.io import read_jsonl
+    from habla.model.loading import device, load_base
+    from habla.model.training import lora_config
+    from habla.params import load_params
 
     if not TRAIN_SPLIT.exists():
         raise SystemExit(f"{TRAIN_SPLIT} is missing: run `dvc repro split` first.")
@@ -170,7 +207,9 @@ def run(repeats: int = 3) -> list[dict]:
     """`measure` in a fresh interpreter, so the data benchmarks' imports and threads do not interfere."""
     import subprocess
 
-    done = subprocess.run([sys.executable, "-m", "benchmarks.evaluation", str(repeats)], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.evaluation", str(repeats)], cwd=REPO, capture_output=True, text=True
+    )
     if done.returncode:
         return [{"figure": "evaluation benchmarks", "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}]
     return json.loads(done.stdout.strip().splitlines()[-1])

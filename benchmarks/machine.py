@@ -9,14 +9,26 @@ import resource
 import torch
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for model FLOPs utilisation.
-PEAK_BF16 = {"H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+PEAK_BF16 = {
+    "H100 80GB HBM3": 989e12,
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+}
 
 
 def describe() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu_cores": os.cpu_count(), "memory_gib": round(memory, 1), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__}
+    return {
+        "cpu_cores": os.cpu_count(),
+        "memory_gib": round(memory, 1),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def peak_flops() -> float | None:

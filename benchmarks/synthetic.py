@@ -13,9 +13,18 @@ from pathlib import Path
 
 AUTHORS = ["Nico", "Cami", "Feña", "Pancho", "Javi", "+56 9 8765 4321"]
 PHRASES = [
-    "wena po, ¿cómo estai?", "ya po, nos vemos al tiro", "¿vamos al estadio el domingo?", "cachai que mañana hay paro",
-    "la pega estuvo pesada hoy", "obvio que voy po", "¿alguien tiene el número del Pancho?", "qué lata, se largó a llover",
-    "mándame la dirección porfa", "jajaja no puedo más", "¿quién lleva las chelas?", "el Colo ganó igual 🤙",
+    "wena po, ¿cómo estai?",
+    "ya po, nos vemos al tiro",
+    "¿vamos al estadio el domingo?",
+    "cachai que mañana hay paro",
+    "la pega estuvo pesada hoy",
+    "obvio que voy po",
+    "¿alguien tiene el número del Pancho?",
+    "qué lata, se largó a llover",
+    "mándame la dirección porfa",
+    "jajaja no puedo más",
+    "¿quién lleva las chelas?",
+    "el Colo ganó igual 🤙",
 ]
 
 
@@ -47,4 +56,7 @@ def write_export(path: Path, count: int, seed: int = 7) -> Path:
 def write_exports(folder: Path, count: int, per_export: int) -> list[Path]:
     """`count` lines as chats of at most `per_export` lines, as a corpus of many exports looks."""
     sizes = [per_export] * (count // per_export) + ([count % per_export] if count % per_export else [])
-    return [write_export(folder / f"Chat de WhatsApp con Cami {index:04d}.txt", size, seed=7 + index) for index, size in enumerate(sizes)]
+    return [
+        write_export(folder / f"Chat de WhatsApp con Cami {index:04d}.txt", size, seed=7 + index)
+        for index, size in enumerate(sizes)
+    ]

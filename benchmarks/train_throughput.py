@@ -29,17 +29,96 @@ WARMUP_STEPS = 3
 
 SUITES = {
     "cpu": [
-        {"name": "sft, no packing", "runner": "sft", "hidden": 192, "layers": 4, "steps": 20, "batch": 8, "max_length": 256},
-        {"name": "sft, packing", "runner": "sft", "packing": True, "hidden": 192, "layers": 4, "steps": 20, "batch": 8, "max_length": 256},
-        {"name": "plain transformers.Trainer", "runner": "plain", "hidden": 192, "layers": 4, "steps": 20, "batch": 8, "max_length": 256},
+        {
+            "name": "sft, no packing",
+            "runner": "sft",
+            "hidden": 192,
+            "layers": 4,
+            "steps": 20,
+            "batch": 8,
+            "max_length": 256,
+        },
+        {
+            "name": "sft, packing",
+            "runner": "sft",
+            "packing": True,
+            "hidden": 192,
+            "layers": 4,
+            "steps": 20,
+            "batch": 8,
+            "max_length": 256,
+        },
+        {
+            "name": "plain transformers.Trainer",
+            "runner": "plain",
+            "hidden": 192,
+            "layers": 4,
+            "steps": 20,
+            "batch": 8,
+            "max_length": 256,
+        },
     ],
     "gpu": [
-        {"name": "sft bf16 LoRA, no packing", "runner": "sft", "hidden": 1024, "layers": 16, "steps": 40, "batch": 16, "max_length": 1024},
-        {"name": "sft bf16 LoRA, packing", "runner": "sft", "packing": True, "hidden": 1024, "layers": 16, "steps": 40, "batch": 16, "max_length": 1024},
-        {"name": "plain transformers.Trainer bf16 LoRA", "runner": "plain", "hidden": 1024, "layers": 16, "steps": 40, "batch": 16, "max_length": 1024},
-        {"name": "sft QLoRA 4-bit, packing", "runner": "sft", "packing": True, "quantization": "4bit", "hidden": 1024, "layers": 16, "steps": 40, "batch": 16, "max_length": 1024},
-        {"name": "sft bf16 LoRA, packing, 2048 wide", "runner": "sft", "packing": True, "hidden": 2048, "layers": 16, "steps": 30, "batch": 16, "max_length": 1024},
-        {"name": "sft QLoRA 4-bit, packing, 2048 wide", "runner": "sft", "packing": True, "quantization": "4bit", "hidden": 2048, "layers": 16, "steps": 30, "batch": 16, "max_length": 1024},
+        {
+            "name": "sft bf16 LoRA, no packing",
+            "runner": "sft",
+            "hidden": 1024,
+            "layers": 16,
+            "steps": 40,
+            "batch": 16,
+            "max_length": 1024,
+        },
+        {
+            "name": "sft bf16 LoRA, packing",
+            "runner": "sft",
+            "packing": True,
+            "hidden": 1024,
+            "layers": 16,
+            "steps": 40,
+            "batch": 16,
+            "max_length": 1024,
+        },
+        {
+            "name": "plain transformers.Trainer bf16 LoRA",
+            "runner": "plain",
+            "hidden": 1024,
+            "layers": 16,
+            "steps": 40,
+            "batch": 16,
+            "max_length": 1024,
+        },
+        {
+            "name": "sft QLoRA 4-bit, packing",
+            "runner": "sft",
+            "packing": True,
+            "quantization": "4bit",
+            "hidden": 1024,
+            "layers": 16,
+            "steps": 40,
+            "batch": 16,
+            "max_length": 1024,
+        },
+        {
+            "name": "sft bf16 LoRA, packing, 2048 wide",
+            "runner": "sft",
+            "packing": True,
+            "hidden": 2048,
+            "layers": 16,
+            "steps": 30,
+            "batch": 16,
+            "max_length": 1024,
+        },
+        {
+            "name": "sft QLoRA 4-bit, packing, 2048 wide",
+            "runner": "sft",
+            "packing": True,
+            "quantization": "4bit",
+            "hidden": 2048,
+            "layers": 16,
+            "steps": 30,
+            "batch": 16,
+            "max_length": 1024,
+        },
     ],
 }
 
@@ -74,34 +153,45 @@ def _synchronize() -> None:
 
 def build_base(work: Path, rows: list[dict], spec: dict) -> None:
     """A builtin-architecture base of the requested size, saved where `load_base` looks for it."""
-    from stages.base import build_model, train_tokenizer
-    from stages.io import write_json
-    from stages.modeling import BASE_DIR, BUILTIN, SOURCE_FILE
-    from stages.params import Base
+    from habla import paths
+    from habla.io import write_json
+    from habla.model.builtin import build_model, train_tokenizer
+    from habla.model.loading import BUILTIN
+    from habla.params import Builtin
 
     texts = [m["content"] for r in rows for m in r["messages"]]
     tokenizer = train_tokenizer(texts, 4096 if spec["hidden"] >= 1024 else 2048)
-    settings = Base(hidden_size=spec["hidden"], layers=spec["layers"], heads=max(2, spec["hidden"] // 64), context=spec["max_length"])
+    settings = Builtin(
+        hidden_size=spec["hidden"],
+        layers=spec["layers"],
+        heads=max(2, spec["hidden"] // 64),
+        context=spec["max_length"],
+    )
     model = build_model(tokenizer, settings)
     with contextlib.chdir(work):
-        model.save_pretrained(BASE_DIR)
-        tokenizer.save_pretrained(BASE_DIR)
-        write_json(SOURCE_FILE, {"kind": BUILTIN, "location": str(BASE_DIR)})
+        model.save_pretrained(paths.BASE_MODEL)
+        tokenizer.save_pretrained(paths.BASE_MODEL)
+        write_json(paths.SOURCE_FILE, {"kind": BUILTIN, "location": str(paths.BASE_MODEL)})
 
 
 def bench_params(spec: dict):
-    from stages.params import load_params
+    from habla.params import load_params
 
     params = load_params(REPO / "params.yaml")
     train = dataclasses.replace(
-        params.train, max_steps=spec["steps"], batch_size=spec["batch"], max_length=spec["max_length"],
-        packing=spec.get("packing", False), quantization=spec.get("quantization", "none"), grad_accum=1,
+        params.train,
+        max_steps=spec["steps"],
+        batch_size=spec["batch"],
+        max_length=spec["max_length"],
+        packing=spec.get("packing", False),
+        quantization=spec.get("quantization", "none"),
+        grad_accum=1,
     )
     return dataclasses.replace(params, train=train)
 
 
 def run_sft(rows: list[dict], spec: dict, work: Path) -> tuple[object, object]:
-    from stages.train import build_trainer, prepare_model
+    from habla.model.training import build_trainer, prepare_model
 
     params = bench_params(spec)
     model, tokenizer, _ = prepare_model(params)
@@ -117,26 +207,41 @@ def run_plain(rows: list[dict], spec: dict, work: Path) -> tuple[object, object]
     from peft import get_peft_model
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from stages.modeling import compute_dtype, load_base
-    from stages.train import lora_config
+    from habla.model.loading import compute_dtype, load_base
+    from habla.model.training import lora_config
 
     params = bench_params(spec)
     model, tokenizer = load_base()
     model = get_peft_model(model, lora_config(params, []))
     texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in rows]
     data = Dataset.from_dict({"text": texts}).map(
-        lambda batch: tokenizer(batch["text"], truncation=True, max_length=spec["max_length"]), batched=True, remove_columns=["text"]
+        lambda batch: tokenizer(batch["text"], truncation=True, max_length=spec["max_length"]),
+        batched=True,
+        remove_columns=["text"],
     )
     import torch
 
     args = TrainingArguments(
-        output_dir=str(work / "out"), max_steps=spec["steps"], per_device_train_batch_size=spec["batch"],
-        learning_rate=params.train.learning_rate, bf16=compute_dtype() == torch.bfloat16, use_cpu=not torch.cuda.is_available(),
-        save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=1000, include_num_input_tokens_seen="non_padding",
+        output_dir=str(work / "out"),
+        max_steps=spec["steps"],
+        per_device_train_batch_size=spec["batch"],
+        learning_rate=params.train.learning_rate,
+        bf16=compute_dtype() == torch.bfloat16,
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1000,
+        include_num_input_tokens_seen="non_padding",
     )
     timing = timing_callback()
-    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[timing],
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        callbacks=[timing],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
     trainer.train()
     return trainer, timing
 
@@ -144,7 +249,7 @@ def run_plain(rows: list[dict], spec: dict, work: Path) -> tuple[object, object]
 def measure(spec: dict) -> dict:
     """One configuration, in this process."""
     from benchmarks.machine import peak_flops, peak_memory_mib
-    from stages.io import read_jsonl
+    from habla.io import read_jsonl
 
     if not TRAIN_SPLIT.exists():
         raise SystemExit(f"{TRAIN_SPLIT} is missing: run `dvc repro split` first.")
@@ -155,13 +260,18 @@ def measure(spec: dict) -> dict:
         trainer, timing = (run_sft if spec["runner"] == "sft" else run_plain)(rows, spec, work)
         seconds, tokens = timing.result(trainer.state)
         config = trainer.model.config
-        flops_per_token = 6 * dense_parameters(config) + 12 * config.num_hidden_layers * config.hidden_size * spec["max_length"]
+        flops_per_token = (
+            6 * dense_parameters(config) + 12 * config.num_hidden_layers * config.hidden_size * spec["max_length"]
+        )
         tokens_per_second = tokens / seconds
         peak = peak_flops()
         return {
-            "name": spec["name"], "tokens_per_second": round(tokens_per_second, 1), "peak_memory_mib": round(peak_memory_mib(), 1),
+            "name": spec["name"],
+            "tokens_per_second": round(tokens_per_second, 1),
+            "peak_memory_mib": round(peak_memory_mib(), 1),
             "mfu": round(flops_per_token * tokens_per_second / peak, 4) if peak else None,
-            "dense_parameters_m": round(dense_parameters(config) / 1e6, 1), "steps_timed": spec["steps"] - WARMUP_STEPS,
+            "dense_parameters_m": round(dense_parameters(config) / 1e6, 1),
+            "steps_timed": spec["steps"] - WARMUP_STEPS,
         }
 
 
@@ -176,8 +286,12 @@ def run_suite(suite: str) -> list[dict]:
     """Every configuration of the suite, each in a fresh interpreter."""
     rows = []
     for spec in SUITES[suite]:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.train_throughput", "--one", json.dumps(spec)],
-                              cwd=REPO, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.train_throughput", "--one", json.dumps(spec)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             rows.append({"name": spec["name"], "error": (done.stderr.strip().splitlines() or ["failed"])[-1]})
         else:

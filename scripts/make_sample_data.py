@@ -18,76 +18,180 @@ ROOT = Path(__file__).resolve().parents[1] / "data" / "raw"
 
 TOPICS = {
     "carrete": (
-        ["¿Vas a ir a la fiesta del viernes?", "¿Qué tal estuvo la fiesta?", "¿A qué hora nos juntamos el sábado?",
-         "¿Quién más va a ir?", "¿Llevo algo para tomar?", "¿Terminaste muy tarde anoche?"],
-        ["obvio que voy po, si el carrete va a estar la raja", "estuvo bacán, terminamos como a las 5 de la mañana",
-         "juntémonos a las 10 en la casa del Pancho, cachai", "va la misma gallá de siempre po",
-         "lleva unas chelas y un copete pa la previa", "quedé pa la cagá, ni me acuerdo cómo llegué a la casa",
-         "filo, vamos igual aunque esté fome", "el Pancho puso puro reggaetón, nada que hacer"],
+        [
+            "¿Vas a ir a la fiesta del viernes?",
+            "¿Qué tal estuvo la fiesta?",
+            "¿A qué hora nos juntamos el sábado?",
+            "¿Quién más va a ir?",
+            "¿Llevo algo para tomar?",
+            "¿Terminaste muy tarde anoche?",
+        ],
+        [
+            "obvio que voy po, si el carrete va a estar la raja",
+            "estuvo bacán, terminamos como a las 5 de la mañana",
+            "juntémonos a las 10 en la casa del Pancho, cachai",
+            "va la misma gallá de siempre po",
+            "lleva unas chelas y un copete pa la previa",
+            "quedé pa la cagá, ni me acuerdo cómo llegué a la casa",
+            "filo, vamos igual aunque esté fome",
+            "el Pancho puso puro reggaetón, nada que hacer",
+        ],
     ),
     "pega": (
-        ["¿Cómo te fue en el trabajo hoy?", "¿Te pagaron ya?", "¿Sigues buscando trabajo?", "¿Tu jefe te dio el día libre?",
-         "¿A qué hora sales hoy?"],
-        ["la pega estuvo pesada, el jefe andaba choreado", "todavía no me pagan, ando sin ni una luca",
-         "sí po, mandé como diez currículum esta semana", "ni cagando me da el día, es más pesado que la cresta",
-         "salgo a las seis si no me piden otra wea", "me tienen haciendo planillas todo el día, qué lata"],
+        [
+            "¿Cómo te fue en el trabajo hoy?",
+            "¿Te pagaron ya?",
+            "¿Sigues buscando trabajo?",
+            "¿Tu jefe te dio el día libre?",
+            "¿A qué hora sales hoy?",
+        ],
+        [
+            "la pega estuvo pesada, el jefe andaba choreado",
+            "todavía no me pagan, ando sin ni una luca",
+            "sí po, mandé como diez currículum esta semana",
+            "ni cagando me da el día, es más pesado que la cresta",
+            "salgo a las seis si no me piden otra wea",
+            "me tienen haciendo planillas todo el día, qué lata",
+        ],
     ),
     "futbol": (
-        ["¿Viste el partido de anoche?", "¿Vamos al estadio el domingo?", "¿Quién crees que gana el clásico?",
-         "¿Qué te pareció el gol del Colo?"],
-        ["sí po, el Colo jugó como las weas pero ganó igual", "vamos al tiro, compro las entradas hoy",
-         "el Colo obvio, la U está pa la cagá este año", "golazo po, el arquero quedó parado como poste",
-         "el árbitro era más malo que el pan con palta sin sal"],
+        [
+            "¿Viste el partido de anoche?",
+            "¿Vamos al estadio el domingo?",
+            "¿Quién crees que gana el clásico?",
+            "¿Qué te pareció el gol del Colo?",
+        ],
+        [
+            "sí po, el Colo jugó como las weas pero ganó igual",
+            "vamos al tiro, compro las entradas hoy",
+            "el Colo obvio, la U está pa la cagá este año",
+            "golazo po, el arquero quedó parado como poste",
+            "el árbitro era más malo que el pan con palta sin sal",
+        ],
     ),
     "comida": (
-        ["¿Qué vas a comer hoy?", "¿Conoces algún lugar bueno para almorzar?", "¿Cocinaste algo rico?",
-         "¿Pedimos algo para la once?"],
-        ["unos completos italianos con harta mayo", "hay un local de sopaipillas al lado de la estación que es la raja",
-         "hice una cazuela, me quedó filete", "pidamos unas empanadas de pino po", "ando con un hambre terrible, me comería un lomito"],
+        [
+            "¿Qué vas a comer hoy?",
+            "¿Conoces algún lugar bueno para almorzar?",
+            "¿Cocinaste algo rico?",
+            "¿Pedimos algo para la once?",
+        ],
+        [
+            "unos completos italianos con harta mayo",
+            "hay un local de sopaipillas al lado de la estación que es la raja",
+            "hice una cazuela, me quedó filete",
+            "pidamos unas empanadas de pino po",
+            "ando con un hambre terrible, me comería un lomito",
+        ],
     ),
     "transporte": (
         ["¿Ya llegaste?", "¿Cómo estaba el metro?", "¿Vienes en micro o en auto?", "¿Por qué llegas tan tarde?"],
-        ["no po, la micro se demoró una eternidad", "el metro iba lleno, más apretado que la cresta",
-         "en micro po, el auto está en panne", "estaba atochado el tráfico en la Alameda, nada que hacer",
-         "voy al tiro, estoy a dos cuadras"],
+        [
+            "no po, la micro se demoró una eternidad",
+            "el metro iba lleno, más apretado que la cresta",
+            "en micro po, el auto está en panne",
+            "estaba atochado el tráfico en la Alameda, nada que hacer",
+            "voy al tiro, estoy a dos cuadras",
+        ],
     ),
     "clima": (
         ["¿Está lloviendo por allá?", "¿Hace frío en Santiago?", "¿Viste el temblor de anoche?"],
-        ["está cayendo un aguacero terrible", "hace un frío que cala los huesos, ando con tres chalecos",
-         "sí po, se movió harto, pero nada grave", "puro smog y frío, lo típico de Santiago"],
+        [
+            "está cayendo un aguacero terrible",
+            "hace un frío que cala los huesos, ando con tres chalecos",
+            "sí po, se movió harto, pero nada grave",
+            "puro smog y frío, lo típico de Santiago",
+        ],
     ),
     "pololeo": (
         ["¿Cómo está tu polola?", "¿Sigues con la Vale?", "¿Qué le vas a regalar para el aniversario?"],
-        ["bien po, anda pololeando conmigo todavía jaja", "sí po, estamos súper bien",
-         "no cacho qué regalarle, ayúdame po", "le voy a hacer una once sorpresa, ojalá no sea muy fome"],
+        [
+            "bien po, anda pololeando conmigo todavía jaja",
+            "sí po, estamos súper bien",
+            "no cacho qué regalarle, ayúdame po",
+            "le voy a hacer una once sorpresa, ojalá no sea muy fome",
+        ],
     ),
     "estudios": (
         ["¿Estudiaste para la prueba?", "¿Cómo te fue en el examen?", "¿Entregaste el trabajo?"],
-        ["nada po, voy a ir a puro cachar", "me fue como el forro, no sabía nada",
-         "lo entregué a última hora, como siempre", "el profe es más pesado que la cresta, no le entiende nadie"],
+        [
+            "nada po, voy a ir a puro cachar",
+            "me fue como el forro, no sabía nada",
+            "lo entregué a última hora, como siempre",
+            "el profe es más pesado que la cresta, no le entiende nadie",
+        ],
     ),
 }
 
 NICO_OPENERS = ["wena", "weeena", "oye", "ya po", "ya", "puta", "oe", "cachai que"]
 NICO_CLOSERS = [" po", " cachai", " weón", " jajaja", " jaja", " 😂", " 🤙", " 🙌", "", "", ""]
-NICO_SHORT = ["jajaja", "sipo", "ya po", "filo", "bacán", "la raja", "al tiro", "dale po", "nica", "de una", "😂😂😂", "🤙"]
+NICO_SHORT = [
+    "jajaja",
+    "sipo",
+    "ya po",
+    "filo",
+    "bacán",
+    "la raja",
+    "al tiro",
+    "dale po",
+    "nica",
+    "de una",
+    "😂😂😂",
+    "🤙",
+]
 NICO_BURSTS = ["oye y otra cosa", "ah y no te olvidai de avisarme", "ya, hablamos", "igual tengo sueño", "me tinca"]
 NICO_ASIDES = [
-    "igual estoy medio raja", "no me pesqués mucho", "ando con una paja terrible", "me tinca caleta",
-    "la wea buena", "no cacho na", "estoy chato", "qué fome igual", "ni ahí con eso", "es lo que hay no más",
-    "me da lo mismo", "nos vemos al tiro", "avísame cualquier cosa", "pucha la wea", "está más bueno que el pan",
-    "ando a full", "me quedé pegado", "tengo un sueño más o menos", "ya, cachai la onda", "andamos al peo",
-    "hay que apechugar no más", "me cargó", "es harto fome", "quedó la embarrá", "anda a saber",
-    "estoy en la U todavía", "ando en la micro", "pasé a comprar unas marraquetas", "se me cortó la luz",
-    "me tinca ir a la playa", "el Pancho anda perdido", "la Vale te manda saludos", "me duele la guata",
-    "ando sin batería", "está helado", "nica voy a llegar a la hora", "hoy día no", "mañana sí po", "de más",
+    "igual estoy medio raja",
+    "no me pesqués mucho",
+    "ando con una paja terrible",
+    "me tinca caleta",
+    "la wea buena",
+    "no cacho na",
+    "estoy chato",
+    "qué fome igual",
+    "ni ahí con eso",
+    "es lo que hay no más",
+    "me da lo mismo",
+    "nos vemos al tiro",
+    "avísame cualquier cosa",
+    "pucha la wea",
+    "está más bueno que el pan",
+    "ando a full",
+    "me quedé pegado",
+    "tengo un sueño más o menos",
+    "ya, cachai la onda",
+    "andamos al peo",
+    "hay que apechugar no más",
+    "me cargó",
+    "es harto fome",
+    "quedó la embarrá",
+    "anda a saber",
+    "estoy en la U todavía",
+    "ando en la micro",
+    "pasé a comprar unas marraquetas",
+    "se me cortó la luz",
+    "me tinca ir a la playa",
+    "el Pancho anda perdido",
+    "la Vale te manda saludos",
+    "me duele la guata",
+    "ando sin batería",
+    "está helado",
+    "nica voy a llegar a la hora",
+    "hoy día no",
+    "mañana sí po",
+    "de más",
     "qué penca",
 ]
 FRIEND_SHORT = ["Jajaja", "Ok", "Perfecto", "Genial", "Dale", "Vale", "Qué bien", "Entiendo"]
 GREETINGS_USER = ["Hola Nico", "Hola, ¿cómo estás?", "Buenas", "¿Qué tal?"]
 GREETINGS_NICO = ["wena wena", "wena, ¿cómo estai?", "holi", "qué onda", "wena, todo bien por acá po"]
-PII = ["mi número nuevo es +56 9 8765 4321", "escríbeme a nico.perez@correo.cl", "mira esto https://www.ejemplo.cl/noticia/123",
-       "llámame al 9 8765 4321", "el link es www.tienda.cl/ofertas"]
+PII = [
+    "mi número nuevo es +56 9 8765 4321",
+    "escríbeme a nico.perez@correo.cl",
+    "mira esto https://www.ejemplo.cl/noticia/123",
+    "llámame al 9 8765 4321",
+    "el link es www.tienda.cl/ofertas",
+]
 MEDIA_ANDROID = ["<Multimedia omitido>", "Se eliminó este mensaje.", "null"]
 
 
@@ -140,7 +244,8 @@ def write_android_chat(rng: random.Random, friend: str, n_sessions: int, path: P
     t = datetime(2023, 3, 1, 9, 0)
     lines = [
         f"{android_header(t)}Los mensajes y las llamadas están cifrados de extremo a extremo. "
-        "Nadie fuera de este chat, ni siquiera WhatsApp, puede leerlos ni escucharlos. Toca para obtener más información."
+        "Nadie fuera de este chat, ni siquiera WhatsApp, puede leerlos ni escucharlos. "
+        "Toca para obtener más información."
     ]
     for _ in range(n_sessions):
         t += timedelta(hours=rng.randint(8, 60), minutes=rng.randint(0, 59))
@@ -160,7 +265,7 @@ def write_ios_group(rng: random.Random, n_sessions: int, path: Path) -> None:
     lines = [
         f"{header(t)}Los Cabros: \u200eLos mensajes y las llamadas están cifrados de extremo a extremo. "
         "Nadie fuera de este chat, ni siquiera WhatsApp, puede leerlos ni escucharlos.",
-        f"{header(t)}Los Cabros: \u200eCami creó el grupo \"Los Cabros\"",
+        f'{header(t)}Los Cabros: \u200eCami creó el grupo "Los Cabros"',
         f"{header(t)}Los Cabros: \u200eCami te añadió",
     ]
     for _ in range(n_sessions):
@@ -171,7 +276,11 @@ def write_ios_group(rng: random.Random, n_sessions: int, path: Path) -> None:
                 author = rng.choice(members)
             if text == "<Multimedia omitido>":
                 text = "\u200eimagen omitida"
-            lines.append(f"\u200e{header(when)}{author}: {text}" if text.startswith("\u200e") else f"{header(when)}{author}: {text}")
+            lines.append(
+                f"\u200e{header(when)}{author}: {text}"
+                if text.startswith("\u200e")
+                else f"{header(when)}{author}: {text}"
+            )
             t = when
     path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8-sig")
 

@@ -1,131 +1,70 @@
-"""Generation in the shared chat template: batched replies for evaluation, streamed replies for chat and serve."""
+"""`generate` stage: replies of the base and the fine-tuned model to held-out prompts.
+
+Each test conversation is cut before one persona reply (the last, or a seeded
+random one); both models answer the same prompt with the same sampling settings.
+The replies are the input of `judge` and `reference`, and they hold test-set
+text, so `metrics/generations.jsonl` is a DVC-cached output (pushed to the DVC
+remote), never a file committed to git.
+"""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+import logging
 
-import torch
+from habla import paths
+from habla.errors import UserError, run_stage
+from habla.io import read_jsonl, write_jsonl
+from habla.model.generation import cut_before_reply, generate_replies
+from habla.model.loading import load_tuned
+from habla.params import load_params
 
-from stages.modeling import device, end_ids
-from stages.params import Sampling
+log = logging.getLogger("generate")
 
+TEST = paths.split_file("test")
+GENERATIONS = paths.GENERATIONS
 
-def prompt_batches(tokenizer, conversations: list[list[dict]], batch_size: int) -> Iterator[dict]:
-    """Left-padded batches of conversations ending in the assistant prompt, so each row continues from its last token."""
-    tokenizer.padding_side = "left"
-    try:
-        for start in range(0, len(conversations), batch_size):
-            texts = [
-                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                for c in conversations[start : start + batch_size]
-            ]
-            yield tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device())
-    finally:
-        tokenizer.padding_side = "right"
-
-
-def sampling_kwargs(sampling: Sampling) -> dict:
-    sample = sampling.temperature > 0
-    return {"max_new_tokens": sampling.max_new_tokens, "do_sample": sample,
-            "temperature": sampling.temperature if sample else None, "top_p": sampling.top_p if sample else None}
-
-
-@torch.inference_mode()
-def generate_replies(model, tokenizer, prompts: list[list[dict]], sampling: Sampling, batch_size: int) -> list[str]:
-    torch.manual_seed(sampling.seed)
-    replies: list[str] = []
-    for batch in prompt_batches(tokenizer, prompts, batch_size):
-        output = model.generate(
-            **batch, **sampling_kwargs(sampling), pad_token_id=tokenizer.pad_token_id, eos_token_id=end_ids(model, tokenizer)
-        )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        replies += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    return replies
+PARAMS = [
+    "preset",
+    "evaluate.batch_size",
+    "evaluate.max_prompts",
+    "evaluate.cut",
+    "evaluate.cut_seed",
+    "evaluate.sampling",
+]
+DEPS = [
+    paths.BASE_MODEL,
+    paths.ADAPTER,
+    TEST,
+    "stages/generate.py",
+    "habla/model/generation.py",
+    "habla/model/loading.py",
+    paths.PRESETS,
+]
+OUTS = [GENERATIONS]
 
 
-@dataclass
-class ReplyStream:
-    """One streamed reply: iterate for text pieces; afterwards `text`, token counts and `finish_reason` are set.
+def main() -> None:
+    params = load_params()
+    evaluate = params.evaluate
+    cases = []
+    for conversation in read_jsonl(TEST)[: evaluate.max_prompts]:
+        cut = cut_before_reply(conversation, evaluate.cut, evaluate.cut_seed)
+        if cut:
+            cases.append(
+                {"id": conversation["id"], "source": conversation.get("source"), "prompt": cut[0], "reference": cut[1]}
+            )
+    if not cases:
+        raise UserError("no test conversation has a persona reply to answer: check data/splits/test.jsonl.")
+    model, tokenizer = load_tuned()
+    prompts = [c["prompt"] for c in cases]
+    with model.disable_adapter():
+        base_replies = generate_replies(model, tokenizer, prompts, evaluate.sampling, evaluate.batch_size)
+    tuned_replies = generate_replies(model, tokenizer, prompts, evaluate.sampling, evaluate.batch_size)
+    for case, base, tuned in zip(cases, base_replies, tuned_replies):
+        case.update(base=base, tuned=tuned)
+    write_jsonl(GENERATIONS, cases)
+    log.info("generate: %d held-out prompts answered by the base and the fine-tuned model", len(cases))
 
-    Special tokens are dropped except the message separator, which the caller
-    renders (a new bubble in `chat`, plain text in `serve`). Text matching a stop
-    string is held back until it is clear it is not the start of one, so a stop
-    string never leaks into the stream.
-    """
 
-    model: object
-    tokenizer: object
-    messages: list[dict]
-    sampling: Sampling
-    stop: Sequence[str] = ()
-    keep_tokens: Sequence[str] = ()
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"
-    _hidden: list[str] = field(default_factory=list)
-
-    def __iter__(self) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
-
-        tokenizer = self.tokenizer
-        self._hidden = [t for t in tokenizer.all_special_tokens if t not in self.keep_tokens]
-        prompt = tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        prompt = {k: v.to(device()) for k, v in prompt.items()}
-        self.prompt_tokens = prompt["input_ids"].shape[1]
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)
-        result: dict = {}
-
-        @torch.inference_mode()
-        def work() -> None:
-            try:
-                torch.manual_seed(self.sampling.seed)
-                extra = {"stop_strings": list(self.stop), "tokenizer": tokenizer} if self.stop else {}
-                result["ids"] = self.model.generate(
-                    **prompt, **sampling_kwargs(self.sampling), streamer=streamer, pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=end_ids(self.model, tokenizer), **extra,
-                )
-            except Exception as err:  # noqa: BLE001 - re-raised in the consuming thread below
-                result["error"] = err
-                streamer.end()
-
-        worker = threading.Thread(target=work, daemon=True)
-        worker.start()
-        emitted = 0
-        for piece in streamer:
-            self.text += self._clean(piece)
-            cut = self._stop_at(self.text)
-            safe = len(self.text) if cut is None else cut
-            if cut is None:
-                safe -= self._possible_stop_prefix(self.text)
-            if safe > emitted:
-                yield self.text[emitted:safe]
-                emitted = safe
-            if cut is not None:
-                break
-        worker.join()
-        if "error" in result:
-            raise result["error"]
-        cut = self._stop_at(self.text)
-        self.text = self.text[:cut] if cut is not None else self.text
-        if len(self.text) > emitted:
-            yield self.text[emitted:]
-        new_ids = result["ids"][0, self.prompt_tokens :].tolist()
-        self.completion_tokens = len(new_ids)
-        ended = bool(new_ids) and new_ids[-1] in end_ids(self.model, tokenizer)
-        self.finish_reason = "stop" if ended or cut is not None else "length"
-
-    def _clean(self, piece: str) -> str:
-        for token in self._hidden:
-            piece = piece.replace(token, "")
-        return piece
-
-    def _stop_at(self, text: str) -> int | None:
-        hits = [text.find(s) for s in self.stop if s and s in text]
-        return min(hits) if hits else None
-
-    def _possible_stop_prefix(self, text: str) -> int:
-        """Length of the longest tail of `text` that could begin a stop string."""
-        return max((n for s in self.stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+if __name__ == "__main__":
+    run_stage(main)

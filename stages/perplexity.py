@@ -14,75 +14,35 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
-
-from stages.errors import run_stage
-from stages.io import read_jsonl, write_json
-from stages.metrics_math import perplexity_interval, score, sliding_windows
-from stages.modeling import encode_chat, load_tuned
-from stages.params import load_params
+from habla import paths
+from habla.errors import run_stage
+from habla.io import read_jsonl, write_json
+from habla.model.loading import load_tuned
+from habla.model.perplexity import by_source, encode_conversations, encode_documents, score_windowed, summarise
+from habla.params import load_params
 
 log = logging.getLogger("perplexity")
 
-TEST = Path("data/splits/test.jsonl")
-TEST_DOCUMENTS = Path("data/splits/documents/test.jsonl")
-REPORT = Path("metrics/perplexity.json")
-PLOT = Path("metrics/plots/perplexity.json")
+TEST = paths.split_file("test")
+TEST_DOCUMENTS = paths.document_split("test")
+REPORT = paths.report("perplexity")
+PLOT = paths.PERPLEXITY_PLOT
 
-
-def encode_conversations(tokenizer, conversations: list[dict]) -> list[dict]:
-    rows = []
-    for conversation in conversations:
-        full = encode_chat(tokenizer, conversation["messages"])
-        ids, mask = full["input_ids"], full["assistant_masks"]
-        reply_ids = [i for i, m in zip(ids, mask) if m]
-        rows.append({
-            "id": conversation["id"], "source": conversation.get("source", "unknown"), "input_ids": ids, "mask": mask,
-            "bytes": len(tokenizer.decode(reply_ids, skip_special_tokens=True).encode("utf-8")),
-        })
-    return rows
-
-
-def encode_documents(tokenizer, documents: list[dict]) -> list[dict]:
-    """Every token of a passage is a target (the first has nothing to be predicted from)."""
-    rows = []
-    for document in documents:
-        ids = tokenizer(document["text"])["input_ids"]
-        rows.append({
-            "id": document["id"], "source": document["source"], "input_ids": ids, "mask": [0] + [1] * (len(ids) - 1),
-            "bytes": len(tokenizer.decode(ids[1:], skip_special_tokens=True).encode("utf-8")),
-        })
-    return rows
-
-
-def score_windowed(model, rows: list[dict], pad_id: int, batch_size: int, window: int, stride: int) -> list[tuple[float, int]]:
-    """(sum NLL, targets) per row, rows longer than `window` scored over sliding windows and summed back."""
-    pieces, owner = [], []
-    for index, row in enumerate(rows):
-        for ids, mask in sliding_windows(row["input_ids"], row["mask"], window, stride):
-            pieces.append({"input_ids": ids, "mask": mask})
-            owner.append(index)
-    totals = [[0.0, 0] for _ in rows]
-    for index, (nll, count) in zip(owner, score(model, pieces, pad_id, batch_size)):
-        totals[index][0] += nll
-        totals[index][1] += count
-    return [(nll, count) for nll, count in totals]
-
-
-def summarise(rows: list[dict], scores: list[tuple[float, int]], resamples: int) -> dict:
-    nll = [s[0] for s in scores]
-    tokens = [s[1] for s in scores]
-    total_nll, total_tokens, total_bytes = sum(nll), sum(tokens), sum(r["bytes"] for r in rows)
-    low, high = perplexity_interval(nll, tokens, resamples)
-    return {
-        "perplexity": math.exp(total_nll / max(total_tokens, 1)),
-        "perplexity_ci95": [low, high],
-        "nll_per_token": total_nll / max(total_tokens, 1),
-        "bits_per_byte": total_nll / math.log(2) / max(total_bytes, 1),
-        "tokens": total_tokens,
-        "bytes": total_bytes,
-    }
+PARAMS = ["preset", "evaluate.batch_size", "evaluate.bootstrap", "evaluate.stride", "train.max_length"]
+DEPS = [
+    paths.BASE_MODEL,
+    paths.ADAPTER,
+    TEST,
+    TEST_DOCUMENTS,
+    "stages/perplexity.py",
+    "habla/model/perplexity.py",
+    "habla/model/scoring.py",
+    "habla/model/loading.py",
+    paths.PRESETS,
+]
+METRICS = [REPORT]
+PLOTS = [PLOT]
 
 
 def main() -> None:
@@ -113,25 +73,25 @@ def main() -> None:
         report["documents"] = {
             "count": len(documents),
             "windowed": sum(len(d["input_ids"]) > window for d in documents),
-            "base": summarise(documents, base_all[len(rows):], params.evaluate.bootstrap),
-            "tuned": summarise(documents, tuned_all[len(rows):], params.evaluate.bootstrap),
+            "base": summarise(documents, base_all[len(rows) :], params.evaluate.bootstrap),
+            "tuned": summarise(documents, tuned_all[len(rows) :], params.evaluate.bootstrap),
         }
-    sources = sorted({r["source"] for r in rows})
-    if len(sources) > 1:
-        report["by_source"] = {
-            source: {
-                name: summarise([r for r in rows if r["source"] == source], [s for r, s in zip(rows, scores) if r["source"] == source], params.evaluate.bootstrap)["perplexity"]
-                for name, scores in (("base", base_scores), ("tuned", tuned_scores))
-            }
-            for source in sources
-        }
+    if len({r["source"] for r in rows}) > 1:
+        report["by_source"] = by_source(rows, {"base": base_scores, "tuned": tuned_scores})
     write_json(REPORT, report)
-    write_json(PLOT, [
-        {"id": r["id"], "base": math.exp(b[0] / max(b[1], 1)), "tuned": math.exp(t[0] / max(t[1], 1))}
-        for r, b, t in zip(rows, base_scores, tuned_scores)
-    ])
-    log.info("perplexity on %d test conversations: base %.2f → fine-tuned %.2f", len(rows),
-             report["base"]["perplexity"], report["tuned"]["perplexity"])
+    write_json(
+        PLOT,
+        [
+            {"id": r["id"], "base": math.exp(b[0] / max(b[1], 1)), "tuned": math.exp(t[0] / max(t[1], 1))}
+            for r, b, t in zip(rows, base_scores, tuned_scores)
+        ],
+    )
+    log.info(
+        "perplexity on %d test conversations: base %.2f → fine-tuned %.2f",
+        len(rows),
+        report["base"]["perplexity"],
+        report["tuned"]["perplexity"],
+    )
 
 
 if __name__ == "__main__":

@@ -9,280 +9,42 @@ the loss, and a separator that is not a token.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
-from pathlib import Path
 
-import torch
-
-from stages.errors import UserError, run_stage
-from stages.io import read_json, read_jsonl, write_json
-from stages.modeling import (
-    ADAPTER_DIR, CHATML_TRAINING_TEMPLATE, IM_END, IM_START, PAD, SOURCE_FILE, compute_dtype, encode_chat, end_ids,
-    load_base, special_separator,
+from habla import paths
+from habla.errors import run_stage
+from habla.io import read_jsonl, write_json
+from habla.model.loading import (
+    end_ids,
 )
-from stages.params import Params, as_dict, load_params
+from habla.model.training import (
+    build_trainer,
+    check_masks,
+    prepare_model,
+    resumable_checkpoint,
+    sort_target_modules,
+)
+from habla.params import as_dict, load_params
 
 log = logging.getLogger("train")
+LIVE_DIR = paths.TRAIN_LIVE
+REPORT = paths.report("train")
 
-SPLITS_DIR = Path("data/splits")
-CHECKPOINTS = Path("models/checkpoints")
-LIVE_DIR = Path("metrics/train")
-REPORT = Path("metrics/train.json")
-MASK_SAMPLE = 64
-TRUNCATION_WARNING = 0.05
-QUANTIZED_LINEAR = ("Linear4bit", "Linear8bitLt")
-
-
-def prepare_tokenizer(tokenizer, separator: str) -> tuple[object, dict]:
-    """Give the tokenizer a training template with generation markers, a real pad token and the separator."""
-    from trl.chat_template_utils import get_training_chat_template
-
-    notes: dict = {"template": "model's own (has generation markers)"}
-    template = tokenizer.chat_template or ""
-    if "{% generation %}" not in template and "{%- generation %}" not in template:
-        patched = get_training_chat_template(tokenizer) if template else None
-        if patched:
-            tokenizer.chat_template, notes["template"] = patched, "TRL training template for this model family"
-        else:
-            tokenizer.chat_template, notes["template"] = CHATML_TRAINING_TEMPLATE, "ChatML with generation markers (fallback)"
-            missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
-            if missing:
-                tokenizer.add_special_tokens({"additional_special_tokens": missing})
-            tokenizer.eos_token = IM_END
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": PAD})
-        notes["pad_token"] = f"added {PAD} (pad must differ from EOS, or EOS is masked out and the model never stops)"
-    token = special_separator(separator)
-    if token and token not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [token]})
-        notes["separator_token"] = token
-    return tokenizer, notes
-
-
-def linear_module_names(model) -> set[str]:
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ in QUANTIZED_LINEAR:
-            names.add(name.rsplit(".", 1)[-1])
-    return names - {"lm_head"}
-
-
-def check_targets(model, target_modules: str | list[str]) -> list[str]:
-    """Every named target must exist: Phi-3's fused `qkv_proj` silently ignores `q_proj/k_proj/v_proj`."""
-    available = linear_module_names(model)
-    if target_modules == "all-linear":
-        return sorted(available)
-    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    missing = [t for t in targets if t not in available]
-    if missing:
-        raise UserError(
-            f"train.lora.target_modules {missing} match no layer of this model. Its linear layers are: "
-            f"{', '.join(sorted(available))}. Use `all-linear` or names from that list (fused models such as "
-            "Phi-3 have `qkv_proj` and `gate_up_proj` instead of q/k/v and gate/up)."
-        )
-    return targets
-
-
-def encode_or_explain(tokenizer, messages: list[dict]) -> dict[str, list[int]]:
-    """encode_chat, with a template's own refusal (Gemma rejects system turns) turned into advice."""
-    from jinja2 import TemplateError
-
-    try:
-        return encode_chat(tokenizer, messages)
-    except TemplateError as err:
-        raise UserError(
-            f"the model's chat template refuses a training conversation: {err}. Gemma-style templates accept no "
-            "system turn and need strict user/assistant alternation starting with the user: set "
-            "`persona.system_prompt: ''` and `group.persona_opens: trim` (or `opener`)."
-        ) from None
-
-
-def check_masks(tokenizer, conversations: list[dict], max_length: int, stop_ids: list[int] | None = None) -> dict:
-    """The assistant mask must be non-empty and contain a token that ends a reply; report truncation.
-
-    `stop_ids` are the ids generation stops at (see `end_ids`): the model must be
-    trained to produce one of them, whether it is the tokenizer's EOS or a
-    family's end-of-turn token such as Gemma's `<end_of_turn>`.
-    """
-    stops = set(stop_ids or [tokenizer.eos_token_id])
-    empty, no_eos, truncated, lengths = 0, 0, 0, []
-    for conversation in conversations[:MASK_SAMPLE]:
-        encoded = encode_or_explain(tokenizer, conversation["messages"])
-        masked = [i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
-        empty += not masked
-        no_eos += not stops & set(masked)
-        lengths.append(len(encoded["input_ids"]))
-    for conversation in conversations[MASK_SAMPLE:]:
-        lengths.append(len(encode_or_explain(tokenizer, conversation["messages"])["input_ids"]))
-    truncated = sum(length > max_length for length in lengths)
-    if empty:
-        raise UserError(
-            f"{empty} of {min(len(conversations), MASK_SAMPLE)} sampled conversations have no assistant tokens in the loss "
-            "mask: the chat template does not mark assistant turns. Report the model name; meanwhile set a template "
-            "with {% generation %} markers."
-        )
-    if no_eos:
-        raise UserError(
-            f"in {no_eos} sampled conversations no end-of-reply token ({tokenizer.convert_ids_to_tokens(sorted(stops))}) is "
-            "inside the loss mask, "
-            "so the model would never learn to stop. Use a template whose generation block includes the end token."
-        )
-    share = truncated / max(len(lengths), 1)
-    if share > TRUNCATION_WARNING:
-        log.warning("%.1f%% of training conversations are longer than train.max_length=%d and will be truncated", 100 * share, max_length)
-    return {"truncated_share": share, "max_tokens": max(lengths), "mean_tokens": sum(lengths) / max(len(lengths), 1)}
-
-
-def sft_config(params: Params, output_dir: Path = CHECKPOINTS, evaluate: bool = True):
-    """TRL settings from params; `evaluate=False` (benchmarks) trains without evaluation or checkpoints."""
-    from trl import SFTConfig
-
-    settings = params.train
-    every = "steps" if evaluate else "no"
-    return SFTConfig(
-        output_dir=str(output_dir),
-        seed=settings.seed,
-        max_steps=settings.max_steps,
-        num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.lr_scheduler,
-        warmup_steps=settings.warmup_ratio,
-        max_length=settings.max_length,
-        packing=settings.packing,
-        assistant_only_loss=True,
-        activation_checkpointing=settings.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
-        bf16=compute_dtype() == torch.bfloat16,
-        use_cpu=not torch.cuda.is_available(),
-        eval_strategy=every,
-        eval_steps=settings.eval_steps,
-        save_strategy=every,
-        save_steps=settings.eval_steps,
-        save_total_limit=2,
-        logging_steps=10,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=True,
-    )
-
-
-def lora_config(params: Params, token_ids: list[int]):
-    from peft import LoraConfig
-
-    lora = params.train.lora
-    return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        use_rslora=lora.use_rslora, use_dora=lora.use_dora, task_type="CAUSAL_LM",
-        trainable_token_indices=token_ids or None,
-    )
-
-
-def run_fingerprint(params: Params) -> str:
-    """What a checkpoint must match to be resumed: training params, base model and training data."""
-    settings = {k: v for k, v in as_dict(params.train).items() if k != "resume"}
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps([settings, as_dict(params.model), as_dict(params.base), params.group.separator], sort_keys=True).encode())
-    for path in (SPLITS_DIR / "train.jsonl", SPLITS_DIR / "val.jsonl", SOURCE_FILE):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def finished(checkpoint: str | None) -> bool:
-    """Whether a checkpoint is the last step of its run (its trainer state says so)."""
-    if not checkpoint or not (state := Path(checkpoint) / "trainer_state.json").exists():
-        return False
-    recorded = read_json(state)
-    return recorded.get("max_steps", 0) > 0 and recorded.get("global_step", 0) >= recorded["max_steps"]
-
-
-def resumable_checkpoint(params: Params) -> str | None:
-    """The last checkpoint of an interrupted run with the same fingerprint; stale checkpoints are removed.
-
-    Without the fingerprint, `-S train.lora.r=4` would try to resume a rank-8 checkpoint.
-    A finished run is not resumed either: DVC reruns `train` with unchanged params
-    only when its code changed, and "resuming" at the last step would train nothing
-    and report a meaningless loss.
-    """
-    from transformers.trainer_utils import get_last_checkpoint
-
-    fingerprint = run_fingerprint(params)
-    marker = CHECKPOINTS / "run.json"
-    stale = params.train.resume != "auto" or not marker.exists() or read_json(marker).get("fingerprint") != fingerprint
-    if CHECKPOINTS.is_dir() and (stale or finished(get_last_checkpoint(str(CHECKPOINTS)))):
-        shutil.rmtree(CHECKPOINTS)
-    CHECKPOINTS.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"fingerprint": fingerprint})
-    checkpoint = get_last_checkpoint(str(CHECKPOINTS))
-    if checkpoint:
-        log.info("resuming the interrupted run from %s", checkpoint)
-    return checkpoint
-
-
-def prepare_model(params: Params):
-    """Base model and tokenizer with every guard passed, ready for the adapter."""
-    settings = params.train
-    model, tokenizer = load_base(settings.quantization)
-    tokenizer, notes = prepare_tokenizer(tokenizer, params.group.separator)
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
-    notes["targets"] = check_targets(model, settings.lora.target_modules)
-    if settings.quantization == "4bit":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
-    return model, tokenizer, notes
-
-
-def expose_head_bias(model) -> None:
-    """TRL's fused loss reads `lm_head.bias`; PEFT's trainable-token wrapper (put on a tied head when a new
-    separator token is trained) forwards only `.weight`, so training crashed. Give the wrapper the wrapped
-    layer's bias (TRL 1.16, PEFT 0.21)."""
-    head = model.get_output_embeddings()
-    if head is not None and not hasattr(head, "bias") and hasattr(head, "original_module"):
-        head.bias = getattr(head.original_module, "bias", None)
-
-
-def build_trainer(params: Params, model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None,
-                  callbacks: list | None = None, output_dir: Path = CHECKPOINTS):
-    """The one SFTTrainer construction, shared by the stage and the training benchmark."""
-    from datasets import Dataset
-    from trl import SFTTrainer
-
-    separator = special_separator(params.group.separator)
-    new_token_ids = [tokenizer.convert_tokens_to_ids(separator)] if separator else []
-
-    def dataset(rows):
-        return Dataset.from_list([{"messages": r["messages"]} for r in rows])
-
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(params, output_dir, evaluate=val_rows is not None),
-        train_dataset=dataset(train_rows),
-        eval_dataset=dataset(val_rows) if val_rows is not None else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(params, new_token_ids),
-        callbacks=callbacks or [],
-    )
-    expose_head_bias(trainer.model)
-    adapted = sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in trainer.model.named_parameters() if "lora_A" in n})
-    trainable, total = trainer.model.get_nb_trainable_parameters()
-    log.info("LoRA on %s: %d trainable of %d parameters (%.2f%%)", adapted, trainable, total, 100 * trainable / total)
-    return trainer, {"adapted_modules": adapted, "trainable_parameters": trainable, "total_parameters": total}
-
-
-def sort_target_modules(config_path: Path) -> None:
-    """PEFT saves `target_modules` from a set, in hash order, so the same run wrote a different file (and a new
-    DVC hash for the adapter, rerunning every stage after it) in each process. Sorted, the file is reproducible."""
-    config = read_json(config_path)
-    if isinstance(config.get("target_modules"), list):
-        config["target_modules"] = sorted(config["target_modules"])
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+# `model` and `builtin` are part of a checkpoint's identity (see `run_fingerprint`).
+PARAMS = ["preset", "model", "builtin", "train", "group.separator"]
+DEPS = [
+    paths.BASE_MODEL,
+    paths.split_file("train"),
+    paths.split_file("val"),
+    paths.ACCELERATE,
+    paths.PRESETS,
+    "stages/train.py",
+    "habla/model/training.py",
+    "habla/model/loading.py",
+]
+OUTS = [paths.ADAPTER]
+METRICS = [REPORT, LIVE_DIR / "metrics.json"]
+PLOTS = [LIVE_DIR / "plots" / "metrics"]
 
 
 def main() -> None:
@@ -292,8 +54,8 @@ def main() -> None:
     params = load_params()
     set_seed(params.train.seed)  # before the model and the adapter exist, so LoRA init is reproducible
     model, tokenizer, notes = prepare_model(params)
-    train_rows = read_jsonl(SPLITS_DIR / "train.jsonl")
-    val_rows = read_jsonl(SPLITS_DIR / "val.jsonl")
+    train_rows = read_jsonl(paths.split_file("train"))
+    val_rows = read_jsonl(paths.split_file("val"))
     token_stats = check_masks(tokenizer, train_rows, params.train.max_length, end_ids(model, tokenizer))
     trainer, adapter = build_trainer(params, model, tokenizer, train_rows, val_rows)
     # Only now is the process group up (the trainer's accelerator starts it; on CPU an earlier
@@ -304,7 +66,7 @@ def main() -> None:
     if not state.is_main_process:
         from transformers.trainer_utils import get_last_checkpoint
 
-        checkpoint = get_last_checkpoint(str(CHECKPOINTS))
+        checkpoint = get_last_checkpoint(str(paths.CHECKPOINTS))
     if state.is_main_process:
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
@@ -315,16 +77,21 @@ def main() -> None:
     result = trainer.train(resume_from_checkpoint=checkpoint)
     evaluation = trainer.evaluate()
     if state.is_main_process:
-        trainer.save_model(str(ADAPTER_DIR))
-        sort_target_modules(ADAPTER_DIR / "adapter_config.json")
-        tokenizer.save_pretrained(str(ADAPTER_DIR))
-        write_json(ADAPTER_DIR / "training_params.json", {"params": as_dict(params), "tokenizer": notes})
+        trainer.save_model(str(paths.ADAPTER))
+        sort_target_modules(paths.ADAPTER / "adapter_config.json")
+        tokenizer.save_pretrained(str(paths.ADAPTER))
+        write_json(paths.ADAPTER / "training_params.json", {"params": as_dict(params), "tokenizer": notes})
         write_json(
             REPORT,
             {
-                "train_loss": result.training_loss, "eval_loss": evaluation["eval_loss"], "steps": result.global_step,
-                "train_seconds": result.metrics["train_runtime"], "trainable_parameters": adapter["trainable_parameters"],
-                "adapted_modules": adapter["adapted_modules"], "tokens": token_stats, "tokenizer": notes,
+                "train_loss": result.training_loss,
+                "eval_loss": evaluation["eval_loss"],
+                "steps": result.global_step,
+                "train_seconds": result.metrics["train_runtime"],
+                "trainable_parameters": adapter["trainable_parameters"],
+                "adapted_modules": adapter["adapted_modules"],
+                "tokens": token_stats,
+                "tokenizer": notes,
             },
         )
     state.wait_for_everyone()

@@ -36,11 +36,24 @@ def android(day: int, month: int, year: int, clock: str, author: str | None, tex
 
 OPENERS = ["¿Cómo estai?", "¿Vamos al estadio?", "¿Qué hiciste ayer?", "¿Te tinca un completo?", "¿Viste el partido?"]
 REPLIES = [
-    "wena po, todo bacán, ¿y vo?", "ya po, de una, nos juntamos a las ocho", "nada po, puro carretear con los cabros",
-    "obvio, con harta palta y mayo", "sí po, el Colo jugó como las weas", "filo, mañana vemos", "cachai que estoy pato",
+    "wena po, todo bacán, ¿y vo?",
+    "ya po, de una, nos juntamos a las ocho",
+    "nada po, puro carretear con los cabros",
+    "obvio, con harta palta y mayo",
+    "sí po, el Colo jugó como las weas",
+    "filo, mañana vemos",
+    "cachai que estoy pato",
 ]
 SMALL = {
-    "base": {"max_steps": 4, "batch_size": 4, "hidden_size": 32, "layers": 1, "heads": 2, "vocab_size": 300, "context": 64},
+    "builtin": {
+        "max_steps": 4,
+        "batch_size": 4,
+        "hidden_size": 32,
+        "layers": 1,
+        "heads": 2,
+        "vocab_size": 300,
+        "context": 64,
+    },
     "train": {"max_steps": 6, "eval_steps": 2, "batch_size": 4, "max_length": 96},
     "evaluate": {"stride": 48, "bootstrap": 50},
 }
@@ -52,15 +65,25 @@ def conversations(count: int, seed: int) -> list[dict]:
     for index in range(count):
         messages = []
         for _ in range(rng.randint(1, 3)):
-            messages += [{"role": "user", "content": rng.choice(OPENERS)}, {"role": "assistant", "content": rng.choice(REPLIES)}]
-        rows.append({"id": f"c{seed}-{index}", "source": "whatsapp", "chat": "Chat de WhatsApp con Cami.txt", "messages": messages})
+            messages += [
+                {"role": "user", "content": rng.choice(OPENERS)},
+                {"role": "assistant", "content": rng.choice(REPLIES)},
+            ]
+        rows.append(
+            {
+                "id": f"c{seed}-{index}",
+                "source": "whatsapp",
+                "chat": "Chat de WhatsApp con Cami.txt",
+                "messages": messages,
+            }
+        )
     return rows
 
 
 def make_tiny_project(root: Path, overrides: dict | None = None) -> None:
     """Small splits and a builtin base already built, in `root` (the current folder)."""
+    from habla.io import write_jsonl
     from stages import base
-    from stages.io import write_jsonl
 
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     for section, values in SMALL.items():

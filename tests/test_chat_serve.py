@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from habla.apps.chat import Session, bubbles, interactive
+from habla.apps.serve import Engine, make_server
+from habla.params import load_params
 from stages import train
-from stages.chat import Session, bubbles, interactive
-from stages.params import load_params
-from stages.serve import Engine, make_server
 from tests.conftest import make_tiny_project
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 GREEDY = ["--temperature", "0", "--max-new-tokens", "8"]
 # Enough training that base and fine-tuned replies differ and say something.
 TRAINED = {
-    "base": {"max_steps": 60, "hidden_size": 64, "layers": 2, "learning_rate": 0.01},
+    "builtin": {"max_steps": 60, "hidden_size": 64, "layers": 2, "learning_rate": 0.01},
     "train": {"max_steps": 30, "eval_steps": 30, "learning_rate": 0.01},
 }
 
@@ -45,7 +45,7 @@ def project(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(project):
-    from stages.modeling import load_tuned
+    from habla.model.loading import load_tuned
 
     os.chdir(project)
     return load_tuned()
@@ -54,14 +54,24 @@ def loaded(project):
 def greedy_params(**serve):
     params = load_params()
     sampling = dataclasses.replace(params.evaluate.sampling, temperature=0.0, max_new_tokens=8)
-    return dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, sampling=sampling),
-                               serve=dataclasses.replace(params.serve, port=0, **serve))
+    return dataclasses.replace(
+        params,
+        evaluate=dataclasses.replace(params.evaluate, sampling=sampling),
+        serve=dataclasses.replace(params.serve, port=0, **serve),
+    )
 
 
 def habla(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HABLA_LOG_LEVEL": "WARNING"}
-    return subprocess.run([sys.executable, "-m", "stages.cli", *args], cwd=cwd, input=stdin, capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "habla.apps.cli", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def in_process_reply(loaded, text: str, tuned: bool = True) -> str:
@@ -168,22 +178,32 @@ def test_streaming_gives_the_same_text_and_stop_strings_cut_it(server):
     _, url = server()
     api = client(url)
     messages = [{"role": "user", "content": "¿Vamos al estadio?"}]
-    whole = api.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=16).choices[0].message.content
-    chunks = list(api.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=16, stream=True))
+    whole = (
+        api.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=16)
+        .choices[0]
+        .message.content
+    )
+    chunks = list(
+        api.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=16, stream=True)
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason in ("stop", "length")
     assert len(whole) >= 3, "the tiny model must say something for the stop test to mean anything"
     stop = whole[2:4]
     cut = api.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=16, stop=[stop])
     assert cut.choices[0].message.content == whole[: whole.find(stop)] and cut.choices[0].finish_reason == "stop"
-    streamed = api.chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=16, stop=stop, stream=True)
+    streamed = api.chat.completions.create(
+        model="tuned", messages=messages, temperature=0, max_tokens=16, stop=stop, stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == whole[: whole.find(stop)]
 
 
 def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
     host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=60)
-    connection.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **(headers or {})})
+    connection.request(
+        "POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     response = connection.getresponse()
     return response.status, json.loads(response.read())
 
@@ -193,10 +213,18 @@ def test_malformed_oversized_and_invalid_requests_get_openai_errors(server):
 
     _, url = server(max_body_bytes=2000)
     status, body = post(url, b"{not json")
-    assert status == 400 and body["error"]["type"] == "invalid_request_error" and "not valid JSON" in body["error"]["message"]
-    status, body = post(url, json.dumps({"model": "tuned", "messages": [{"role": "user", "content": "x" * 5000}]}).encode())
+    assert (
+        status == 400
+        and body["error"]["type"] == "invalid_request_error"
+        and "not valid JSON" in body["error"]["message"]
+    )
+    status, body = post(
+        url, json.dumps({"model": "tuned", "messages": [{"role": "user", "content": "x" * 5000}]}).encode()
+    )
     assert status == 413 and "limit is 2000" in body["error"]["message"]
-    status, body = post(url, json.dumps({"model": "tuned", "messages": [{"role": "robot", "content": "hola"}]}).encode())
+    status, body = post(
+        url, json.dumps({"model": "tuned", "messages": [{"role": "robot", "content": "hola"}]}).encode()
+    )
     assert status == 400 and body["error"]["param"] == "messages.[0]"
     api = client(url)
     with pytest.raises(openai.BadRequestError) as err:
@@ -206,7 +234,9 @@ def test_malformed_oversized_and_invalid_requests_get_openai_errors(server):
         api.chat.completions.create(model="tuned", messages=[{"role": "user", "content": "hola"}], max_tokens=100000)
     with pytest.raises(openai.NotFoundError, match="Available: tuned, base"):
         api.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hola"}])
-    assert api.chat.completions.create(model="tuned", messages=[{"role": "user", "content": "hola"}], max_tokens=2).choices
+    assert api.chat.completions.create(
+        model="tuned", messages=[{"role": "user", "content": "hola"}], max_tokens=2
+    ).choices
 
 
 def test_api_key_is_required_when_configured(server, monkeypatch):
@@ -227,7 +257,9 @@ def test_concurrent_requests_queue_on_one_model_and_overflow_gets_503(server):
     results: list = []
 
     def ask():
-        results.append(client(url).chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=8))
+        results.append(
+            client(url).chat.completions.create(model="tuned", messages=messages, temperature=0, max_tokens=8)
+        )
 
     threads = [threading.Thread(target=ask) for _ in range(4)]
     for thread in threads:
@@ -251,11 +283,13 @@ def test_concurrent_requests_queue_on_one_model_and_overflow_gets_503(server):
 
 
 def test_judge_openai_backend_talks_to_habla_serve(server, tmp_path):
-    from stages.judges import OpenAIJudge
-    from stages.params import Judge
+    from habla.model.judge_backends import OpenAIJudge
+    from habla.params import Judge
 
     engine, url = server()
     settings = Judge(backend="openai", model="base", base_url=f"{url}/v1", max_retries=0, timeout_s=60)
     judge = OpenAIJudge(settings, tmp_path / "cache.jsonl")
     answers = judge.choose(["¿Cuál suena más a Nico? [[A]] o [[B]]", "Responde A, B o C"])
     assert judge.calls == 2 and all(a in ("A", "B", "C", None) for a in answers)
+    assert judge.failures["no_answer"] == 0  # both calls got a chat completion back (a tiny model's may be nonsense)
+    assert len((tmp_path / "cache.jsonl").read_text(encoding="utf-8").splitlines()) == 2

@@ -3,9 +3,9 @@ import shutil
 import polars as pl
 import pytest
 
+from habla.errors import UserError
+from habla.io import read_json
 from stages import clean
-from stages.errors import UserError
-from stages.io import read_json
 from tests.conftest import FIXTURES, android
 
 
@@ -17,13 +17,18 @@ def write_raw(root, name, content: bytes | str):
 
 
 def test_clean_keeps_or_rejects_every_line_and_reports_per_file(in_tmp):
-    chat = "\n".join([
-        android(13, 3, 2023, "9:00", None, "Los mensajes y las llamadas están cifrados de extremo a extremo."),
-        android(13, 3, 2023, "9:01", "Cami", "hola, mi correo es cami@correo.cl"),
-        android(13, 3, 2023, "9:02", "Nico", "wena po\nsegunda línea"),
-        android(13, 3, 2023, "9:02", "Nico", "wena po\nsegunda línea"),
-        android(13, 3, 2023, "9:03", "Nico", "<Multimedia omitido>"),
-    ]) + "\n"
+    chat = (
+        "\n".join(
+            [
+                android(13, 3, 2023, "9:00", None, "Los mensajes y las llamadas están cifrados de extremo a extremo."),
+                android(13, 3, 2023, "9:01", "Cami", "hola, mi correo es cami@correo.cl"),
+                android(13, 3, 2023, "9:02", "Nico", "wena po\nsegunda línea"),
+                android(13, 3, 2023, "9:02", "Nico", "wena po\nsegunda línea"),
+                android(13, 3, 2023, "9:03", "Nico", "<Multimedia omitido>"),
+            ]
+        )
+        + "\n"
+    )
     write_raw(in_tmp, "whatsapp/chat.txt", chat.replace("\n", "\r\n").encode("utf-8-sig"))
     write_raw(in_tmp, "whatsapp/latin1.txt", android(13, 3, 2023, "9:00", "Feña", "año pequeño").encode("cp1252"))
     write_raw(in_tmp, "transcripts/show.txt", "Buenas noches Viña.\n\n[Aplausos]\nGracias [Risas] de verdad.\n")
@@ -41,13 +46,23 @@ def test_clean_keeps_or_rejects_every_line_and_reports_per_file(in_tmp):
     assert chat_rows["text"].to_list() == ["hola, mi correo es <EMAIL>", "wena po\nsegunda línea"]
     assert kept.filter(pl.col("file") == "whatsapp/latin1.txt")["text"].to_list() == ["año pequeño"]
     assert report["files"]["whatsapp/latin1.txt"]["encoding"] == "cp1252 (fallback)"
-    assert kept.filter(pl.col("source") == "transcript")["text"].to_list() == ["Buenas noches Viña.", "Gracias de verdad."]
-    assert report["files"]["whatsapp/chat.txt"]["rejected"] == {"duplicate": 1, "encryption_notice": 1, "media_omitted": 1}
+    assert kept.filter(pl.col("source") == "transcript")["text"].to_list() == [
+        "Buenas noches Viña.",
+        "Gracias de verdad.",
+    ]
+    assert report["files"]["whatsapp/chat.txt"]["rejected"] == {
+        "duplicate": 1,
+        "encryption_notice": 1,
+        "media_omitted": 1,
+    }
     assert report["files"]["whatsapp/empty.txt"]["error"] == "empty file"
     assert "binary" in report["files"]["whatsapp/photo.jpg"]["error"]
     for name, entry in report["files"].items():
         if "raw_units" in entry:
-            lines = kept.filter(pl.col("file") == name)["lines"].sum() + rejected.filter(pl.col("file") == name)["lines"].sum()
+            lines = (
+                kept.filter(pl.col("file") == name)["lines"].sum()
+                + rejected.filter(pl.col("file") == name)["lines"].sum()
+            )
             assert lines == entry["raw_units"], name
     assert read_json("metrics/gates/clean.json")["success"] is True
 
@@ -81,11 +96,23 @@ def test_clean_in_small_batches_writes_what_one_batch_writes(in_tmp):
     (in_tmp / "data/raw").mkdir(parents=True)
     for fixture in sorted((FIXTURES / "whatsapp/chat-miner").glob("test_*.txt")):
         shutil.copy(fixture, in_tmp / "data/raw" / fixture.name)
-    chat = "\n".join(android(1 + i % 28, 1 + i // 28 % 12, 2022, f"{9 + i % 12}:{i % 60:02d}", "Cami" if i % 3 else "Nico", f"mensaje {i}") for i in range(1500))
+    chat = "\n".join(
+        android(
+            1 + i % 28,
+            1 + i // 28 % 12,
+            2022,
+            f"{9 + i % 12}:{i % 60:02d}",
+            "Cami" if i % 3 else "Nico",
+            f"mensaje {i}",
+        )
+        for i in range(1500)
+    )
     with zipfile.ZipFile(in_tmp / "data/raw/a.zip", "w") as archive:
         archive.writestr("z_chat.txt", chat)
         archive.writestr("b_chat.txt", android(2, 2, 2022, "10:00", "Cami", "otro chat"))
-    write_raw(in_tmp, "a.zip.txt", android(3, 3, 2023, "11:00", "Feña", "un nombre que ordena antes que a.zip/b_chat.txt"))
+    write_raw(
+        in_tmp, "a.zip.txt", android(3, 3, 2023, "11:00", "Feña", "un nombre que ordena antes que a.zip/b_chat.txt")
+    )
     rows = [f"verso número {i}" if i % 7 else "" for i in range(2600)]
     pl.DataFrame({"text": rows}).write_csv(in_tmp / "data/raw/letras.csv")
 
@@ -94,13 +121,19 @@ def test_clean_in_small_batches_writes_what_one_batch_writes(in_tmp):
         set_batch_rows(in_tmp, batch_rows)
         clean.main()
         outputs[batch_rows] = (
-            pl.read_parquet("data/cleaned/messages.parquet"), pl.read_parquet("data/cleaned/rejected.parquet"),
-            read_json("metrics/clean.json"), read_json("metrics/gates/clean.json"),
+            pl.read_parquet("data/cleaned/messages.parquet"),
+            pl.read_parquet("data/cleaned/rejected.parquet"),
+            read_json("metrics/clean.json"),
+            read_json("metrics/gates/clean.json"),
         )
     (kept, rejected, report, gate), (kept_one, rejected_one, report_one, gate_one) = outputs[1000], outputs[1_000_000]
     assert kept.equals(kept_one) and rejected.equals(rejected_one) and report == report_one
     assert kept.equals(kept.sort("file", "line")) and rejected.equals(rejected.sort("file", "line"))
-    assert kept["file"].unique(maintain_order=True).to_list()[:3] == ["a.zip.txt", "a.zip/b_chat.txt", "a.zip/z_chat.txt"]
+    assert kept["file"].unique(maintain_order=True).to_list()[:3] == [
+        "a.zip.txt",
+        "a.zip/b_chat.txt",
+        "a.zip/z_chat.txt",
+    ]
     table = report["files"]["letras.csv"]
     assert (table["raw_units"], table["kept"], table["rejected"]) == (2600, 2600 - 372, {"empty": 372})
     assert kept.filter(pl.col("file") == "letras.csv")["line"].to_list()[:3] == [3, 4, 5]

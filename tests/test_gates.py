@@ -3,10 +3,12 @@
 import polars as pl
 import pytest
 
+from habla.errors import UserError
+from habla.gates import GateError, run_gate
+from habla.grouping import flatten
+from habla.params import Split
+from habla.splitting import check_sizes
 from stages import group, split
-from stages.errors import UserError
-from stages.gates import GateError, run_gate
-from stages.params import Split
 
 
 def example(id_, *turns):
@@ -14,7 +16,7 @@ def example(id_, *turns):
 
 
 def group_gate_frame(rows):
-    return group.gate_frame(group.flatten(pl.DataFrame(rows)))
+    return group.gate_frame(flatten(pl.DataFrame(rows)))
 
 
 def test_group_gate_passes_valid_examples_and_names_each_broken_rule(tmp_path):
@@ -30,11 +32,13 @@ def test_group_gate_passes_valid_examples_and_names_each_broken_rule(tmp_path):
         run_gate("group", group_gate_frame(good + broken), group.GATE, tmp_path)
     message = str(err.value)
     assert message.startswith("data gate after `group` failed (5 of 7 checks)")
-    for rule in ("every example has a persona turn (expect_column_values_to_be_between on assistant_turns): 4",
-                 "no empty turn (expect_column_value_lengths_to_be_between on content): 1",
-                 "roles alternate (no two turns in a row with one role) (expect_column_values_to_be_in_set on role_repeats): 1",
-                 "a system turn only comes first (expect_column_values_to_be_in_set on system_not_first): 1",
-                 "roles are system, user or assistant (expect_column_values_to_be_in_set on role): 1"):
+    for rule in (
+        "every example has a persona turn (expect_column_values_to_be_between on assistant_turns): 4",
+        "no empty turn (expect_column_value_lengths_to_be_between on content): 1",
+        "roles alternate (no two turns in a row with one role) (expect_column_values_to_be_in_set on role_repeats): 1",
+        "a system turn only comes first (expect_column_values_to_be_in_set on system_not_first): 1",
+        "roles are system, user or assistant (expect_column_values_to_be_in_set on role): 1",
+    ):
         assert rule in message
     assert "'bot'" in message and str(tmp_path / "group.json") in message
 
@@ -42,20 +46,34 @@ def test_group_gate_passes_valid_examples_and_names_each_broken_rule(tmp_path):
 def test_split_gate_catches_an_id_in_two_splits_and_a_leaking_reply(tmp_path):
     reply = "una respuesta bastante larga que no debería repetirse"
     rows = [
-        {"id": "x", "split": "train", "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": reply}]},
-        {"id": "x", "split": "val", "messages": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "otra"}]},
-        {"id": "y", "split": "test", "messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": reply}]},
+        {
+            "id": "x",
+            "split": "train",
+            "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": reply}],
+        },
+        {
+            "id": "x",
+            "split": "val",
+            "messages": [{"role": "user", "content": "b"}, {"role": "assistant", "content": "otra"}],
+        },
+        {
+            "id": "y",
+            "split": "test",
+            "messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": reply}],
+        },
     ]
     with pytest.raises(GateError) as err:
         run_gate("split", split.gate_frame(pl.DataFrame(rows), Split()), split.GATE, tmp_path)
     assert "no conversation in two splits (expect_column_values_to_be_unique on id): 2" in str(err.value)
-    assert "no test persona turn also occurs in train (expect_column_values_to_be_in_set on leaks_into_test): 1" in str(err.value)
+    assert "no test persona turn also occurs in train (expect_column_values_to_be_in_set on leaks_into_test): 1" in str(
+        err.value
+    )
 
 
 def test_too_little_data_to_split_says_what_to_do():
     frame = pl.DataFrame({"id": ["a", "b", "c"], "split": ["train", "val", "test"]})
     with pytest.raises(UserError, match="too little data to split: train 1, val 1, test 1 .*lower `split.min_test`"):
-        split.check_sizes(frame, Split(min_test=5))
+        check_sizes(frame, Split(min_test=5))
 
 
 def test_failing_checks_on_message_text_show_lengths_not_words(tmp_path):
@@ -63,7 +81,9 @@ def test_failing_checks_on_message_text_show_lengths_not_words(tmp_path):
 
     secret = "mi clave del banco es 1234 y vivo en Providencia " * 3
     frame = group_gate_frame([example("a", ("user", "hola"), ("assistant", secret))])
-    too_short = [("ExpectColumnValueLengthsToBeBetween", {"column": "content", "max_value": 20, "description": "short turns"})]
+    too_short = [
+        ("ExpectColumnValueLengthsToBeBetween", {"column": "content", "max_value": 20, "description": "short turns"})
+    ]
     with pytest.raises(GateError) as err:
         run_gate("group", frame, too_short, tmp_path)
     report = (tmp_path / "group.json").read_text(encoding="utf-8")
@@ -73,11 +93,17 @@ def test_failing_checks_on_message_text_show_lengths_not_words(tmp_path):
 
 
 def test_a_gate_fed_in_batches_adds_up_failures_and_judges_row_count_on_the_total(tmp_path):
-    from stages.gates import Gate
+    from habla.gates import Gate
 
     good = group_gate_frame([example("a", ("user", "hola"), ("assistant", "wena"))])
-    bad = group_gate_frame([example("b", ("user", "hola"), ("user", "¿hay alguien?")), example("c", ("user", "x"), ("bot", "y"))])
-    expectations = [*group.GATE[:1], ("ExpectTableRowCountToBeBetween", {"max_value": 6, "description": "at most six turns"}), *group.GATE[1:]]
+    bad = group_gate_frame(
+        [example("b", ("user", "hola"), ("user", "¿hay alguien?")), example("c", ("user", "x"), ("bot", "y"))]
+    )
+    expectations = [
+        *group.GATE[:1],
+        ("ExpectTableRowCountToBeBetween", {"max_value": 6, "description": "at most six turns"}),
+        *group.GATE[1:],
+    ]
     gate = Gate("group", expectations, tmp_path)
     for frame in (bad, good, bad):
         gate.check(frame)
@@ -86,7 +112,10 @@ def test_a_gate_fed_in_batches_adds_up_failures_and_judges_row_count_on_the_tota
     message = str(err.value)
     assert "at most six turns (expect_table_row_count_to_be_between on table): 10" in message
     assert "every example has a persona turn (expect_column_values_to_be_between on assistant_turns): 8" in message
-    assert "roles are system, user or assistant (expect_column_values_to_be_in_set on role): 2 e.g. ['bot', 'bot']" in message
+    assert (
+        "roles are system, user or assistant (expect_column_values_to_be_in_set on role): 2 e.g. ['bot', 'bot']"
+        in message
+    )
     report = (tmp_path / "group.json").read_text(encoding="utf-8")
     import json
 

@@ -3,10 +3,10 @@ from datetime import datetime, timedelta
 import polars as pl
 import pytest
 
-from stages.errors import UserError
-from stages.group import check_persona, conversations, flatten, passages, turns
-from stages.params import Group, Persona, Ratios, Split
-from stages.split import assign, leaking_ids, move_overlaps, split_conversations
+from habla.errors import UserError
+from habla.grouping import check_persona, conversations, flatten, passages, turns
+from habla.params import Group, Persona, Ratios, Split
+from habla.splitting import assign, leaking_ids, move_overlaps, split_conversations
 
 T0 = datetime(2023, 3, 1, 10, 0)
 
@@ -15,8 +15,13 @@ def messages(rows, chat="whatsapp/chat.txt"):
     """rows: (minutes after T0, author, text)."""
     return pl.DataFrame(
         {
-            "source": "whatsapp", "file": chat, "line": list(range(1, len(rows) + 1)), "chat": chat,
-            "ts": [T0 + timedelta(minutes=m) for m, _, _ in rows], "author": [a for _, a, _ in rows], "text": [t for _, _, t in rows],
+            "source": "whatsapp",
+            "file": chat,
+            "line": list(range(1, len(rows) + 1)),
+            "chat": chat,
+            "ts": [T0 + timedelta(minutes=m) for m, _, _ in rows],
+            "author": [a for _, a, _ in rows],
+            "text": [t for _, _, t in rows],
         }
     )
 
@@ -30,21 +35,40 @@ def examples(frame, persona=PERSONA, **group):
 
 
 def test_session_gap_boundary_and_same_role_merging():
-    frame = messages([
-        (0, "Cami", "hola"), (1, "Nico", "wena"), (2, "Nico", "¿qué onda?"),
-        (2 + 180, "Cami", "sigo aquí"), (2 + 181, "Nico", "justo en el límite"),
-        (2 + 181 + 181, "Cami", "otra sesión"), (2 + 181 + 182, "Nico", "sí po"),
-    ])
+    frame = messages(
+        [
+            (0, "Cami", "hola"),
+            (1, "Nico", "wena"),
+            (2, "Nico", "¿qué onda?"),
+            (2 + 180, "Cami", "sigo aquí"),
+            (2 + 181, "Nico", "justo en el límite"),
+            (2 + 181 + 181, "Cami", "otra sesión"),
+            (2 + 181 + 182, "Nico", "sí po"),
+        ]
+    )
     result, _ = examples(frame, session_gap_minutes=180, separator="\n")
     sessions = [[(m["role"], m["content"]) for m in row] for row in result["messages"].to_list()]
     assert sessions == [
-        [("user", "hola"), ("assistant", "wena\n¿qué onda?"), ("user", "sigo aquí"), ("assistant", "justo en el límite")],
+        [
+            ("user", "hola"),
+            ("assistant", "wena\n¿qué onda?"),
+            ("user", "sigo aquí"),
+            ("assistant", "justo en el límite"),
+        ],
         [("user", "otra sesión"), ("assistant", "sí po")],
     ]
 
 
 def test_group_chat_uses_stable_pseudonyms_not_names():
-    frame = messages([(0, "Cami", "hola"), (1, "Pancho", "buenas"), (2, "Nico", "wena cabros"), (3, "Cami", "¿vamos?"), (4, "Nico", "de una")])
+    frame = messages(
+        [
+            (0, "Cami", "hola"),
+            (1, "Pancho", "buenas"),
+            (2, "Nico", "wena cabros"),
+            (3, "Cami", "¿vamos?"),
+            (4, "Nico", "de una"),
+        ]
+    )
     result, _ = examples(frame)
     (conversation,) = result["messages"].to_list()
     assert conversation[0] == {"role": "user", "content": "[Persona 2]: hola\n[Persona 3]: buenas"}
@@ -55,9 +79,16 @@ def test_group_chat_uses_stable_pseudonyms_not_names():
 def test_filters_and_persona_openings_are_counted():
     frame = messages([(0, "Nico", "wena"), (1, "Cami", "hola"), (2, "Nico", "¿cómo estai?"), (500, "Cami", "¿nadie?")])
     result, dropped = examples(frame)
-    assert result["messages"].to_list() == [[{"role": "user", "content": "hola"}, {"role": "assistant", "content": "¿cómo estai?"}]]
-    assert dropped == {"opening_persona_turns_trimmed": 1, "no_persona_turn": 1, "too_few_turns": 0,
-                       "turn_too_short": 0, "turn_too_long": 0}
+    assert result["messages"].to_list() == [
+        [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "¿cómo estai?"}]
+    ]
+    assert dropped == {
+        "opening_persona_turns_trimmed": 1,
+        "no_persona_turn": 1,
+        "too_few_turns": 0,
+        "turn_too_short": 0,
+        "turn_too_long": 0,
+    }
 
 
 def test_a_conversation_opened_by_the_persona_can_be_kept_or_given_a_synthetic_opener():
@@ -67,18 +98,26 @@ def test_a_conversation_opened_by_the_persona_can_be_kept_or_given_a_synthetic_o
     assert "opening_persona_turns_trimmed" not in counts
     opened, counts = examples(frame, persona_opens="opener", opener="…")
     assert opened["messages"].to_list()[0] == [
-        {"role": "user", "content": "…"}, {"role": "assistant", "content": "wena"},
-        {"role": "user", "content": "hola"}, {"role": "assistant", "content": "¿cómo estai?"}]
+        {"role": "user", "content": "…"},
+        {"role": "assistant", "content": "wena"},
+        {"role": "user", "content": "hola"},
+        {"role": "assistant", "content": "¿cómo estai?"},
+    ]
     assert counts["opening_persona_turns_given_opener"] == 1
     assert not flatten(opened)["role_repeats"].any()
 
 
 def test_windows_with_a_turn_outside_the_character_limits_are_left_out_and_counted():
-    frame = messages([
-        (0, "Cami", "hola"), (1, "Nico", "k"),
-        (300, "Cami", "¿y?"), (301, "Nico", "bla " * 30),
-        (600, "Cami", "¿vamos?"), (601, "Nico", "de una po"),
-    ])
+    frame = messages(
+        [
+            (0, "Cami", "hola"),
+            (1, "Nico", "k"),
+            (300, "Cami", "¿y?"),
+            (301, "Nico", "bla " * 30),
+            (600, "Cami", "¿vamos?"),
+            (601, "Nico", "de una po"),
+        ]
+    )
     result, dropped = examples(frame, min_turn_chars=2, max_turn_chars=100)
     assert [m["content"] for m in result["messages"].to_list()[0]] == ["¿vamos?", "de una po"]
     assert dropped["turn_too_short"] == 1 and dropped["turn_too_long"] == 1
@@ -108,14 +147,25 @@ def test_passages_cut_at_sentence_boundaries():
 
 
 def conversation(i, reply):
-    return {"id": f"c{i}", "source": "whatsapp", "chat": "x", "start": "", "messages": [
-        {"role": "user", "content": "hola"}, {"role": "assistant", "content": reply}]}
+    return {
+        "id": f"c{i}",
+        "source": "whatsapp",
+        "chat": "x",
+        "start": "",
+        "messages": [{"role": "user", "content": "hola"}, {"role": "assistant", "content": reply}],
+    }
 
 
 def test_time_strategy_puts_the_latest_conversations_in_test():
-    rows = [{**conversation(i, f"respuesta {i}"), "start": f"2023-01-{1 + i // 24:02d}T{i % 24:02d}:00:00"} for i in range(100)]
+    rows = [
+        {**conversation(i, f"respuesta {i}"), "start": f"2023-01-{1 + i // 24:02d}T{i % 24:02d}:00:00"}
+        for i in range(100)
+    ]
     frame, _ = split_conversations(pl.DataFrame(rows), Split(strategy="time", ratios=Ratios(0.7, 0.1, 0.2)))
-    by_split = {name: sorted(int(i[1:]) for i in frame.filter(pl.col("split") == name)["id"]) for name in ("train", "val", "test")}
+    by_split = {
+        name: sorted(int(i[1:]) for i in frame.filter(pl.col("split") == name)["id"])
+        for name in ("train", "val", "test")
+    }
     assert by_split == {"train": list(range(70)), "val": list(range(70, 80)), "test": list(range(80, 100))}
 
 
@@ -142,7 +192,10 @@ def test_long_assistant_turns_shared_with_train_leave_test():
 
 
 def test_a_test_conversation_that_leaks_only_through_another_moved_one_moves_too():
-    shared_with_train, shared_in_test = "una respuesta larga que también está en train", "otra respuesta larga que solo comparten a y b"
+    shared_with_train, shared_in_test = (
+        "una respuesta larga que también está en train",
+        "otra respuesta larga que solo comparten a y b",
+    )
     rows = [
         {**conversation(1, shared_with_train), "split": "train"},
         {**conversation(2, shared_with_train), "split": "test"},
@@ -156,14 +209,22 @@ def test_a_test_conversation_that_leaks_only_through_another_moved_one_moves_too
 
 
 def test_merge_window_makes_bursts_joined_by_the_separator_and_later_bursts_by_a_newline():
-    frame = messages([
-        (0, "Cami", "hola"), (1, "Nico", "wena"), (2, "Nico", "¿qué onda?"), (40, "Nico", "oye, ¿sigues ahí?"),
-        (41, "Cami", "sí"),
-    ])
+    frame = messages(
+        [
+            (0, "Cami", "hola"),
+            (1, "Nico", "wena"),
+            (2, "Nico", "¿qué onda?"),
+            (40, "Nico", "oye, ¿sigues ahí?"),
+            (41, "Cami", "sí"),
+        ]
+    )
     result, _ = examples(frame, merge_window_minutes=10, separator="<|msg_sep|>")
     (conversation,) = result["messages"].to_list()
     assert [(m["role"], m["content"]) for m in conversation] == [
-        ("user", "hola"), ("assistant", "wena<|msg_sep|>¿qué onda?\noye, ¿sigues ahí?"), ("user", "sí")]
+        ("user", "hola"),
+        ("assistant", "wena<|msg_sep|>¿qué onda?\noye, ¿sigues ahí?"),
+        ("user", "sí"),
+    ]
 
 
 def test_group_chat_users_merge_into_one_labelled_turn():
@@ -171,26 +232,47 @@ def test_group_chat_users_merge_into_one_labelled_turn():
     result, _ = examples(frame)
     (conversation,) = result["messages"].to_list()
     assert [(m["role"], m["content"]) for m in conversation] == [
-        ("user", "[Persona 2]: hola\n[Persona 3]: holi"), ("assistant", "wena cabros"), ("user", "[Persona 4]: llegué")]
+        ("user", "[Persona 2]: hola\n[Persona 3]: holi"),
+        ("assistant", "wena cabros"),
+        ("user", "[Persona 4]: llegué"),
+    ]
 
 
 def test_reply_mode_gives_one_example_per_persona_reply_with_context_starting_with_a_user_turn():
-    frame = messages([
-        (0, "Cami", "a"), (1, "Nico", "b"), (2, "Cami", "c"), (3, "Nico", "d"), (4, "Cami", "e"), (5, "Nico", "f"),
-    ])
+    frame = messages(
+        [
+            (0, "Cami", "a"),
+            (1, "Nico", "b"),
+            (2, "Cami", "c"),
+            (3, "Nico", "d"),
+            (4, "Cami", "e"),
+            (5, "Nico", "f"),
+        ]
+    )
     result, _ = examples(frame, mode="reply", context_turns=2)
     windows = [[m["content"] for m in row] for row in result["messages"].to_list()]
     assert windows == [["a", "b"], ["c", "d"], ["e", "f"]]
     wider, _ = examples(frame, mode="reply", context_turns=3)
-    assert [[m["content"] for m in row] for row in wider["messages"].to_list()] == [["a", "b"], ["a", "b", "c", "d"], ["c", "d", "e", "f"]]
+    assert [[m["content"] for m in row] for row in wider["messages"].to_list()] == [
+        ["a", "b"],
+        ["a", "b", "c", "d"],
+        ["c", "d", "e", "f"],
+    ]
     assert wider["id"].n_unique() == 3
 
 
 def test_placeholder_only_and_overlong_messages_are_filtered_with_counts():
-    from stages.group import filter_messages
+    from habla.grouping import filter_messages
 
-    frame = messages([(0, "Cami", "mira"), (1, "Nico", "<URL>"), (2, "Nico", " <TELEFONO> <EMAIL>"), (3, "Nico", "ya po <URL>"),
-                      (4, "Cami", "x" * 2000)])
+    frame = messages(
+        [
+            (0, "Cami", "mira"),
+            (1, "Nico", "<URL>"),
+            (2, "Nico", " <TELEFONO> <EMAIL>"),
+            (3, "Nico", "ya po <URL>"),
+            (4, "Cami", "x" * 2000),
+        ]
+    )
     kept, counts = filter_messages(frame, PERSONA, Group(max_message_chars=1500))
     assert kept["text"].to_list() == ["mira", "ya po <URL>"]
     assert counts == {"persona_placeholder_only": 2, "message_too_long": 1}
@@ -198,8 +280,10 @@ def test_placeholder_only_and_overlong_messages_are_filtered_with_counts():
 
 def test_near_duplicate_persona_text_leaves_test_or_is_only_reported():
     base = "el árbitro era más malo que el pan con palta sin sal, hay que apechugar no más"
-    rows = [conversation(i, f"{base} po {i}" if i < 40 else f"respuesta {i} sobre otro tema distinto al fútbol")
-            for i in range(120)]
+    rows = [
+        conversation(i, f"{base} po {i}" if i < 40 else f"respuesta {i} sobre otro tema distinto al fútbol")
+        for i in range(120)
+    ]
     frame, leakage = split_conversations(pl.DataFrame(rows), Split(overlap_min_chars=30))
     assert leakage["near_duplicates"] > 0 and leakage["near_duplicates_moved"] == leakage["near_duplicates"]
     test_ids = set(frame.filter(pl.col("split") == "test")["id"])
@@ -209,7 +293,7 @@ def test_near_duplicate_persona_text_leaves_test_or_is_only_reported():
 
 
 def test_minhash_estimates_jaccard_of_word_shingles():
-    from stages.near_dups import near_duplicate_pairs
+    from habla.text.near_dups import near_duplicate_pairs
 
     left = pl.Series(["uno dos tres cuatro cinco seis siete ocho nueve diez", "nada que ver con lo otro de verdad"])
     right = pl.Series(["uno dos tres cuatro cinco seis siete ocho nueve diez once", "hola"])
@@ -223,7 +307,7 @@ def test_near_duplicates_with_many_repeated_texts_match_a_brute_force_search():
 
     import numpy as np
 
-    from stages.near_dups import near_duplicate_pairs, signatures
+    from habla.text.near_dups import near_duplicate_pairs, signatures
 
     rng = random.Random(5)
     words = "ya po wena cabros vamos al estadio mañana con harta palta".split()
@@ -241,23 +325,30 @@ def test_near_duplicates_with_many_repeated_texts_match_a_brute_force_search():
 
 
 def test_group_in_small_batches_writes_what_one_batch_writes(in_tmp):
-    """`group` works a few chats and files at a time (`resources.batch_rows`); keyword scores still use the whole corpus."""
+    """`group` works a few chats and files at a time (`resources.batch_rows`); keywords still see the whole corpus."""
     import random
 
     import yaml
 
+    from habla.io import read_json
     from stages import group
-    from stages.io import read_json
 
     rng = random.Random(7)
     words = "completo palta micro estadio carrete playa cerro feria once sopaipilla terremoto cueca".split()
     chats = [
-        messages([(i * rng.choice([1, 5, 200]), rng.choice(["Nico", "Cami", "Feña"]), " ".join(rng.sample(words, 3))) for i in range(600)], chat)
+        messages(
+            [
+                (i * rng.choice([1, 5, 200]), rng.choice(["Nico", "Cami", "Feña"]), " ".join(rng.sample(words, 3)))
+                for i in range(600)
+            ],
+            chat,
+        )
         for chat in ("whatsapp/c.txt", "whatsapp/a.txt", "whatsapp/b.txt")
     ]
     texts = [
-        messages([(i, None, f"Frase {i} sobre {rng.choice(words)} y {rng.choice(words)}.") for i in range(800)], name)
-        .with_columns(source=pl.lit(source))
+        messages(
+            [(i, None, f"Frase {i} sobre {rng.choice(words)} y {rng.choice(words)}.") for i in range(800)], name
+        ).with_columns(source=pl.lit(source))
         for name, source in (("shows/uno.txt", "transcript"), ("letras/dos.txt", "lyrics"))
     ]
     path = in_tmp / "data/cleaned/messages.parquet"
@@ -270,13 +361,16 @@ def test_group_in_small_batches_writes_what_one_batch_writes(in_tmp):
         params["resources"] = {"batch_rows": batch_rows}
         (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
         group.main()
-        produced[batch_rows] = {name: (in_tmp / "data/grouped" / name).read_bytes()
-                                for name in ("conversations.jsonl", "documents.jsonl", "keyword_tasks.jsonl")}
+        produced[batch_rows] = {
+            name: (in_tmp / "data/grouped" / name).read_bytes()
+            for name in ("conversations.jsonl", "documents.jsonl", "keyword_tasks.jsonl")
+        }
         produced[batch_rows]["report"] = read_json("metrics/group.json")
         produced[batch_rows]["gate"] = read_json("metrics/gates/group.json")
     assert produced[1000] == produced[1_000_000]
     report = produced[1000]["report"]
     assert report["conversations"] > 30 and report["documents"] > 10 and report["keyword_tasks"] == report["documents"]
-    assert sorted({row["chat"] for row in map(__import__("json").loads, produced[1000]["conversations.jsonl"].splitlines())}) == [
-        "whatsapp/a.txt", "whatsapp/b.txt", "whatsapp/c.txt"]
+    assert sorted(
+        {row["chat"] for row in map(__import__("json").loads, produced[1000]["conversations.jsonl"].splitlines())}
+    ) == ["whatsapp/a.txt", "whatsapp/b.txt", "whatsapp/c.txt"]
     assert not list((in_tmp / "data").glob(".group-*"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -12,39 +13,59 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stages import clean, transcripts
-from stages.io import read_json
+from habla.io import read_json
+from habla.params import load_params
+from habla.readers import files, transcripts
+from stages import clean
 from tests.conftest import FIXTURES
 
 SUBTITLES = FIXTURES / "subtitles" / "webvtt-py"
-IOS_CHAT = "\r\n".join([
-    "\ufeff[3/03/23, 20:04:11] Cami: ‎Los mensajes y las llamadas están cifrados de extremo a extremo.",
-    "[3/03/23, 20:04:11] Cami: hola Nico, ¿vamos al estadio?",
-    "[3/03/23, 20:05:02] Nico: obvio po",
-    "al tiro",
-    "[3/03/23, 20:05:40] Nico: ‎imagen omitida",
-    "[14/03/23, 9:15:00] Cami: ¿y? ¿cómo les fue?",
-]) + "\r\n"
+IOS_CHAT = (
+    "\r\n".join(
+        [
+            "\ufeff[3/03/23, 20:04:11] Cami: ‎Los mensajes y las llamadas están cifrados de extremo a extremo.",
+            "[3/03/23, 20:04:11] Cami: hola Nico, ¿vamos al estadio?",
+            "[3/03/23, 20:05:02] Nico: obvio po",
+            "al tiro",
+            "[3/03/23, 20:05:40] Nico: ‎imagen omitida",
+            "[14/03/23, 9:15:00] Cami: ¿y? ¿cómo les fue?",
+        ]
+    )
+    + "\r\n"
+)
 WHISPER = {
     "text": "...",
     "segments": [
         {"id": 0, "text": " Hola a todos, bienvenidos.", "no_speech_prob": 0.01, "compression_ratio": 1.2},
         {"id": 1, "text": " Gracias.", "no_speech_prob": 0.93, "compression_ratio": 0.9},
         {"id": 2, "text": " la la la la la la la la la la", "no_speech_prob": 0.1, "compression_ratio": 3.1},
-        {"id": 3, "text": " Subtítulos realizados por la comunidad de Amara.org", "no_speech_prob": 0.2, "compression_ratio": 1.1},
+        {
+            "id": 3,
+            "text": " Subtítulos realizados por la comunidad de Amara.org",
+            "no_speech_prob": 0.2,
+            "compression_ratio": 1.1,
+        },
         {"id": 4, "text": " [Música]", "no_speech_prob": 0.3, "compression_ratio": 1.0},
         {"id": 5, "text": " Y ahora el humor chileno, po.", "no_speech_prob": 0.02, "compression_ratio": 1.3},
     ],
 }
-JSON3 = {"events": [
-    {"tStartMs": 0, "dDurationMs": 1000},
-    {"tStartMs": 0, "segs": [{"utf8": "wena"}, {"utf8": " cabros"}]},
-    {"tStartMs": 900, "segs": [{"utf8": "\n"}]},
-    {"tStartMs": 1000, "segs": [{"utf8": "¿cómo"}, {"utf8": " están?"}]},
-]}
+JSON3 = {
+    "events": [
+        {"tStartMs": 0, "dDurationMs": 1000},
+        {"tStartMs": 0, "segs": [{"utf8": "wena"}, {"utf8": " cabros"}]},
+        {"tStartMs": 900, "segs": [{"utf8": "\n"}]},
+        {"tStartMs": 1000, "segs": [{"utf8": "¿cómo"}, {"utf8": " están?"}]},
+    ]
+}
 LYRICS = "[Intro]\nAy, ay, ay\n\n[Coro]\nCanta y no llores\nporque cantando se alegran\n[Música]\n"
-LRC = "[ar:Violeta Parra]\n[ti:Gracias a la vida]\n[00:12.00]Gracias a la vida\n[00:17.50]que me ha dado tanto\n[00:22.10]\n"
-TABLE = "Nombre,Transcripción,Autor\nKeynote 1,Hola a todos. Soy María.,María\nKeynote 1,,María\nTaller,Vamos con Argilla.,Gabriel\n"
+LRC = (
+    "[ar:Violeta Parra]\n[ti:Gracias a la vida]\n[00:12.00]Gracias a la vida\n[00:17.50]que me ha dado tanto\n"
+    "[00:22.10]\n"
+)
+TABLE = (
+    "Nombre,Transcripción,Autor\nKeynote 1,Hola a todos. Soy María.,María\nKeynote 1,,María\n"
+    "Taller,Vamos con Argilla.,Gabriel\n"
+)
 
 
 @pytest.fixture
@@ -62,7 +83,7 @@ def raw(in_tmp):
         archive.writestr("../../escape.txt", "3/3/23, 20:04 - Nico: fuera\n")
         archive.writestr("big.txt", "x" * (2 * 2**20))
         link = zipfile.ZipInfo("link.txt")
-        link.external_attr = (0o120777 << 16)
+        link.external_attr = 0o120777 << 16
         archive.writestr(link, "/etc/passwd")
     shutil.copy(SUBTITLES / "youtube_dl.vtt", root / "transcripts" / "youtube_dl.vtt")
     shutil.copy(SUBTITLES / "netflix_chicas_del_cable.vtt", root / "transcripts" / "chicas_del_cable.vtt")
@@ -85,7 +106,11 @@ def test_clean_reads_every_format_and_accounts_for_every_unit(raw):
     rejected = pl.read_parquet("data/cleaned/rejected.parquet")
 
     chat = files["whatsapp/WhatsApp Chat - Cami.zip/_chat.txt"]
-    assert chat["format"] == "ios" and chat["kept"] == 3 and chat["rejected"] == {"encryption_notice": 1, "media_omitted": 1}
+    assert (
+        chat["format"] == "ios"
+        and chat["kept"] == 3
+        and chat["rejected"] == {"encryption_notice": 1, "media_omitted": 1}
+    )
     nico = messages.filter(pl.col("author") == "Nico")["text"].to_list()
     assert nico == ["obvio po\nal tiro"]
     refused = rejected.filter(pl.col("reason") == "zip_member_refused")["raw"].to_list()
@@ -97,7 +122,10 @@ def test_clean_reads_every_format_and_accounts_for_every_unit(raw):
     youtube = files["transcripts/youtube_dl.vtt"]
     assert youtube["format"] == "vtt" and youtube["kept"] == 3 and youtube["rejected"]["rolling_repeat"] == 2
     assert messages.filter(pl.col("file") == "transcripts/youtube_dl.vtt")["text"].to_list() == [
-        "yeah", "what", "this will happen is I'm telling"]
+        "yeah",
+        "what",
+        "this will happen is I'm telling",
+    ]
     assert "rolling_repeat" not in files["transcripts/chicas_del_cable.vtt"]["rejected"]
     assert files["transcripts/sample.srt"]["format"] == "srt" and files["transcripts/sample.srt"]["kept"] == 5
 
@@ -105,14 +133,19 @@ def test_clean_reads_every_format_and_accounts_for_every_unit(raw):
     assert whisper["format"] == "whisper json" and whisper["kept"] == 2
     assert whisper["rejected"] == {"hallucinated_credit": 1, "no_speech": 1, "repetitive_segment": 1, "sound_cue": 1}
     assert files["transcripts/video.es.json"]["format"] == "yt-dlp json3"
-    assert messages.filter(pl.col("file") == "transcripts/video.es.json")["text"].to_list() == ["wena cabros", "¿cómo están?"]
+    assert messages.filter(pl.col("file") == "transcripts/video.es.json")["text"].to_list() == [
+        "wena cabros",
+        "¿cómo están?",
+    ]
 
     song = messages.filter(pl.col("file") == "letras/volver a los 17.txt")
     assert song["source"].unique().to_list() == ["lyrics"]
     assert song["text"].to_list() == ["Ay, ay, ay", "Canta y no llores", "porque cantando se alegran"]
     assert files["letras/volver a los 17.txt"]["rejected"] == {"blank_line": 1, "section_marker": 2, "sound_cue": 1}
     assert messages.filter(pl.col("file") == "letras/gracias a la vida.lrc")["text"].to_list() == [
-        "Gracias a la vida", "que me ha dado tanto"]
+        "Gracias a la vida",
+        "que me ha dado tanto",
+    ]
     assert files["letras/gracias a la vida.lrc"]["rejected"] == {"blank_line": 1, "lrc_metadata": 2}
 
     table = messages.filter(pl.col("source") == "table")
@@ -125,7 +158,8 @@ def test_clean_reads_every_format_and_accounts_for_every_unit(raw):
     for name, entry in files.items():
         if "raw_units" in entry:
             covered = int(messages.filter(pl.col("file") == name)["lines"].sum()) + int(
-                rejected.filter(pl.col("file") == name)["lines"].sum())
+                rejected.filter(pl.col("file") == name)["lines"].sum()
+            )
             assert covered == entry["raw_units"], name
 
 
@@ -138,7 +172,12 @@ def test_table_with_unknown_columns_is_reported_with_the_columns_it_has(in_tmp):
     assert "text=text" in error and "Transcripción" in error and "clean.table_columns" in error
 
 
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=30), max_size=40))
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=30),
+        max_size=40,
+    )
+)
 def test_plain_text_and_lyrics_readers_account_for_every_line(lines):
     for lyrics in (False, True):
         units = transcripts.plain_text(lines, lyrics=lyrics)
@@ -148,9 +187,63 @@ def test_plain_text_and_lyrics_readers_account_for_every_line(lines):
 
 
 def test_rolling_repeats_only_in_rolling_files():
-    rolling = pl.DataFrame({"line": [1, 2, 2, 3, 3], "raw": ["hola", "hola", "qué tal", "qué tal", "bien"]},
-                           schema={"line": pl.UInt32, "raw": pl.String})
-    assert transcripts._spoken_lines(rolling)["reason"].to_list() == [None, "rolling_repeat", None, "rolling_repeat", None]
-    dialogue = pl.DataFrame({"line": [1, 2, 3, 4, 5], "raw": ["Buenas noches.", "Buenas noches.", "¿Vamos?", "Sí.", "Ya."]},
-                            schema={"line": pl.UInt32, "raw": pl.String})
+    rolling = pl.DataFrame(
+        {"line": [1, 2, 2, 3, 3], "raw": ["hola", "hola", "qué tal", "qué tal", "bien"]},
+        schema={"line": pl.UInt32, "raw": pl.String},
+    )
+    assert transcripts._spoken_lines(rolling)["reason"].to_list() == [
+        None,
+        "rolling_repeat",
+        None,
+        "rolling_repeat",
+        None,
+    ]
+    dialogue = pl.DataFrame(
+        {"line": [1, 2, 3, 4, 5], "raw": ["Buenas noches.", "Buenas noches.", "¿Vamos?", "Sí.", "Ya."]},
+        schema={"line": pl.UInt32, "raw": pl.String},
+    )
     assert transcripts._spoken_lines(dialogue)["reason"].to_list() == [None] * 5
+
+
+ANDROID_CHAT = (
+    "\n".join(
+        [
+            "3/3/23, 20:04 - Cami: ¿Mañana vamos al estadio? Está difícil la cosa",
+            "3/3/23, 20:05 - Nico: obvio po, ¿a qué hora nos juntamos?",
+            "3/3/23, 20:06 - Cami: a las ocho, en la esquina de Ñuñoa",
+        ]
+    )
+    + "\n"
+)
+EXPECTED_TEXTS = [
+    "¿Mañana vamos al estadio? Está difícil la cosa",
+    "obvio po, ¿a qué hora nos juntamos?",
+    "a las ocho, en la esquina de Ñuñoa",
+]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-16-le-bom", "utf-16-be-bom"])
+def test_utf16_exports_in_both_byte_orders_parse_like_utf8(encoding, in_tmp):
+    boms = {"utf-16-le-bom": ("utf-16-le", b"\xff\xfe"), "utf-16-be-bom": ("utf-16-be", b"\xfe\xff")}
+    codec, bom = boms.get(encoding, (encoding, b""))
+    data = bom + ANDROID_CHAT.encode(codec)
+    source, kept, rejected, info = files.read_text_file(data, Path("whatsapp/chat.txt"), load_params().clean)
+    assert source == "whatsapp" and rejected.is_empty()
+    assert kept["text"].to_list() == EXPECTED_TEXTS
+    assert kept["author"].to_list() == ["Cami", "Nico", "Cami"]
+    assert info["encoding"].startswith("utf-16")
+
+
+def test_binary_files_are_still_refused_not_read_as_utf16():
+    with pytest.raises(files.UnreadableFile, match="binary"):
+        files.decode(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00")
+
+
+@pytest.mark.parametrize("wrong", ["cp1252", "latin-1"])
+def test_mojibake_exports_are_repaired(wrong, in_tmp):
+    """An export decoded once with the wrong codec and saved as UTF-8 again ("MaÃ±ana") reads as written."""
+    data = ANDROID_CHAT.encode("utf-8").decode(wrong, errors="ignore").encode("utf-8")
+    assert "Ã±" in data.decode("utf-8")
+    source, kept, rejected, info = files.read_text_file(data, Path("whatsapp/chat.txt"), load_params().clean)
+    assert kept["text"].to_list() == EXPECTED_TEXTS and rejected.is_empty()
+    assert info["encoding"] == "utf-8 + ftfy"

@@ -7,15 +7,17 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stages.errors import UserError
-from stages.judge import fill, summarise, verdict, win_rate
-from stages.judges import OpenAIJudge, parse_choice
-from stages.params import Judge
+from habla.errors import UserError
+from habla.model.judge_backends import OpenAIJudge, parse_choice
+from habla.model.judging import fill, summarise, verdict, win_rate
+from habla.params import Judge
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,7 @@ class FakeEndpoint:
 
     def __init__(self):
         self.calls = 0
+        self.script = None  # prompt → answer, replacing the marker words
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,9 +79,20 @@ class FakeEndpoint:
                 if "SLOW" in prompt:
                     time.sleep(1.5)
                 content = {"JSON": '{"veredicto": "B"}', "BRACKETS": "Prefiero la primera. [[A]]", "VAGUE": "depende"}
-                answer = next((v for k, v in content.items() if k in prompt), "[[C]]")
-                payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]}
+                answer = (
+                    outer.script(prompt)
+                    if outer.script
+                    else next((v for k, v in content.items() if k in prompt), "[[C]]")
+                )
+                payload = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+                    ],
+                }
                 self.reply(200, json.dumps(payload).encode())
 
             def reply(self, status, data):
@@ -102,7 +116,9 @@ def endpoint():
 
 
 def settings(url: str, **extra) -> Judge:
-    return dataclasses.replace(Judge(backend="openai", model="juez", base_url=url, timeout_s=0.5, max_retries=0), **extra)
+    return dataclasses.replace(
+        Judge(backend="openai", model="juez", base_url=url, timeout_s=0.5, max_retries=0), **extra
+    )
 
 
 def test_openai_backend_parses_counts_failures_and_caches(endpoint, tmp_path):
@@ -110,10 +126,14 @@ def test_openai_backend_parses_counts_failures_and_caches(endpoint, tmp_path):
     judge = OpenAIJudge(settings(endpoint.url), tmp_path / "cache.jsonl")
     assert judge.choose(prompts) == ["B", "A", None, None, None, None, "C"]
     assert judge.calls == 7 and endpoint.calls == 7
+    assert judge.failures == {"no_answer": 3, "not_understood": 1}  # ERROR, GARBAGE, SLOW; VAGUE
     again = OpenAIJudge(settings(endpoint.url), tmp_path / "cache.jsonl")
     endpoint.calls = 0
-    assert again.choose(["JSON 1", "BRACKETS 2", "plain 7"]) == ["B", "A", "C"]
-    assert endpoint.calls == 0 and again.cache_hits == 3
+    assert again.choose(["JSON 1", "BRACKETS 2", "plain 7", "VAGUE 3"]) == ["B", "A", "C", None]
+    assert endpoint.calls == 0 and again.cache_hits == 4  # an answer received is never bought again, understood or not
+    assert again.choose(["ERROR 4", "SLOW 6"]) == [None, None]
+    assert endpoint.calls == 2  # answers that never arrived are asked for again
+    endpoint.calls = 0
     other_model = OpenAIJudge(settings(endpoint.url, model="otro"), tmp_path / "cache.jsonl")
     other_model.choose(["JSON 1"])
     assert endpoint.calls == 1
@@ -135,25 +155,46 @@ def test_openai_backend_needs_its_key_variable_and_url(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     ("text", "grade"),
-    [('{"nota": 7}', 7.0), ("[[10]]", 10.0), ("Le doy [[3]] porque...", 3.0), (" 8. ", 8.0), ('{"nota": 11}', None),
-     ("once", None), ("7 de 10", None)],
+    [
+        ('{"nota": 7}', 7.0),
+        ("[[10]]", 10.0),
+        ("Le doy [[3]] porque...", 3.0),
+        (" 8. ", 8.0),
+        ('{"nota": 11}', None),
+        ("once", None),
+        ("7 de 10", None),
+    ],
 )
 def test_parse_grade(text, grade):
-    from stages.judges import parse_grade
+    from habla.model.judge_backends import parse_grade
 
     assert parse_grade(text) == grade
 
 
 def test_openai_backend_rates_through_the_same_cache(endpoint, tmp_path):
-    from stages.judges import parse_grade
+    from habla.model.judge_backends import parse_grade
 
     judge = OpenAIJudge(settings(endpoint.url), tmp_path / "cache.jsonl")
     assert judge.rate(["GARBAGE", "plain"]) == [None, None]
     assert parse_grade("[[C]]") is None
 
 
+def test_judge_summary_counts_outcomes_with_an_interval_and_position_consistency():
+    from habla.model.judging import summarise
+
+    outcomes = ["tuned"] * 6 + ["tie"] * 2 + ["base"] * 2 + ["failed"]
+    report = summarise(outcomes, Judge(), 500)
+    assert (report["n"], report["wins"], report["ties"], report["losses"], report["failed"]) == (10, 6, 2, 2, 1)
+    assert report["adjusted_win_rate"] == pytest.approx((6 + 0.5 * 2) / 10)
+    assert report["position_consistency"] == pytest.approx(8 / 10)  # ties are the pairs whose verdict flipped
+    low, high = report["adjusted_win_rate_ci95"]
+    assert low < 0.7 < high and 0.3 < low and high <= 1.0
+    wider = summarise(outcomes[:5] + ["base"], Judge(), 500)["adjusted_win_rate_ci95"]
+    assert wider[1] - wider[0] > high - low
+
+
 def test_rating_summary_separates_failures_from_grades():
-    from stages.judge import rating_summary
+    from habla.model.judging import rating_summary
 
     summary = rating_summary([4.0, None, 6.0, 8.0], 200)
     assert summary["mean"] == pytest.approx(6.0) and summary["n"] == 3 and summary["failed"] == 1
@@ -163,13 +204,13 @@ def test_rating_summary_separates_failures_from_grades():
 def test_local_rating_is_the_expected_grade_over_whole_answers():
     import torch
 
-    from stages.base import build_model, train_tokenizer
-    from stages.judges import LocalJudge, render_prompt
-    from stages.params import Base
+    from habla.model.builtin import build_model, train_tokenizer
+    from habla.model.judge_backends import LocalJudge, render_prompt
+    from habla.params import Builtin
 
     torch.manual_seed(0)
     tokenizer = train_tokenizer(["del 1 al 10, le doy un 10", "un 7 o un 3, wena po", "12345678910"] * 30, 300)
-    model = build_model(tokenizer, Base(hidden_size=32, layers=1, heads=2, context=128)).eval()
+    model = build_model(tokenizer, Builtin(hidden_size=32, layers=1, heads=2, context=128)).eval()
     prompts = ["Califica: wena po", "Califica otra vez, más largo: ya po cachai"]
     grades = LocalJudge(model, tokenizer, batch_size=7).rate(prompts)
     for prompt, grade in zip(prompts, grades):
@@ -185,3 +226,63 @@ def test_local_rating_is_the_expected_grade_over_whole_answers():
         weights = torch.softmax(torch.tensor(logprobs), dim=0)
         assert grade == pytest.approx(float((weights * torch.arange(1, 11)).sum()), rel=1e-4)
         assert 1.0 <= grade <= 10.0
+
+
+def scripted_judge_run(in_tmp, endpoint, script) -> dict:
+    """The judge stage on hand-written generations, against an endpoint that answers with `script(prompt)`."""
+    import yaml
+
+    from habla.io import read_json, write_jsonl
+    from stages import judge
+
+    params = yaml.safe_load((in_tmp / "params.yaml").read_text(encoding="utf-8"))
+    params["judge"].update(backend="openai", model="juez", base_url=endpoint.url, max_retries=0, timeout_s=5)
+    params["evaluate"]["bootstrap"] = 200
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    prompts = Path(REPO / "prompts")
+    (in_tmp / "prompts").symlink_to(prompts, target_is_directory=True)
+    cases = [
+        {
+            "id": f"c{i}",
+            "source": "whatsapp",
+            "prompt": [{"role": "user", "content": f"¿vamos {i}?"}],
+            "reference": "ya po",
+            "base": f"respuesta genérica número {i}",
+            "tuned": f"wena po, de una {i}",
+        }
+        for i in range(12)
+    ]
+    write_jsonl(judge.GENERATIONS, cases)
+    endpoint.script = script
+    judge.main()
+    return read_json(judge.REPORT)
+
+
+def tuned_answer_position(prompt: str) -> str:
+    """Which of the two answers in a filled pairwise prompt is the fine-tuned one ("wena po, de una")."""
+    return "A" if prompt.index("wena po, de una") < prompt.index("respuesta genérica") else "B"
+
+
+def test_judge_stage_reports_only_wins_when_the_judge_always_prefers_the_fine_tuned_reply(in_tmp, endpoint):
+    def script(prompt):
+        if "respuesta genérica" in prompt and "wena po" in prompt:
+            return json.dumps({"veredicto": tuned_answer_position(prompt)})
+        return '{"nota": 9}' if "wena po" in prompt else '{"nota": 3}'
+
+    report = scripted_judge_run(in_tmp, endpoint, script)
+    assert (report["wins"], report["ties"], report["losses"], report["failed"]) == (12, 0, 0, 0)
+    assert report["adjusted_win_rate"] == 1.0 and report["position_consistency"] == 1.0
+    assert report["rating"]["tuned"]["mean"] == 9.0 and report["rating"]["base"]["mean"] == 3.0
+    assert report["calls"] == 48 and report["failed_by_reason"] == {}
+
+
+def test_judge_stage_reports_only_ties_when_the_judge_always_answers_a(in_tmp, endpoint):
+    report = scripted_judge_run(in_tmp, endpoint, lambda prompt: '{"veredicto": "A", "nota": 5}')
+    assert (report["wins"], report["ties"], report["losses"]) == (0, 12, 0)
+    assert report["adjusted_win_rate"] == 0.5 and report["position_consistency"] == 0.0
+
+
+def test_judge_stage_counts_an_endpoint_that_fails_as_failed_never_as_losses(in_tmp, endpoint):
+    report = scripted_judge_run(in_tmp, endpoint, lambda prompt: "no sé")
+    assert (report["wins"], report["ties"], report["losses"], report["failed"]) == (0, 0, 0, 12)
+    assert report["failed_by_reason"] == {"not_understood": 48}

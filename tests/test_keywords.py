@@ -1,12 +1,13 @@
 import json
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from habla.grouping import keyword_tasks
+from habla.io import read_jsonl, write_jsonl
+from habla.params import KeywordTasks, Persona
+from habla.text.keywords import document_frequencies, merge_frequencies, spanish_stop_words, top_keywords
 from stages import split
-from stages.group import keyword_tasks
-from stages.io import read_jsonl, write_jsonl
-from stages.keywords import document_frequencies, merge_frequencies, spanish_stop_words, top_keywords
-from stages.params import KeywordTasks, Persona
 
 SONG = "La micro va llena, la micro no para. La micro me deja en la esquina de siempre."
 ROUTINE = "El completo con palta es sagrado. El completo italiano, el completo con mayo: el completo es Chile, weón."
@@ -42,7 +43,11 @@ def test_keywords_are_words_of_their_text_best_first_and_deterministic(texts, co
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(alphabet="abcdeñáé ,.!¿?xyzNOP", max_size=80), min_size=2, max_size=8), st.integers(1, 4), st.data())
+@given(
+    st.lists(st.text(alphabet="abcdeñáé ,.!¿?xyzNOP", max_size=80), min_size=2, max_size=8),
+    st.integers(1, 4),
+    st.data(),
+)
 def test_keywords_of_a_batch_scored_against_the_whole_corpus_match_the_whole_run(texts, count, data):
     cut = data.draw(st.integers(1, len(texts) - 1))
     batches = [texts[:cut], texts[cut:]]
@@ -51,10 +56,14 @@ def test_keywords_of_a_batch_scored_against_the_whole_corpus_match_the_whole_run
 
 
 def test_one_task_per_document_with_the_song_prompt_for_lyrics_and_the_system_prompt_first():
-    docs = [{"id": "d1", "source": "lyrics", "file": "a.txt", "text": SONG},
-            {"id": "d2", "source": "transcript", "file": "b.txt", "text": ROUTINE},
-            {"id": "d3", "source": "transcript", "file": "b.txt", "text": "y la de él"}]
-    tasks, without = keyword_tasks(docs, Persona(authors=["Nico"], system_prompt="Eres Nico."), KeywordTasks(keywords=2))
+    docs = [
+        {"id": "d1", "source": "lyrics", "file": "a.txt", "text": SONG},
+        {"id": "d2", "source": "transcript", "file": "b.txt", "text": ROUTINE},
+        {"id": "d3", "source": "transcript", "file": "b.txt", "text": "y la de él"},
+    ]
+    tasks, without = keyword_tasks(
+        docs, Persona(authors=["Nico"], system_prompt="Eres Nico."), KeywordTasks(keywords=2)
+    )
     assert without == 1 and [t["document"] for t in tasks] == ["d1", "d2"]
     song = tasks[0]
     assert song["messages"][0] == {"role": "system", "content": "Eres Nico."}
@@ -66,10 +75,28 @@ def test_one_task_per_document_with_the_song_prompt_for_lyrics_and_the_system_pr
 
 def test_keyword_tasks_go_to_the_split_of_their_document(in_tmp):
     grouped = in_tmp / "data" / "grouped"
-    chats = [{"id": f"c{i}", "source": "whatsapp", "chat": "x", "start": f"2023-01-01T00:{i % 60:02d}:00", "messages": [
-        {"role": "user", "content": "hola"}, {"role": "assistant", "content": f"respuesta número {i}"}]} for i in range(200)]
-    docs = [{"id": f"d{i}", "source": "transcript", "file": "show.txt",
-             "text": f"Pasaje {i}: el completo número {i} con palta y tomate en la playa."} for i in range(40)]
+    chats = [
+        {
+            "id": f"c{i}",
+            "source": "whatsapp",
+            "chat": "x",
+            "start": f"2023-01-01T00:{i % 60:02d}:00",
+            "messages": [
+                {"role": "user", "content": "hola"},
+                {"role": "assistant", "content": f"respuesta número {i}"},
+            ],
+        }
+        for i in range(200)
+    ]
+    docs = [
+        {
+            "id": f"d{i}",
+            "source": "transcript",
+            "file": "show.txt",
+            "text": f"Pasaje {i}: el completo número {i} con palta y tomate en la playa.",
+        }
+        for i in range(40)
+    ]
     tasks, _ = keyword_tasks(docs, Persona(), KeywordTasks())
     write_jsonl(grouped / "conversations.jsonl", chats)
     write_jsonl(grouped / "documents.jsonl", docs)
@@ -77,9 +104,15 @@ def test_keyword_tasks_go_to_the_split_of_their_document(in_tmp):
 
     split.main()
 
-    doc_split = {d["id"]: name for name in ("train", "val", "test") for d in read_jsonl(f"data/splits/documents/{name}.jsonl")}
-    task_split = {t["document"]: name for name in ("train", "val", "test")
-                  for t in read_jsonl(f"data/splits/{name}.jsonl") if t["source"] == "keywords"}
+    doc_split = {
+        d["id"]: name for name in ("train", "val", "test") for d in read_jsonl(f"data/splits/documents/{name}.jsonl")
+    }
+    task_split = {
+        t["document"]: name
+        for name in ("train", "val", "test")
+        for t in read_jsonl(f"data/splits/{name}.jsonl")
+        if t["source"] == "keywords"
+    }
     assert len(task_split) == 40 and task_split == doc_split
     assert set(doc_split.values()) == {"train", "val", "test"}
     report = json.loads((in_tmp / "metrics/split.json").read_text())
@@ -88,8 +121,19 @@ def test_keyword_tasks_go_to_the_split_of_their_document(in_tmp):
 
 def test_split_without_documents_or_tasks_writes_conversations_only(in_tmp):
     grouped = in_tmp / "data" / "grouped"
-    chats = [{"id": f"c{i}", "source": "whatsapp", "chat": "x", "start": "2023-01-01T00:00:00", "messages": [
-        {"role": "user", "content": "hola"}, {"role": "assistant", "content": f"respuesta número {i}"}]} for i in range(120)]
+    chats = [
+        {
+            "id": f"c{i}",
+            "source": "whatsapp",
+            "chat": "x",
+            "start": "2023-01-01T00:00:00",
+            "messages": [
+                {"role": "user", "content": "hola"},
+                {"role": "assistant", "content": f"respuesta número {i}"},
+            ],
+        }
+        for i in range(120)
+    ]
     write_jsonl(grouped / "conversations.jsonl", chats)
     write_jsonl(grouped / "documents.jsonl", [])
     write_jsonl(grouped / "keyword_tasks.jsonl", [])

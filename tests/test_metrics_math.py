@@ -3,11 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from hypothesis import given, strategies as st
-
-from stages.judge import cut_before_reply, verdict, win_rate
-from stages.metrics_math import bootstrap_interval, masked_nll, perplexity_interval, sliding_windows
+from habla.model.generation import cut_before_reply
+from habla.model.judging import verdict, win_rate
+from habla.model.scoring import bootstrap_interval, masked_nll, perplexity_interval, sliding_windows
 
 
 def test_masked_nll_counts_only_marked_targets_by_hand():
@@ -41,7 +42,11 @@ def test_bootstrap_interval_brackets_the_estimate_and_collapses_on_constant_data
 
 
 def test_prompt_is_cut_before_the_last_persona_reply():
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
     assert cut_before_reply({"id": "x", "messages": messages}) == (messages[:1], "b")
     assert cut_before_reply({"id": "x", "messages": messages[:1]}) is None
 
@@ -93,3 +98,58 @@ def test_sliding_window_nll_matches_a_full_pass_when_the_window_holds_everything
         nll, _ = masked_nll(model_logits(piece), piece, torch.tensor([piece_mask]))
         total += nll.item()
     assert total == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_bits_per_byte_and_perplexity_by_hand():
+    from habla.model.perplexity import summarise
+
+    # Two replies, 10 and 6 UTF-8 bytes, 4 and 2 target tokens, NLL 8 ln 2 and 4 ln 2 nats in all.
+    rows = [{"bytes": 10}, {"bytes": 6}]
+    scores = [(8 * math.log(2), 4), (4 * math.log(2), 2)]
+    report = summarise(rows, scores, 200)
+    assert report["bits_per_byte"] == pytest.approx(12 / 16)  # 12 bits over 16 bytes
+    assert report["nll_per_token"] == pytest.approx(12 * math.log(2) / 6)
+    assert report["perplexity"] == pytest.approx(2.0 ** (12 / 6))
+    assert report["tokens"] == 6 and report["bytes"] == 16
+    low, high = report["perplexity_ci95"]
+    assert low <= report["perplexity"] <= high
+
+
+def test_reply_bytes_count_the_persona_s_words_in_utf8_only():
+    from habla.model.builtin import train_tokenizer
+    from habla.model.perplexity import encode_conversations
+    from habla.model.training import prepare_tokenizer
+
+    tokenizer, _ = prepare_tokenizer(train_tokenizer(["ñaña po, ¿cómo estai?"] * 30, 300), "\n")
+    conversation = {
+        "id": "c",
+        "messages": [{"role": "user", "content": "¿cómo estai?"}, {"role": "assistant", "content": "ñaña po"}],
+    }
+    row = encode_conversations(tokenizer, [conversation])[0]
+    assert row["bytes"] == len("ñaña po".encode()) == 9  # the end token and the user turn are not bytes of the reply
+
+
+def test_perplexity_by_source_is_token_weighted_within_each_source():
+    from habla.model.perplexity import by_source
+
+    rows = [{"source": "whatsapp"}, {"source": "whatsapp"}, {"source": "transcript"}]
+    scores = {"base": [(2.0, 1), (4.0, 3), (3.0, 3)], "tuned": [(1.0, 1), (1.0, 3), (0.0, 3)]}
+    assert by_source(rows, scores) == {
+        "transcript": {"base": pytest.approx(math.e), "tuned": pytest.approx(1.0)},
+        "whatsapp": {"base": pytest.approx(math.exp(6 / 4)), "tuned": pytest.approx(math.exp(2 / 4))},
+    }
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_items():
+    rng = np.random.default_rng(5)
+    widths = []
+    for n in (20, 200, 2000):
+        values = rng.binomial(1, 0.6, n).astype(float)
+        low, high = bootstrap_interval(n, lambda idx, v=values: float(v[idx].mean()), 400)
+        assert low <= values.mean() <= high
+        widths.append(high - low)
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[2] < 0.06  # ±1.96·sqrt(0.24/2000) ≈ ±0.021
+    nll, tokens = rng.gamma(2.0, 1.0, 300), rng.integers(1, 20, 300)
+    low, high = perplexity_interval(nll, tokens, 400)
+    assert low < math.exp(nll.sum() / tokens.sum()) < high

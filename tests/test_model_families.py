@@ -16,38 +16,58 @@ from pathlib import Path
 
 import pytest
 
+from habla import paths
+from habla.errors import UserError
+from habla.io import read_json, write_json
+from habla.model import training
+from habla.model.loading import end_ids, load_tuned
 from stages import train
-from stages.errors import UserError
-from stages.io import read_json, write_json
-from stages.modeling import SOURCE_FILE, end_ids, load_tuned
-from tests.conftest import make_tiny_project
+from tests.conftest import OPENERS, make_tiny_project
 
 pytestmark = pytest.mark.slow
 
 LLAMA_LIKE = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 FAMILIES = {
     "llama3": {
-        "config": "LlamaConfig", "model": "LlamaForCausalLM", "template": "llama3.jinja",
+        "config": "LlamaConfig",
+        "model": "LlamaForCausalLM",
+        "template": "llama3.jinja",
         "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
-        "extra_tokens": ["<|start_header_id|>", "<|end_header_id|>"], "stops": ["<|eot_id|>"],
-        "reply_end": "<|eot_id|>", "targets": LLAMA_LIKE,
+        "extra_tokens": ["<|start_header_id|>", "<|end_header_id|>"],
+        "stops": ["<|eot_id|>"],
+        "reply_end": "<|eot_id|>",
+        "targets": LLAMA_LIKE,
     },
     "phi3": {
-        "config": "Phi3Config", "model": "Phi3ForCausalLM", "template": "phi3.jinja",
+        "config": "Phi3Config",
+        "model": "Phi3ForCausalLM",
+        "template": "phi3.jinja",
         "tokens": {"eos_token": "<|endoftext|>"},
-        "extra_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"], "stops": ["<|endoftext|>", "<|end|>"],
-        "reply_end": "<|end|>\n", "targets": ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"],
+        "extra_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        "stops": ["<|endoftext|>", "<|end|>"],
+        "reply_end": "<|end|>\n",
+        "targets": ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"],
     },
     "gemma2": {
-        "config": "Gemma2Config", "model": "Gemma2ForCausalLM", "template": "gemma.jinja", "config_extra": {"head_dim": 16},
+        "config": "Gemma2Config",
+        "model": "Gemma2ForCausalLM",
+        "template": "gemma.jinja",
+        "config_extra": {"head_dim": 16},
         "tokens": {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"},
-        "extra_tokens": ["<start_of_turn>", "<end_of_turn>"], "stops": ["<eos>", "<end_of_turn>"],
-        "reply_end": "<end_of_turn>\n", "targets": LLAMA_LIKE,
+        "extra_tokens": ["<start_of_turn>", "<end_of_turn>"],
+        "stops": ["<eos>", "<end_of_turn>"],
+        "reply_end": "<end_of_turn>\n",
+        "targets": LLAMA_LIKE,
     },
     "qwen2.5": {
-        "config": "Qwen2Config", "model": "Qwen2ForCausalLM", "template": "qwen2_5.jinja",
+        "config": "Qwen2Config",
+        "model": "Qwen2ForCausalLM",
+        "template": "qwen2_5.jinja",
         "tokens": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
-        "extra_tokens": [], "stops": ["<|im_end|>", "<|endoftext|>"], "reply_end": "<|im_end|>", "targets": LLAMA_LIKE,
+        "extra_tokens": [],
+        "stops": ["<|im_end|>", "<|endoftext|>"],
+        "reply_end": "<|im_end|>",
+        "targets": LLAMA_LIKE,
     },
 }
 
@@ -62,7 +82,7 @@ def save_family_base(family: dict, where: Path) -> None:
     """A tiny model of the family and a tokenizer shaped like the family's, as a local `model.base` path."""
     import transformers
 
-    from stages.base import train_tokenizer
+    from habla.model.builtin import train_tokenizer
     from tests.conftest import REPLIES
 
     tokenizer = train_tokenizer(REPLIES * 20, 400)
@@ -70,9 +90,17 @@ def save_family_base(family: dict, where: Path) -> None:
     tokenizer.pad_token = family["tokens"].get("pad_token")  # None where the family ships none (train adds one)
     tokenizer.chat_template = family_template(family["template"])
     config = getattr(transformers, family["config"])(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id or 0,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **family.get("config_extra", {}),
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id or 0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **family.get("config_extra", {}),
     )
     model = getattr(transformers, family["model"])(config)
     stops = tokenizer.convert_tokens_to_ids(family["stops"])
@@ -89,7 +117,7 @@ def family_project(tmp_path, monkeypatch):
     def use(name: str) -> dict:
         family = FAMILIES[name]
         save_family_base(family, tmp_path / name)
-        write_json(SOURCE_FILE, {"kind": "local", "location": str(tmp_path / name)})
+        write_json(paths.SOURCE_FILE, {"kind": "local", "location": str(tmp_path / name)})
         return family
 
     return use
@@ -106,8 +134,12 @@ def test_each_family_trains_on_its_own_projections_with_its_training_template(fa
     assert report["tokenizer"]["template"] == "TRL training template for this model family"
     assert report["steps"] == 2
     model, tokenizer = load_tuned()
-    conversation = [{"role": "user", "content": "¿vamos?"}, {"role": "assistant", "content": "ya po, de una"},
-                    {"role": "user", "content": "¿a qué hora?"}, {"role": "assistant", "content": "a las ocho"}]
+    conversation = [
+        {"role": "user", "content": "¿vamos?"},
+        {"role": "assistant", "content": "ya po, de una"},
+        {"role": "user", "content": "¿a qué hora?"},
+        {"role": "assistant", "content": "a las ocho"},
+    ]
     encoded = tokenizer.apply_chat_template(conversation, return_dict=True, return_assistant_tokens_mask=True)
     trained = tokenizer.decode([i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m])
     assert trained.strip().startswith("ya po, de una" + family["reply_end"].strip())
@@ -125,3 +157,41 @@ def test_a_system_prompt_on_gemma_is_a_clear_error_not_a_template_traceback(fami
     Path("data/splits/train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(UserError, match="System role not supported.*persona.system_prompt: ''"):
         train.main()
+
+
+@pytest.mark.parametrize("name", ["builtin", *sorted(FAMILIES)])
+def test_the_trainer_itself_computes_loss_only_on_assistant_replies(family_project, name):
+    """What the trainer trains on, read from its own dataloader: the labels are -100 everywhere but the
+    persona's replies and their end tokens, exactly the template's assistant mask (the seeds trained on
+    every token, system prompt included)."""
+    from habla.model.loading import encode_chat
+    from habla.params import load_params
+
+    if name != "builtin":
+        family_project(name)
+    params = load_params()
+    model, tokenizer, _ = training.prepare_model(params)
+    rows = [json.loads(line) for line in Path("data/splits/train.jsonl").read_text(encoding="utf-8").splitlines()]
+    lost = training.check_masks(tokenizer, rows, params.train.max_length, end_ids(model, tokenizer))[
+        "dropped_no_reply_in_window"
+    ]
+    trainer, _ = training.build_trainer(params, model, tokenizer, rows, None)
+    assert len(trainer.train_dataset) == len(rows) - lost  # the guard counts what TRL silently drops
+    if name == "qwen2.5":  # Qwen's default English system prompt fills much of a 96-token window here
+        assert lost > 0
+    expected = {}
+    for row in rows:
+        encoded = encode_chat(tokenizer, row["messages"], params.train.max_length)
+        expected[tuple(encoded["input_ids"])] = encoded["assistant_masks"]
+    checked = 0
+    for batch in trainer.get_train_dataloader():
+        for ids, labels, attention in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            keep = attention.bool()
+            ids, labels = ids[keep].tolist(), labels[keep].tolist()
+            trained = [label != -100 for label in labels]
+            assert trained == [bool(m) for m in expected[tuple(ids)]]
+            assert all(label == token for label, token in zip(labels, ids) if label != -100)
+            text = tokenizer.decode([t for t, on in zip(ids, trained) if on])
+            assert not any(opener in text for opener in OPENERS)  # no user turn is trained on
+            checked += 1
+    assert checked == len(rows) - lost

@@ -1,7 +1,7 @@
 import pytest
 
-from stages.errors import UserError
-from stages.params import load_params
+from habla.errors import UserError
+from habla.params import load_params
 
 
 def write(tmp_path, text):
@@ -48,7 +48,9 @@ def test_missing_and_invalid_files(tmp_path):
 def test_preset_overlays_model_settings_and_warns_about_overridden_edits(tmp_path, caplog):
     presets = tmp_path / "configs" / "presets"
     presets.mkdir(parents=True)
-    (presets / "big.yaml").write_text("model:\n  base: org/big\ntrain:\n  quantization: 4bit\n  learning_rate: 0.0001\n", encoding="utf-8")
+    (presets / "big.yaml").write_text(
+        "model:\n  base: org/big\ntrain:\n  quantization: 4bit\n  learning_rate: 0.0001\n", encoding="utf-8"
+    )
     params = load_params(write(tmp_path, "preset: big\ntrain:\n  learning_rate: 0.01\n  max_steps: 7\n"))
     assert params.model.base == "org/big" and params.train.quantization == "4bit"
     assert params.train.learning_rate == 0.0001 and params.train.max_steps == 7
@@ -79,7 +81,9 @@ def test_every_shipped_preset_is_valid(tmp_path):
 
 
 def test_cross_field_mistakes_say_what_to_change(tmp_path):
-    with pytest.raises(UserError, match=r"`evaluate.stride` \(256\) must be positive and below `train.max_length` \(256\)"):
+    with pytest.raises(
+        UserError, match=r"`evaluate.stride` \(256\) must be positive and below `train.max_length` \(256\)"
+    ):
         load_params(write(tmp_path, "evaluate:\n  stride: 256\ntrain:\n  max_length: 256\n"))
     with pytest.raises(UserError, match=r"must contain `\{keywords\}`"):
         load_params(write(tmp_path, "group:\n  keyword_tasks:\n    prompt: 'Escribe algo.'\n"))

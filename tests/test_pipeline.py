@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 FAST_PARAMS = {
-    "base": {"max_steps": 12, "batch_size": 4, "hidden_size": 64, "layers": 2, "heads": 2, "vocab_size": 512},
+    "builtin": {"max_steps": 12, "batch_size": 4, "hidden_size": 64, "layers": 2, "heads": 2, "vocab_size": 512},
     "train": {"max_steps": 6, "eval_steps": 3, "batch_size": 4, "max_length": 128},
     "split": {"min_test": 2},
     "evaluate": {"max_prompts": 3, "bootstrap": 50, "batch_size": 8, "stride": 64, "sampling": {"max_new_tokens": 6}},
@@ -33,18 +34,24 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+def run(args: list[str], cwd: Path, **extra_env: str) -> str:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        **extra_env,
+    }
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode:
-        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in ("stages", "configs", "prompts"):
+def build_project(root: Path, remote: Path) -> None:
+    """The demo's code and a slice of its sample data in a fresh git + DVC repository with a local remote."""
+    for name in ("stages", "habla", "configs", "prompts"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")), FAST_PARAMS)
@@ -60,19 +67,64 @@ def project(tmp_path_factory) -> Path:
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "config", "user.name", "test"], root)
     run(["dvc", "init", "-q"], root)
-    run(["dvc", "remote", "add", "-d", "local", str(tmp_path_factory.mktemp("remote"))], root)
+    run(["dvc", "remote", "add", "-d", "local", str(remote)], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "base"], root)
-    return root
 
 
-def test_repro_runs_every_stage_and_writes_the_contracted_outputs(project):
-    output = run(["dvc", "repro"], project)
-    for stage in ("clean", "group", "split", "base", "train", "perplexity", "judge", "reference"):
-        assert f"Running stage '{stage}'" in output
-    for path in ("data/cleaned/messages.parquet", "data/cleaned/rejected.parquet", "data/grouped/conversations.jsonl",
-                 "data/grouped/documents.jsonl", "data/splits/test.jsonl", "models/base/model.safetensors",
-                 "models/adapter/adapter_model.safetensors", "metrics/train/metrics.json", "metrics/generations.jsonl"):
+@dataclass
+class Reproduced:
+    root: Path
+    output: str  # what the first `dvc repro` printed
+    params_read: dict[str, set[str]]  # stage → the params keys its process read (HABLA_PARAMS_AUDIT)
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> Reproduced:
+    """The project after one full `dvc repro`, committed and pushed, built once for every test here.
+
+    Tests that change the workspace (forced reruns, experiments, new remotes) work in their own clone
+    (`clone_of`), so no test depends on another having run, or on the order.
+    """
+    root = tmp_path_factory.mktemp("project")
+    build_project(root, tmp_path_factory.mktemp("remote"))
+    audit = tmp_path_factory.mktemp("audit") / "params-read.jsonl"
+    output = run(["dvc", "repro"], root, HABLA_PARAMS_AUDIT=str(audit))
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "run"], root)
+    run(["dvc", "push"], root)
+    params_read: dict[str, set[str]] = {}
+    for line in audit.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        params_read.setdefault(entry["module"].removeprefix("stages."), set()).update(entry["keys"])
+    return Reproduced(root, output, params_read)
+
+
+def clone_of(project: Path, where: Path) -> Path:
+    """A fresh git clone of the project with its DVC outputs pulled from the project's remote."""
+    clone = where / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], where)
+    run(["git", "config", "user.email", "test@example.com"], clone)
+    run(["git", "config", "user.name", "test"], clone)
+    run(["dvc", "pull"], clone)
+    return clone
+
+
+def test_repro_runs_every_stage_and_writes_the_contracted_outputs(reproduced):
+    project = reproduced.root
+    for stage in ("clean", "group", "split", "base", "train", "perplexity", "generate", "judge", "reference"):
+        assert f"Running stage '{stage}'" in reproduced.output
+    for path in (
+        "data/cleaned/messages.parquet",
+        "data/cleaned/rejected.parquet",
+        "data/grouped/conversations.jsonl",
+        "data/grouped/documents.jsonl",
+        "data/splits/test.jsonl",
+        "models/base/model.safetensors",
+        "models/adapter/adapter_model.safetensors",
+        "metrics/train/metrics.json",
+        "metrics/generations.jsonl",
+    ):
         assert (project / path).exists(), path
     perplexity = json.loads((project / "metrics/perplexity.json").read_text())
     assert perplexity["base"]["tokens"] == perplexity["tuned"]["tokens"] > 0
@@ -80,14 +132,27 @@ def test_repro_runs_every_stage_and_writes_the_contracted_outputs(project):
     judge = json.loads((project / "metrics/judge.json").read_text())
     assert judge["wins"] + judge["ties"] + judge["losses"] == judge["n"] > 0
     assert "metrics:" not in (project / "dvc.yaml").read_text().split("stages:")[0], "dvclive must not rewrite dvc.yaml"
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "run"], project)
 
 
-def test_second_repro_runs_nothing(project):
-    output = run(["dvc", "repro"], project)
+def test_every_params_key_a_stage_reads_is_one_of_its_dvc_params(reproduced):
+    """A key a stage reads but dvc.yaml does not list is a change `dvc repro` would not rerun it for
+    (`perplexity` once read `evaluate.stride` undeclared). `resources` says how to run, not what to compute."""
+    stages = yaml.safe_load((reproduced.root / "dvc.yaml").read_text())["stages"]
+    assert set(reproduced.params_read) == set(stages) - {"reference"}  # reference reads no params
+    for stage, keys in reproduced.params_read.items():
+        listed = [e if isinstance(e, str) else next(iter(e)) for e in stages[stage].get("params", [])]
+        undeclared = {
+            k
+            for k in keys
+            if not k.startswith("resources.") and not any(k == p or k.startswith(p + ".") for p in listed)
+        }
+        assert not undeclared, f"{stage} reads {sorted(undeclared)} but dvc.yaml lists only {listed}"
+
+
+def test_second_repro_runs_nothing(reproduced):
+    output = run(["dvc", "repro"], reproduced.root)
     assert "Running stage" not in output
-    assert "up to date" in run(["dvc", "status"], project)
+    assert "up to date" in run(["dvc", "status"], reproduced.root)
 
 
 def digest(path: Path) -> str:
@@ -96,13 +161,15 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_push_then_fresh_clone_pull_is_up_to_date(project, tmp_path):
-    run(["dvc", "push"], project)
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
-    run(["dvc", "pull"], clone)
-    for path in ("data/cleaned/messages.parquet", "data/splits/train.jsonl", "models/base/model.safetensors",
-                 "models/adapter/adapter_model.safetensors"):
+def test_push_then_fresh_clone_pull_is_up_to_date(reproduced, tmp_path):
+    project = reproduced.root
+    clone = clone_of(project, tmp_path)
+    for path in (
+        "data/cleaned/messages.parquet",
+        "data/splits/train.jsonl",
+        "models/base/model.safetensors",
+        "models/adapter/adapter_model.safetensors",
+    ):
         assert digest(clone / path) == digest(project / path), path
     assert "up to date" in run(["dvc", "status"], clone)
     assert "Running stage" not in run(["dvc", "repro"], clone)
@@ -117,9 +184,13 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """OpenSSH's sshd on a free localhost port, with throw-away host and client keys; stopped afterwards."""
-    binary = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()), None)
+    binary = shutil.which("sshd") or next(
+        (p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if Path(p).exists()), None
+    )
     if not binary or not shutil.which("ssh-keygen"):
-        pytest.skip("OpenSSH server not installed (Debian: apt-get install openssh-server; .ci/run does it when it can)")
+        pytest.skip(
+            "OpenSSH server not installed (Debian: apt-get install openssh-server; `make test` does it as root)"
+        )
     home = tmp_path_factory.mktemp("sshd")
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
@@ -127,19 +198,37 @@ def sshd(tmp_path_factory):
     (home / "authorized_keys").chmod(0o600)
     port = free_port()
     config = home / "sshd_config"
-    config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {home / 'host_key'}", f"PidFile {home / 'sshd.pid'}",
-        f"AuthorizedKeysFile {home / 'authorized_keys'}", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
-        "Subsystem sftp internal-sftp",
-    ]) + "\n")
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {home / 'host_key'}",
+                f"PidFile {home / 'sshd.pid'}",
+                f"AuthorizedKeysFile {home / 'authorized_keys'}",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "PermitRootLogin prohibit-password",
+                "StrictModes no",
+                "UsePAM no",
+                "Subsystem sftp internal-sftp",
+            ]
+        )
+        + "\n"
+    )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory, absent in containers
-    server = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [binary, "-D", "-e", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 20
     while True:
         if server.poll() is not None:
-            pytest.skip(f"sshd could not start here: {server.stdout.read()[-500:]}")
+            pytest.fail(
+                f"sshd is installed but did not start (a broken test setup, not a missing tool): "
+                f"{server.stdout.read()[-500:]}"
+            )
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 break
@@ -152,7 +241,8 @@ def sshd(tmp_path_factory):
     server.wait(timeout=10)
 
 
-def test_push_to_an_ssh_remote_then_fresh_clone_pull_is_up_to_date(project, sshd, tmp_path_factory):
+def test_push_to_an_ssh_remote_then_fresh_clone_pull_is_up_to_date(reproduced, sshd, tmp_path_factory):
+    project = clone_of(reproduced.root, tmp_path_factory.mktemp("with-ssh"))
     storage = tmp_path_factory.mktemp("ssh-storage")
     url = f"ssh://127.0.0.1:{sshd['port']}{storage}"
     run(["dvc", "remote", "add", "sshremote", url], project)
@@ -170,15 +260,27 @@ def test_push_to_an_ssh_remote_then_fresh_clone_pull_is_up_to_date(project, sshd
     for key, value in (("user", sshd["user"]), ("keyfile", str(sshd["key"]))):
         run(["dvc", "remote", "modify", "--local", "sshremote", key, value], clone)
     run(["dvc", "pull", "-r", "sshremote"], clone)
-    for path in ("data/cleaned/messages.parquet", "data/splits/train.jsonl", "models/base/model.safetensors",
-                 "models/adapter/adapter_model.safetensors"):
+    for path in (
+        "data/cleaned/messages.parquet",
+        "data/splits/train.jsonl",
+        "models/base/model.safetensors",
+        "models/adapter/adapter_model.safetensors",
+    ):
         assert digest(clone / path) == digest(project / path), path
     assert "Running stage" not in run(["dvc", "repro"], clone)
 
 
-def test_data_stages_give_byte_identical_outputs_when_rerun(project):
-    before = {p: digest(project / p) for p in ("data/cleaned/messages.parquet", "data/cleaned/rejected.parquet",
-                                              "data/grouped/conversations.jsonl", "data/splits/train.jsonl")}
+def test_data_stages_give_byte_identical_outputs_when_rerun(reproduced, tmp_path):
+    project = clone_of(reproduced.root, tmp_path)
+    before = {
+        p: digest(project / p)
+        for p in (
+            "data/cleaned/messages.parquet",
+            "data/cleaned/rejected.parquet",
+            "data/grouped/conversations.jsonl",
+            "data/splits/train.jsonl",
+        )
+    }
     run(["dvc", "repro", "--force", "--single-item", "clean"], project)
     run(["dvc", "repro", "--force", "--single-item", "group"], project)
     run(["dvc", "repro", "--force", "--single-item", "split"], project)
@@ -186,7 +288,8 @@ def test_data_stages_give_byte_identical_outputs_when_rerun(project):
     assert "up to date" in run(["dvc", "status"], project)
 
 
-def test_experiments_rerun_training_and_after_only_and_compare(project):
+def test_experiments_rerun_training_and_after_only_and_compare(reproduced, tmp_path):
+    project = clone_of(reproduced.root, tmp_path)
     output = run(["dvc", "exp", "run", "-n", "rank4", "-S", "train.lora.r=4"], project)
     assert "Running stage 'train'" in output and "Running stage 'perplexity'" in output
     for stage in ("clean", "group", "split", "base"):
@@ -203,7 +306,8 @@ def test_experiments_rerun_training_and_after_only_and_compare(project):
         assert perplexity["tuned"]["perplexity"] > 1
 
 
-def test_training_under_dvc_exp_run_is_deterministic(project):
+def test_training_under_dvc_exp_run_is_deterministic(reproduced, tmp_path):
+    project = clone_of(reproduced.root, tmp_path)
     first = run(["dvc", "exp", "run", "-n", "seed5", "-S", "train.seed=5"], project)
     assert "Running stage 'train'" in first
     before = adapter_hash(project)

@@ -1,8 +1,8 @@
 import polars as pl
 import pytest
 
-from stages.params import Redaction
-from stages.redact import redact_frame
+from habla.params import Redaction
+from habla.text.redact import redact_frame
 
 
 def redacted(*texts, **overrides):
@@ -34,6 +34,26 @@ def test_personal_data_is_replaced(text, expected):
     ["cuesta $12.345.678 pesos", "nací el 12/03/1990 a las 10", "el 2023 fue 1234567 veces mejor", "wena 😂 jajaja"],
 )
 def test_amounts_dates_and_plain_text_are_left_alone(text):
+    assert redacted(text) == [text]
+
+
+@pytest.mark.parametrize(
+    ("text", "digits"),
+    [
+        ("me debe $ 912345678 todavía", "912345678"),
+        ("el depto vale $ 98.765.4321", "98.765.4321"),
+        ("te transferí $ 3125551234", "3125551234"),
+        ("son € 612 345 678 al año", "612 345 678"),
+    ],
+)
+def test_amounts_that_phonenumbers_takes_for_phones_are_left_alone(text, digits):
+    """Each of these digit runs is a VALID number in some configured region; the currency sign says it is money."""
+    import phonenumbers
+
+    assert any(
+        phonenumbers.PhoneNumberMatcher(digits, region, leniency=phonenumbers.Leniency.VALID).has_next()
+        for region in Redaction().phone_regions
+    )
     assert redacted(text) == [text]
 
 

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from stages.base import train_tokenizer
-from stages.errors import UserError
-from stages.io import write_json
-from stages.modeling import IM_END, PAD, SOURCE_FILE, encode_chat, load_base
-from stages.train import check_masks, check_targets, prepare_tokenizer
+from habla import paths
+from habla.errors import UserError
+from habla.io import write_json
+from habla.model.builtin import train_tokenizer
+from habla.model.loading import IM_END, PAD, encode_chat, load_base
+from habla.model.training import check_masks, check_targets, prepare_tokenizer
 
 TEXTS = ["wena po, ¿cómo estai?", "hola, todo bien", "cachai que mañana vamos al estadio", "ya po, de una"] * 20
 CONVERSATION = [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "wena po"}]
@@ -22,8 +23,14 @@ def tiny(config_name: str, model_name: str, **extra):
     import transformers
 
     config = getattr(transformers, config_name)(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, pad_token_id=0, **extra,
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        **extra,
     )
     return getattr(transformers, model_name)(config)
 
@@ -34,15 +41,28 @@ def test_fused_phi3_rejects_llama_projection_names():
         check_targets(model, ["q_proj", "k_proj", "v_proj", "o_proj"])
     message = str(err.value)
     assert "['q_proj', 'k_proj', 'v_proj']" in message and "qkv_proj" in message and "gate_up_proj" in message
-    assert check_targets(model, ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]) == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    assert check_targets(model, ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]) == [
+        "qkv_proj",
+        "o_proj",
+        "gate_up_proj",
+        "down_proj",
+    ]
 
 
 @pytest.mark.parametrize(
     ("config", "model", "expected"),
     [
-        ("LlamaConfig", "LlamaForCausalLM", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+        (
+            "LlamaConfig",
+            "LlamaForCausalLM",
+            {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+        ),
         ("Phi3Config", "Phi3ForCausalLM", {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}),
-        ("Gemma2Config", "Gemma2ForCausalLM", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+        (
+            "Gemma2Config",
+            "Gemma2ForCausalLM",
+            {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+        ),
     ],
 )
 def test_all_linear_covers_every_projection_of_each_family(config, model, expected):
@@ -85,7 +105,7 @@ def test_special_separator_becomes_one_token(tokenizer):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_qlora_without_cuda_is_a_clear_error(in_tmp):
-    write_json(SOURCE_FILE, {"kind": "builtin-tiny", "location": "models/base"})
+    write_json(paths.SOURCE_FILE, {"kind": "builtin-tiny", "location": "models/base"})
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         load_base("4bit")
 
@@ -93,12 +113,24 @@ def test_qlora_without_cuda_is_a_clear_error(in_tmp):
 def test_adapter_config_target_modules_are_written_in_a_stable_order(tmp_path):
     import json
 
-    from stages.train import sort_target_modules
+    from habla.model.training import sort_target_modules
 
     path = tmp_path / "adapter_config.json"
-    path.write_text(json.dumps({"r": 8, "target_modules": ["v_proj", "k_proj", "down_proj", "q_proj"]}), encoding="utf-8")
+    path.write_text(
+        json.dumps({"r": 8, "target_modules": ["v_proj", "k_proj", "down_proj", "q_proj"]}), encoding="utf-8"
+    )
     sort_target_modules(path)
     first = path.read_bytes()
     assert json.loads(first)["target_modules"] == ["down_proj", "k_proj", "q_proj", "v_proj"]
     sort_target_modules(path)
     assert path.read_bytes() == first
+
+
+def test_conversations_whose_first_reply_lies_past_max_length_are_counted_and_all_of_them_is_an_error(tokenizer):
+    prepared, _ = prepare_tokenizer(tokenizer, "\n")
+    long_opening = [{"role": "user", "content": "cachai que mañana vamos al estadio " * 8}, CONVERSATION[1]]
+    rows = [{"messages": CONVERSATION}, {"messages": long_opening}]
+    assert check_masks(prepared, rows, 24)["dropped_no_reply_in_window"] == 1
+    assert check_masks(prepared, rows, 512)["dropped_no_reply_in_window"] == 0
+    with pytest.raises(UserError, match="raise train.max_length"):
+        check_masks(prepared, rows[1:], 24)

@@ -10,11 +10,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stages import export, perplexity, train
-from stages.io import read_json, write_jsonl
+from habla import paths
+from habla.apps import export
+from habla.io import read_json, write_jsonl
+from stages import perplexity, train
 from tests.conftest import conversations, make_tiny_project
 
 pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def tiny_project(tmp_path, monkeypatch):
@@ -31,7 +34,7 @@ def set_param(path: str, value) -> None:
 
 
 def adapter_weights() -> dict[str, torch.Tensor]:
-    return load_file(train.ADAPTER_DIR / "adapter_model.safetensors")
+    return load_file(paths.ADAPTER / "adapter_model.safetensors")
 
 
 def test_two_runs_with_the_same_params_give_identical_adapters(tiny_project):
@@ -43,8 +46,16 @@ def test_two_runs_with_the_same_params_give_identical_adapters(tiny_project):
     assert first.keys() == second.keys() and len(first) > 0
     assert all(torch.equal(first[name], second[name]) for name in first)
     report = read_json(train.REPORT)
-    assert report["steps"] == 6 and report["adapted_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
-    assert (train.ADAPTER_DIR / "training_params.json").exists() and (train.ADAPTER_DIR / "chat_template.jinja").exists()
+    assert report["steps"] == 6 and report["adapted_modules"] == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
+    assert (paths.ADAPTER / "training_params.json").exists() and (paths.ADAPTER / "chat_template.jinja").exists()
     set_param("train.seed", 43)
     train.main()
     assert any(not torch.equal(first[name], tensor) for name, tensor in adapter_weights().items())
@@ -68,7 +79,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_project, monke
     monkeypatch.setattr(Trainer, "training_step", interrupt_at_fourth_step)
     with pytest.raises(KeyboardInterrupt):
         train.main()
-    assert sorted(p.name for p in train.CHECKPOINTS.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert sorted(p.name for p in paths.CHECKPOINTS.glob("checkpoint-*")) == ["checkpoint-2"]
     monkeypatch.setattr(Trainer, "training_step", original_step)
     set_param("train.resume", "auto")
     with caplog.at_level(logging.INFO, logger="train"):
@@ -100,7 +111,7 @@ def test_a_finished_run_is_retrained_not_resumed_at_its_last_step(tiny_project, 
 def test_export_merges_into_a_full_precision_base_with_the_same_outputs(tiny_project):
     from transformers import AutoModelForCausalLM
 
-    from stages.modeling import load_tuned
+    from habla.model.loading import load_tuned
 
     train.main()
     record = export.export(Path("models/merged"))
@@ -108,7 +119,9 @@ def test_export_merges_into_a_full_precision_base_with_the_same_outputs(tiny_pro
     tuned, tokenizer = load_tuned()
     merged = AutoModelForCausalLM.from_pretrained("models/merged")
     assert not any("lora" in name for name, _ in merged.named_parameters())
-    ids = tokenizer.apply_chat_template(conversations(1, 9)[0]["messages"], return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(conversations(1, 9)[0]["messages"], return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
     with torch.inference_mode():
         with tuned.disable_adapter():
             base_logits = tuned(input_ids=ids).logits
@@ -117,7 +130,7 @@ def test_export_merges_into_a_full_precision_base_with_the_same_outputs(tiny_pro
 
 
 def test_special_separator_is_trained_as_one_token_and_saved_with_the_adapter(tiny_project):
-    from stages.modeling import load_tuned
+    from habla.model.loading import load_tuned
 
     rows = conversations(48, 1)
     for row in rows:
@@ -138,12 +151,17 @@ def test_special_separator_is_trained_as_one_token_and_saved_with_the_adapter(ti
 
 
 def test_perplexity_scores_long_conversations_and_documents_whole_with_sliding_windows(tiny_project):
-    from stages.modeling import encode_chat, load_tuned
+    from habla.model.loading import encode_chat, load_tuned
 
     train.main()
     long_reply = " ".join(f"ya po, la {i} vez que te digo que no voy" for i in range(20))
-    test_rows = conversations(4, 3) + [{"id": "long", "source": "whatsapp", "messages": [
-        {"role": "user", "content": "¿vienes?"}, {"role": "assistant", "content": long_reply}]}]
+    test_rows = conversations(4, 3) + [
+        {
+            "id": "long",
+            "source": "whatsapp",
+            "messages": [{"role": "user", "content": "¿vienes?"}, {"role": "assistant", "content": long_reply}],
+        }
+    ]
     write_jsonl(perplexity.TEST, test_rows)
     documents = [{"id": "d1", "source": "transcript", "text": "Buenas noches Viña. " * 40}]
     write_jsonl(perplexity.TEST_DOCUMENTS, documents)
@@ -170,7 +188,7 @@ def test_rslora_and_dora_options_reach_the_saved_adapter(tiny_project):
     params["train"]["lora"].update(use_rslora=True, use_dora=True)
     Path("params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     train.main()
-    config = json.loads((train.ADAPTER_DIR / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads((paths.ADAPTER / "adapter_config.json").read_text(encoding="utf-8"))
     assert config["use_rslora"] is True and config["use_dora"] is True
     magnitudes = [name for name in adapter_weights() if "lora_magnitude_vector" in name]
     assert magnitudes, "DoRA adds a magnitude vector per adapted layer"
@@ -185,8 +203,14 @@ def test_the_stage_trains_data_parallel_in_two_processes_and_only_rank_zero_writ
     from tests.conftest import REPO
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "stages.train"], cwd=tiny_project, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "stages.train"],
+        cwd=tiny_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = read_json(train.REPORT)
     live = read_json(train.LIVE_DIR / "metrics.json")
@@ -194,5 +218,5 @@ def test_the_stage_trains_data_parallel_in_two_processes_and_only_rank_zero_writ
     # each optimizer step consumed one batch per process: twice the single-process epoch progress
     assert report["steps"] == params["max_steps"]
     assert live["epoch"] == pytest.approx(2 * params["max_steps"] * params["batch_size"] / 48)
-    assert (train.ADAPTER_DIR / "adapter_model.safetensors").exists()
+    assert (paths.ADAPTER / "adapter_model.safetensors").exists()
     assert done.stderr.count("LoRA on") == 2  # both ranks built the model; one wrote the results

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.whatsapp import decide_date_order, detect_format, parse_whatsapp
+from habla.readers.whatsapp import decide_date_order, detect_format, parse_whatsapp
 from tests.conftest import FIXTURES, android
 
 CHAT_MINER = FIXTURES / "whatsapp" / "chat-miner"
@@ -22,7 +22,9 @@ def test_chat_miner_fixtures_match_the_expected_parse(name):
     target = json.loads((CHAT_MINER / "target.json").read_text(encoding="utf-8"))
     expected = sorted((datetime.fromisoformat(t["timestamp"]), t["author"], t["message"]) for t in target)
     # chat-miner joins continuation lines with a space; we keep the line break the author typed.
-    got = sorted((ts, author, text.replace("\n", " ")) for ts, author, text in kept.select("ts", "author", "text").iter_rows())
+    got = sorted(
+        (ts, author, text.replace("\n", " ")) for ts, author, text in kept.select("ts", "author", "text").iter_rows()
+    )
     assert got == expected
     assert report["date_order_confidence"] == 1.0
     assert set(rejected["reason"]) == {"system_message", "group_event"}
@@ -37,22 +39,28 @@ def test_spanish_android_twelve_hour_clock_with_odd_spaces():
     ]
     kept, _, report = parse("\n".join(lines))
     assert kept["ts"].to_list() == [
-        datetime(2023, 3, 3, 20, 28), datetime(2023, 3, 3, 0, 5), datetime(2023, 3, 3, 12, 10), datetime(2023, 3, 14, 23, 59)
+        datetime(2023, 3, 3, 20, 28),
+        datetime(2023, 3, 3, 0, 5),
+        datetime(2023, 3, 3, 12, 10),
+        datetime(2023, 3, 14, 23, 59),
     ]
     assert report["format"] == "android" and report["date_order"] == "dmy"
 
 
 def test_spanish_ios_export_with_system_events_under_the_chat_name():
-    text = "\n".join([
-        "\u200e[2/5/23, 18:30:05] Los Cabros: \u200eLos mensajes y las llamadas están cifrados de extremo a extremo.",
-        '[2/5/23, 18:30:05] Los Cabros: \u200eCami cambió el asunto de "Asado" a "Asado: sábado"',
-        "[2/5/23, 18:31:00] Cami: ¿Quién lleva el carbón?",
-        "\u200e[2/5/23, 18:32:10] Nico: \u200eimagen omitida",
-        "[2/5/23, 18:33:00] Nico: yo po\ncon el Pancho: él tiene auto",
-        "[2/5/23, 18:34:00] ~\u00a0\u202a+56\u00a09\u00a08765\u20114321\u202c: ya",
-        "[2/5/23, 18:35:00] Nico: Se eliminó este mensaje.",
-        "[13/5/23, 9:00:00] Cami: listo <Se editó este mensaje.>",
-    ])
+    text = "\n".join(
+        [
+            "\u200e[2/5/23, 18:30:05] Los Cabros: \u200eLos mensajes y las llamadas están cifrados "
+            "de extremo a extremo.",
+            '[2/5/23, 18:30:05] Los Cabros: \u200eCami cambió el asunto de "Asado" a "Asado: sábado"',
+            "[2/5/23, 18:31:00] Cami: ¿Quién lleva el carbón?",
+            "\u200e[2/5/23, 18:32:10] Nico: \u200eimagen omitida",
+            "[2/5/23, 18:33:00] Nico: yo po\ncon el Pancho: él tiene auto",
+            "[2/5/23, 18:34:00] ~\u00a0\u202a+56\u00a09\u00a08765\u20114321\u202c: ya",
+            "[2/5/23, 18:35:00] Nico: Se eliminó este mensaje.",
+            "[13/5/23, 9:00:00] Cami: listo <Se editó este mensaje.>",
+        ]
+    )
     kept, rejected, report = parse(text)
     assert report["format"] == "ios"
     assert kept["author"].to_list() == ["Cami", "Nico", "+56 9 8765-4321", "Cami"]
@@ -101,9 +109,21 @@ def test_not_a_chat():
 
 
 line_kinds = st.one_of(
-    st.builds(lambda a, t: android(5, 6, 2023, "10:00", a, t), st.sampled_from(["Ana", "Nico", "José Pérez"]), st.text(min_size=0, max_size=30)),
-    st.builds(lambda t: android(5, 6, 2023, "10:01", None, t), st.sampled_from(["Ana salió", "Los mensajes y las llamadas están cifrados de extremo a extremo."])),
-    st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=40),
+    st.builds(
+        lambda a, t: android(5, 6, 2023, "10:00", a, t),
+        st.sampled_from(["Ana", "Nico", "José Pérez"]),
+        st.text(min_size=0, max_size=30),
+    ),
+    st.builds(
+        lambda t: android(5, 6, 2023, "10:01", None, t),
+        st.sampled_from(["Ana salió", "Los mensajes y las llamadas están cifrados de extremo a extremo."]),
+    ),
+    st.text(
+        alphabet=st.characters(
+            blacklist_categories=["Cs"], blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+        ),
+        max_size=40,
+    ),
 )
 
 
@@ -119,7 +139,7 @@ def test_every_raw_line_is_kept_or_rejected_exactly_once(lines):
 
 
 def test_a_pasted_header_inside_a_message_stays_in_that_message():
-    from stages.whatsapp import parse_whatsapp
+    from habla.readers.whatsapp import parse_whatsapp
 
     lines = [f"3/3/23, 20:{minute:02d} - {'Nico' if minute % 2 else 'Cami'}: mensaje {minute}" for minute in range(30)]
     lines.insert(11, "12/01/2019, 10:00 - Soporte Banco: su clave es temporal")  # pasted: unknown author, back in time
@@ -141,12 +161,18 @@ def test_a_pasted_header_inside_a_message_stays_in_that_message():
         (["2023-01-12 16:14 - Ana: hola", "2023-01-13 09:05 - Nico: wena"], ["2023-01-12 16:14", "2023-01-13 09:05"]),
         (["26-04-2022 21:03 - Ana: hola", "27-04-2022 08:00 - Nico: wena"], ["2022-04-26 21:03", "2022-04-27 08:00"]),
         (["03.08.21, 12:30 - Ana: hola", "14.08.21, 12:31 - Nico: wena"], ["2021-08-03 12:30", "2021-08-14 12:31"]),
-        (["[1.1.2019, 12.00.00] Ana: hola", "[15.1.2019, 13.05.09] Nico: wena"], ["2019-01-01 12:00", "2019-01-15 13:05"]),
-        (["12/01/2014 17:03:48: Ana: hola", "13/01/2014 08:00:00: Nico: wena"], ["2014-01-12 17:03", "2014-01-13 08:00"]),
+        (
+            ["[1.1.2019, 12.00.00] Ana: hola", "[15.1.2019, 13.05.09] Nico: wena"],
+            ["2019-01-01 12:00", "2019-01-15 13:05"],
+        ),
+        (
+            ["12/01/2014 17:03:48: Ana: hola", "13/01/2014 08:00:00: Nico: wena"],
+            ["2014-01-12 17:03", "2014-01-13 08:00"],
+        ),
     ],
 )
 def test_iso_dashed_dotted_and_legacy_dates(lines, expected):
-    from stages.whatsapp import parse_whatsapp
+    from habla.readers.whatsapp import parse_whatsapp
 
     kept, rejected, _ = parse_whatsapp(lines)
     assert rejected.is_empty()

@@ -3,10 +3,11 @@
 `local` reads the answer from a transformers model's next-token probabilities, so
 there is no text to parse. `openai` asks any OpenAI-compatible chat endpoint
 (vLLM, Ollama, llama.cpp, Mistral, OpenAI, or `habla serve`) at temperature 0,
-parses JSON with a `[[A]]` fallback, and keeps every successful judgment in a
-cache keyed by the judge model and the prompt, so a rerun costs nothing. A call
-that fails or answers nonsense is returned as None and reported as failed,
-never counted as a loss for either model.
+parses JSON with a `[[A]]` fallback, and keeps every answer it received in a
+cache keyed by the judge model and the prompt, so a rerun buys nothing twice:
+only calls that never got an answer (HTTP errors, timeouts, a body that is not a
+chat completion) are tried again. A call that fails or answers nonsense is
+returned as None and counted as failed by reason, never as a loss for either model.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import logging
 import os
 import re
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from stages.errors import UserError
-from stages.generate import prompt_batches
-from stages.params import Judge
+from habla.errors import UserError
+from habla.model.generation import prompt_batches
+from habla.params import Judge
 
 log = logging.getLogger("judge")
 
@@ -66,7 +68,9 @@ def parse_grade(text: str) -> float | None:
 
 
 def render_prompt(tokenizer, prompt: str) -> list[int]:
-    encoded = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=True)
+    encoded = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=True
+    )
     return list(encoded["input_ids"])
 
 
@@ -76,12 +80,15 @@ class LocalJudge:
     def __init__(self, model, tokenizer, batch_size: int):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.calls = 0
+        self.failures: Counter = Counter()  # next-token probabilities always give an answer
 
     @torch.inference_mode()
     def choose(self, prompts: Sequence[str]) -> list[str | None]:
         choice_ids = [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in CHOICES]
         picks: list[str | None] = []
-        for batch in prompt_batches(self.tokenizer, [[{"role": "user", "content": p}] for p in prompts], self.batch_size):
+        for batch in prompt_batches(
+            self.tokenizer, [[{"role": "user", "content": p}] for p in prompts], self.batch_size
+        ):
             self.calls += 1
             logits = self.model(**batch).logits[:, -1, choice_ids]
             picks += [CHOICES[i] for i in logits.argmax(dim=-1).tolist()]
@@ -93,7 +100,7 @@ class LocalJudge:
         Each whole answer is scored (not just its first token), so "1" and "10"
         stay distinct whatever the tokenizer does with digits.
         """
-        from stages.metrics_math import score
+        from habla.model.scoring import score
 
         rows = []
         for prompt in prompts:
@@ -108,7 +115,7 @@ class LocalJudge:
 
 
 class JudgmentCache:
-    """Successful judgments by hash of (judge model, prompt), one JSON line each, appended as they come."""
+    """Answers received, by hash of (judge model, prompt), one JSON line each, appended as they come."""
 
     def __init__(self, path: Path, judge_model: str):
         self.path, self.judge_model = path, judge_model
@@ -152,32 +159,43 @@ class OpenAIJudge:
                 f"Export it (`export {settings.api_key_env}=...`); keys never go in params.yaml."
             )
         if not settings.base_url:
-            raise UserError("judge.backend is `openai` but judge.base_url is empty: set the endpoint, e.g. http://127.0.0.1:8000/v1.")
+            raise UserError(
+                "judge.backend is `openai` but judge.base_url is empty: set the endpoint, e.g. http://127.0.0.1:8000/v1."
+            )
         self.settings = settings
-        self.client = OpenAI(base_url=settings.base_url, api_key=key or "none", timeout=settings.timeout_s,
-                             max_retries=settings.max_retries)
+        self.client = OpenAI(
+            base_url=settings.base_url,
+            api_key=key or "none",
+            timeout=settings.timeout_s,
+            max_retries=settings.max_retries,
+        )
         self.cache = JudgmentCache(cache_path, f"{settings.base_url}|{settings.model}")
         self.calls = self.cache_hits = 0
+        self.failures: Counter = Counter()
 
     def ask(self, prompt: str, parse=parse_choice):
-        cached = self.cache.get(prompt)
-        if cached is not None:
+        answer = self.cache.get(prompt)
+        if answer is not None:
             self.cache_hits += 1
-            return parse(cached)
-        self.calls += 1
-        try:
-            response = self.client.chat.completions.create(
-                model=self.settings.model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=32,
-            )
-            answer = response.choices[0].message.content or ""
-        except Exception as err:  # noqa: BLE001 - every client error (HTTP, timeout, malformed body) is a failed judgment
-            log.warning("judge call failed: %s", type(err).__name__)
-            return None
+        else:
+            self.calls += 1
+            try:
+                response = self.client.chat.completions.create(
+                    model=self.settings.model,
+                    messages=[{"role": "user", "content": prompt}],
+                    temperature=0,
+                    max_tokens=32,
+                )
+                answer = response.choices[0].message.content or ""
+            except Exception as err:  # noqa: BLE001 - every client error (HTTP, timeout, malformed body) is a failed judgment
+                log.warning("judge call failed: %s", type(err).__name__)
+                self.failures["no_answer"] += 1
+                return None
+            self.cache.put(prompt, answer)
         parsed = parse(answer)
         if parsed is None:
             log.warning("judge answer not understood (%d characters)", len(answer))
-        else:
-            self.cache.put(prompt, answer)
+            self.failures["not_understood"] += 1
         return parsed
 
     def choose(self, prompts: Sequence[str]) -> list[str | None]:

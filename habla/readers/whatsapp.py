@@ -47,7 +47,11 @@ EVENT_REASONS: list[tuple[str, str]] = [
 ]
 # Whole-text placeholders written by WhatsApp in place of what was sent.
 CONTENT_REASONS: list[tuple[str, str]] = [
-    ("deleted", r"(?i)^(se eliminó este mensaje\.?|eliminaste este mensaje\.?|this message was deleted\.?|you deleted this message\.?)$"),
+    (
+        "deleted",
+        r"(?i)^(se eliminó este mensaje\.?|eliminaste este mensaje\.?"
+        r"|this message was deleted\.?|you deleted this message\.?)$",
+    ),
     ("view_once", r"^null$"),
     ("location", r"(?i)^(ubicación|location|ubicación en tiempo real compartida|live location shared)\b"),
     ("contact_card", r"(?i)\.vcf(>| \((archivo adjunto|file attached)\))"),
@@ -72,7 +76,10 @@ class DateOrder:
 
 def normalise_lines(lines: pl.Expr) -> pl.Expr:
     return (
-        lines.str.replace_all(INVISIBLE, "").str.replace_all(ODD_SPACES, " ").str.replace_all("\u2011", "-").str.strip_chars_end()
+        lines.str.replace_all(INVISIBLE, "")
+        .str.replace_all(ODD_SPACES, " ")
+        .str.replace_all("\u2011", "-")
+        .str.strip_chars_end()
     )
 
 
@@ -111,7 +118,11 @@ def decide_date_order(d1: pl.Series, d2: pl.Series, d3: pl.Series) -> DateOrder:
     if total == 0:
         return DateOrder("dmy", 0.5, "no evidence; Spanish-locale default day-first")
     order = "dmy" if score >= 0 else "mdy"
-    return DateOrder(order, round(0.5 + 0.5 * abs(score) / total, 3), f"changes {changes_a}/{changes_b}, backwards {backwards_dmy}/{backwards_mdy}")
+    return DateOrder(
+        order,
+        round(0.5 + 0.5 * abs(score) / total, 3),
+        f"changes {changes_a}/{changes_b}, backwards {backwards_dmy}/{backwards_mdy}",
+    )
 
 
 def _timestamp(order: str) -> pl.Expr:
@@ -149,24 +160,37 @@ def pasted_headers(frame: pl.DataFrame) -> pl.Series:
     if frame.height <= 20 or not back.any():
         return pasted
     headers = frame.filter(pl.col("is_header"))["rest"]
-    suspects = frame.with_row_index("row").filter(back).select("row", author=pl.col("rest").str.extract(AUTHOR_PATTERN, 1))
-    singles = [row for row, author in suspects.drop_nulls().iter_rows() if int(headers.str.starts_with(f"{author}: ").sum()) == 1]
+    suspects = (
+        frame.with_row_index("row").filter(back).select("row", author=pl.col("rest").str.extract(AUTHOR_PATTERN, 1))
+    )
+    singles = [
+        row
+        for row, author in suspects.drop_nulls().iter_rows()
+        if int(headers.str.starts_with(f"{author}: ").sum()) == 1
+    ]
     return pasted.scatter(singles, True) if singles else pasted
 
 
-def parse_whatsapp(lines: list[str] | pl.Series, date_order: str = "auto") -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+def parse_whatsapp(
+    lines: list[str] | pl.Series, date_order: str = "auto", detected: tuple[str | None, float] | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """Lines of one export → (messages, rejected, report).
 
     messages: line, lines, ts, author, text. rejected: line, lines, reason, raw.
+    `detected` is `detect_format(lines)` when the caller already ran it (it scans a sample of every line).
     """
     frame = pl.DataFrame({"raw": lines}, schema={"raw": pl.String}).with_row_index("line", offset=1)
-    fmt, share = detect_format(frame["raw"])
+    fmt, share = detected or detect_format(frame["raw"])
     if fmt is None:
         raise ValueError("no WhatsApp header format matches")
-    frame = frame.with_columns(
-        norm=normalise_lines(pl.col("raw")),
-        marked=pl.col("raw").str.contains(rf"^{LRM}?\[?[^\]]*\]?[^:]*: {LRM}"),
-    ).with_columns(pl.col("norm").str.extract_groups(HEADER_PATTERNS[fmt]).alias("h")).unnest("h")
+    frame = (
+        frame.with_columns(
+            norm=normalise_lines(pl.col("raw")),
+            marked=pl.col("raw").str.contains(rf"^{LRM}?\[?[^\]]*\]?[^:]*: {LRM}"),
+        )
+        .with_columns(pl.col("norm").str.extract_groups(HEADER_PATTERNS[fmt]).alias("h"))
+        .unnest("h")
+    )
 
     candidates = frame.filter(pl.col("rest").is_not_null())
     decision = (
@@ -184,19 +208,29 @@ def parse_whatsapp(lines: list[str] | pl.Series, date_order: str = "auto") -> tu
     continuation = (
         frame.filter(~pl.col("is_header"))
         .group_by("msg", maintain_order=True)
-        .agg(first_line=pl.col("line").first(), extra=pl.len().cast(pl.UInt32),
-             more_body=pl.col("norm").str.join("\n"), more_raw=pl.col("raw").str.join("\n"))
+        .agg(
+            first_line=pl.col("line").first(),
+            extra=pl.len().cast(pl.UInt32),
+            more_body=pl.col("norm").str.join("\n"),
+            more_raw=pl.col("raw").str.join("\n"),
+        )
     )
     messages = (
         frame.filter(pl.col("is_header"))
         .select("msg", "line", "ts", "marked", "rest", "raw")
         .join(continuation, on="msg", how="left", maintain_order="left")
         .select(
-            "msg", "line", "ts", "marked",
+            "msg",
+            "line",
+            "ts",
+            "marked",
             lines=(pl.col("extra").fill_null(0) + 1).cast(pl.UInt32),
-            body=pl.when(pl.col("more_body").is_null()).then(pl.col("rest"))
-            .otherwise(pl.concat_str("rest", pl.lit("\n"), "more_body")).str.strip_chars_end("\n"),
-            raw=pl.when(pl.col("more_raw").is_null()).then(pl.col("raw"))
+            body=pl.when(pl.col("more_body").is_null())
+            .then(pl.col("rest"))
+            .otherwise(pl.concat_str("rest", pl.lit("\n"), "more_body"))
+            .str.strip_chars_end("\n"),
+            raw=pl.when(pl.col("more_raw").is_null())
+            .then(pl.col("raw"))
             .otherwise(pl.concat_str("raw", pl.lit("\n"), "more_raw")),
         )
     )

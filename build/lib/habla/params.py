@@ -8,9 +8,12 @@ experiment would compare two identical runs.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import json
 import logging
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,23 +22,55 @@ from typing import Any, Literal
 
 import yaml
 
-from stages.errors import UserError
+from habla import paths
+from habla.errors import UserError
 
 PARAMS_FILE_ENV = "HABLA_PARAMS"
-PRESETS_DIR = Path("configs/presets")
 # A preset is a ready-made set of settings for a real model; it may only touch the
 # sections of the model stages, so choosing one never reruns clean, group or split.
 PRESET_SECTIONS = ("model", "train", "evaluate", "judge")
 
 
+AUDIT_ENV = "HABLA_PARAMS_AUDIT"
+_read_keys: set[str] | None = None
+
+
+class _Section:
+    """Base of every params section. With HABLA_PARAMS_AUDIT naming a file, the leaf keys a process reads are
+    appended to it at exit, so a test can prove that every key a stage reads is a declared DVC param of it
+    (a key read but not declared is a change `dvc repro` would not rerun the stage for)."""
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if _read_keys is not None and not name.startswith("_") and not isinstance(value, _Section) and not callable(value):
+            prefix = object.__getattribute__(self, "__dict__").get("_path", "")
+            _read_keys.add(f"{prefix}.{name}" if prefix else name)
+        return value
+
+
+def _start_audit(path: str) -> None:
+    global _read_keys
+    if _read_keys is not None:
+        return
+    _read_keys = set()
+
+    def write() -> None:
+        main = sys.modules.get("__main__")
+        module = getattr(getattr(main, "__spec__", None), "name", None) or getattr(main, "__file__", "?")
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"module": module, "keys": sorted(_read_keys)}) + "\n")
+
+    atexit.register(write)
+
+
 @dataclass(frozen=True)
-class Persona:
+class Persona(_Section):
     authors: list[str] = field(default_factory=list)
     system_prompt: str = ""
 
 
 @dataclass(frozen=True)
-class Redaction:
+class Redaction(_Section):
     phones: bool = True
     emails: bool = True
     urls: bool = True
@@ -44,7 +79,7 @@ class Redaction:
 
 
 @dataclass(frozen=True)
-class TableColumns:
+class TableColumns(_Section):
     text: str = "text"
     author: str = ""
     title: str = ""
@@ -52,7 +87,7 @@ class TableColumns:
 
 
 @dataclass(frozen=True)
-class Clean:
+class Clean(_Section):
     date_order: Literal["auto", "dmy", "mdy", "ymd"] = "auto"
     max_chars: int = 4000
     whisper_max_no_speech: float = 0.6
@@ -63,23 +98,23 @@ class Clean:
 
 
 @dataclass(frozen=True)
-class Resources:
+class Resources(_Section):
     """How to run, not what to compute: no stage lists this section as a DVC param, so changing it reruns nothing."""
 
     batch_rows: int = 250_000
 
 
 @dataclass(frozen=True)
-class KeywordTasks:
+class KeywordTasks(_Section):
     enabled: bool = True
     keywords: int = 3
     prompt: str = "Escribe un texto sobre: {keywords}."
     song_prompt: str = "Escribe una canción sobre: {keywords}."
-    extra_stop_words: list[str] = field(default_factory=list)
+    extra_stop_words: list[str] = field(default_factory=lambda: ["po", "pos", "ya", "oye", "oigan", "weón", "weon", "cachai", "jaja"])
 
 
 @dataclass(frozen=True)
-class Group:
+class Group(_Section):
     mode: Literal["conversation", "reply"] = "conversation"
     session_gap_minutes: int = 180
     merge_window_minutes: int = 10
@@ -98,14 +133,14 @@ class Group:
 
 
 @dataclass(frozen=True)
-class Ratios:
+class Ratios(_Section):
     train: float = 0.8
     val: float = 0.1
     test: float = 0.1
 
 
 @dataclass(frozen=True)
-class Split:
+class Split(_Section):
     strategy: Literal["hash", "time"] = "hash"
     seed: int = 13
     ratios: Ratios = field(default_factory=Ratios)
@@ -116,13 +151,13 @@ class Split:
 
 
 @dataclass(frozen=True)
-class Model:
+class Model(_Section):
     base: str = "builtin-tiny"
     revision: str = "main"
 
 
 @dataclass(frozen=True)
-class Base:
+class Builtin(_Section):
     vocab_size: int = 2048
     hidden_size: int = 192
     layers: int = 4
@@ -135,7 +170,7 @@ class Base:
 
 
 @dataclass(frozen=True)
-class Lora:
+class Lora(_Section):
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
@@ -145,7 +180,7 @@ class Lora:
 
 
 @dataclass(frozen=True)
-class Train:
+class Train(_Section):
     accelerate_profile: Literal["cpu", "single-gpu", "multi-gpu", "fsdp"] = "cpu"
     seed: int = 42
     max_length: int = 256
@@ -165,7 +200,7 @@ class Train:
 
 
 @dataclass(frozen=True)
-class Sampling:
+class Sampling(_Section):
     max_new_tokens: int = 40
     temperature: float = 0.7
     top_p: float = 0.9
@@ -173,7 +208,7 @@ class Sampling:
 
 
 @dataclass(frozen=True)
-class Evaluate:
+class Evaluate(_Section):
     batch_size: int = 16
     bootstrap: int = 1000
     stride: int = 128
@@ -184,7 +219,7 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
-class Judge:
+class Judge(_Section):
     backend: Literal["local", "openai"] = "local"
     model: str = "base"
     prompt: str = "auto"
@@ -196,7 +231,7 @@ class Judge:
 
 
 @dataclass(frozen=True)
-class Serve:
+class Serve(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key_env: str = ""
@@ -206,14 +241,14 @@ class Serve:
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(_Section):
     preset: str = ""
     persona: Persona = field(default_factory=Persona)
     clean: Clean = field(default_factory=Clean)
     group: Group = field(default_factory=Group)
     split: Split = field(default_factory=Split)
     model: Model = field(default_factory=Model)
-    base: Base = field(default_factory=Base)
+    builtin: Builtin = field(default_factory=Builtin)
     train: Train = field(default_factory=Train)
     evaluate: Evaluate = field(default_factory=Evaluate)
     judge: Judge = field(default_factory=Judge)
@@ -271,7 +306,9 @@ def _build(cls: type, raw: Any, path: str) -> Any:
             raise UserError(f"params: `{key}` is {raw[name]!r}, but it must be {_describe(annotation)}.")
         else:
             values[name] = raw[name]
-    return cls(**values)
+    built = cls(**values)
+    object.__setattr__(built, "_path", path)
+    return built
 
 
 def _check(params: Params) -> None:
@@ -296,8 +333,8 @@ def _check(params: Params) -> None:
             f"params: `evaluate.stride` ({params.evaluate.stride}) must be positive and below `train.max_length` "
             f"({params.train.max_length}): windows overlap by max_length − stride tokens of context (e.g. half of it)."
         )
-    if params.base.hidden_size % params.base.heads:
-        raise UserError("params: `base.hidden_size` must be divisible by `base.heads`.")
+    if params.builtin.hidden_size % params.builtin.heads:
+        raise UserError("params: `builtin.hidden_size` must be divisible by `builtin.heads`.")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -362,8 +399,12 @@ def load_params(path: str | Path | None = None) -> Params:
     raw = _read_yaml(path)
     if not isinstance(raw.get("preset", ""), str):
         raise UserError("params: `preset` must be the name of a file in configs/presets/ (without .yaml), or ''.")
-    params = _build(Params, apply_preset(raw, path.parent / PRESETS_DIR), "")
+    if os.environ.get(AUDIT_ENV):
+        _start_audit(os.environ[AUDIT_ENV])
+    params = _build(Params, apply_preset(raw, path.parent / paths.PRESETS), "")
     _check(params)
+    if _read_keys is not None:
+        _read_keys.clear()  # validation reads cross-field keys; only what the stage itself reads counts
     return params
 
 

@@ -21,9 +21,9 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from stages.generate import ReplyStream
-from stages.modeling import load_tuned
-from stages.params import Params, Serve, load_params
+from habla.model.generation import ReplyStream
+from habla.model.loading import load_tuned
+from habla.params import Params, Serve, load_params
 
 log = logging.getLogger("serve")
 
@@ -241,7 +241,7 @@ def make_handler(engine: Engine, api_key: str | None):
 def make_server(engine: Engine, settings: Serve) -> ThreadingHTTPServer:
     api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     if settings.api_key_env and not api_key:
-        from stages.errors import UserError
+        from habla.errors import UserError
 
         raise UserError(f"serve.api_key_env names `{settings.api_key_env}`, but that environment variable is empty.")
     server = ThreadingHTTPServer((settings.host, settings.port), make_handler(engine, api_key))

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import torch
 
-from stages.errors import UserError
+from habla import paths
+from habla.errors import UserError
 
 log = logging.getLogger(__name__)
 
 BUILTIN = "builtin-tiny"
-BASE_DIR = Path("models/base")
-ADAPTER_DIR = Path("models/adapter")
-SOURCE_FILE = BASE_DIR / "source.json"
 
 IM_START, IM_END, PAD, DOC_END = "<|im_start|>", "<|im_end|>", "<|pad|>", "<|endoftext|>"
 SPECIAL_TOKENS = [DOC_END, PAD, IM_START, IM_END]
@@ -33,7 +31,8 @@ SPECIAL_TOKENS = [DOC_END, PAD, IM_START, IM_END]
 CHATML_TRAINING_TEMPLATE = (
     "{%- for message in messages %}"
     "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
     "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif %}"
@@ -60,11 +59,11 @@ def compute_dtype() -> torch.dtype:
 
 def base_reference() -> tuple[str, str | None]:
     """Where to load the base model from (path or hub id) and at which revision, as the `base` stage recorded it."""
-    if not SOURCE_FILE.exists():
-        raise UserError(f"{SOURCE_FILE} is missing: run the `base` stage first (`dvc repro base`).")
-    source = json.loads(SOURCE_FILE.read_text(encoding="utf-8"))
+    if not paths.SOURCE_FILE.exists():
+        raise UserError(f"{paths.SOURCE_FILE} is missing: run the `base` stage first (`dvc repro base`).")
+    source = json.loads(paths.SOURCE_FILE.read_text(encoding="utf-8"))
     if source["kind"] == BUILTIN:
-        return str(BASE_DIR), None
+        return str(paths.BASE_MODEL), None
     return source["location"], source.get("commit")
 
 
@@ -87,7 +86,10 @@ def load_base(quantization: str = "none", dtype: torch.dtype | str | None = None
                 "Use `-S train.quantization=none` on this machine, or run on a GPU machine."
             )
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
         )
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
@@ -100,13 +102,13 @@ def load_tuned(dtype: torch.dtype | str | None = None):
     """Base model with the trained adapter, and the tokenizer saved with the adapter."""
     from peft import PeftModel
 
-    if not (ADAPTER_DIR / "adapter_config.json").exists():
-        raise UserError(f"{ADAPTER_DIR} has no adapter: run the `train` stage first (`dvc repro train`).")
+    if not (paths.ADAPTER / "adapter_config.json").exists():
+        raise UserError(f"{paths.ADAPTER} has no adapter: run the `train` stage first (`dvc repro train`).")
     base, _ = load_base(dtype=dtype)
-    tokenizer = load_tokenizer(ADAPTER_DIR)
+    tokenizer = load_tokenizer(paths.ADAPTER)
     if base.get_input_embeddings().num_embeddings != len(tokenizer):
         base.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(base, str(ADAPTER_DIR))
+    model = PeftModel.from_pretrained(base, str(paths.ADAPTER))
     model.to(device()).eval()
     return model, tokenizer
 

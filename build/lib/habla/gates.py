@@ -17,13 +17,13 @@ from typing import Any
 
 import polars as pl
 
-from stages.errors import UserError
-from stages.io import write_json
+from habla import paths
+from habla.errors import UserError
+from habla.io import write_json
 
 log = logging.getLogger(__name__)
 
 Expectation = tuple[str, dict[str, Any]]
-GATES_DIR = Path("metrics/gates")
 # Columns that hold people's words: a failing check shows their length, never the text, because
 # the gate report is committed to git and the error is printed.
 PRIVATE_COLUMNS = {"text", "content"}
@@ -62,7 +62,7 @@ class Gate:
     stages keep rows that must be unique together in one batch.
     """
 
-    def __init__(self, stage: str, expectations: list[Expectation], out_dir: Path = GATES_DIR):
+    def __init__(self, stage: str, expectations: list[Expectation], out_dir: Path = paths.GATES):
         self.stage, self.out_dir = stage, Path(out_dir)
         self.row_checks = [(name, kwargs) for name, kwargs in expectations if name.startswith("ExpectTableRowCount")]
         self.expectations = [e for e in expectations if e not in self.row_checks]
@@ -145,7 +145,7 @@ def _row_count(name: str, kwargs: dict, rows: int) -> dict:
     }
 
 
-def run_gate(stage: str, frame: pl.DataFrame, expectations: list[Expectation], out_dir: Path = GATES_DIR) -> dict:
+def run_gate(stage: str, frame: pl.DataFrame, expectations: list[Expectation], out_dir: Path = paths.GATES) -> dict:
     """Validate one frame; write the report; raise GateError listing failures."""
     gate = Gate(stage, expectations, out_dir)
     gate.check(frame)

@@ -11,9 +11,10 @@ import dataclasses
 import sys
 from collections.abc import Iterator
 
-from stages.generate import ReplyStream
-from stages.modeling import ADAPTER_DIR, load_base, load_tuned, special_separator
-from stages.params import Params, Sampling, load_params
+from habla import paths
+from habla.model.generation import ReplyStream
+from habla.model.loading import load_base, load_tuned, special_separator
+from habla.params import Params, Sampling, load_params
 
 HELP = "/reset empieza de nuevo · /base o /tuned cambia de modelo · /exit sale"
 
@@ -52,7 +53,7 @@ class Session:
 
 
 def load_session(params: Params, sampling: Sampling, base_only: bool) -> Session:
-    if base_only and not (ADAPTER_DIR / "adapter_config.json").exists():
+    if base_only and not (paths.ADAPTER / "adapter_config.json").exists():
         model, tokenizer = load_base()
         model.eval()
     else:
@@ -112,8 +113,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
     params = load_params()
-    overrides = {k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-                                   "seed": args.seed}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "max_new_tokens": args.max_new_tokens,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
     sampling = dataclasses.replace(params.evaluate.sampling, **overrides)
     session = load_session(params, sampling, args.base_only)
     persona = (params.persona.authors or ["persona"])[0]

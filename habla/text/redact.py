@@ -14,7 +14,7 @@ import re
 import phonenumbers
 import polars as pl
 
-from stages.params import Redaction
+from habla.params import Redaction
 
 EMAIL = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
 URL = r"(?i)\b(?:https?://|www\.)[^\s<>\"]+"

@@ -1,0 +1,126 @@
+"""`habla chat`: talk to the fine-tuned persona in a terminal, or get one reply for a script.
+
+The conversation is rendered with the same chat template and system prompt as
+training, so the model sees at inference exactly the format it learned; the
+message separator it learned is shown as a new bubble, never as a token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterator
+
+from habla import paths
+from habla.model.generation import ReplyStream
+from habla.model.loading import load_base, load_tuned, special_separator
+from habla.params import Params, Sampling, load_params
+
+HELP = "/reset empieza de nuevo · /base o /tuned cambia de modelo · /exit sale"
+
+
+class Session:
+    """A multi-turn chat with base+adapter, switchable between the fine-tuned and the base model."""
+
+    def __init__(self, model, tokenizer, params: Params, sampling: Sampling, tuned: bool = True):
+        self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
+        self.system_prompt = params.persona.system_prompt
+        self.separator = params.group.separator
+        self.tuned = tuned and hasattr(model, "disable_adapter")
+        self.history: list[dict] = []
+
+    @property
+    def name(self) -> str:
+        return "tuned" if self.tuned else "base"
+
+    def reset(self) -> None:
+        self.history = []
+
+    def messages(self, user_text: str) -> list[dict]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return system + self.history + [{"role": "user", "content": user_text}]
+
+    def reply(self, user_text: str) -> Iterator[str]:
+        """Stream the reply's pieces, then keep the exchange in the history."""
+        keep = [t for t in [special_separator(self.separator)] if t]
+        stream = ReplyStream(self.model, self.tokenizer, self.messages(user_text), self.sampling, keep_tokens=keep)
+        if self.tuned:
+            yield from stream
+        else:
+            with self.model.disable_adapter():
+                yield from stream
+        self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": stream.text.strip()}]
+
+
+def load_session(params: Params, sampling: Sampling, base_only: bool) -> Session:
+    if base_only and not (paths.ADAPTER / "adapter_config.json").exists():
+        model, tokenizer = load_base()
+        model.eval()
+    else:
+        model, tokenizer = load_tuned()
+    return Session(model, tokenizer, params, sampling, tuned=not base_only)
+
+
+def bubbles(pieces: Iterator[str], separator: str, indent: str) -> Iterator[str]:
+    """A learned separator token starts a new message bubble on its own line."""
+    token = special_separator(separator)
+    for piece in pieces:
+        yield piece.replace(token, "\n" + indent) if token else piece
+
+
+def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> None:
+    print(f"Chat con {persona} ({session.name}). {HELP}", file=out)
+    while True:
+        try:
+            text = read("tú> ").strip()
+        except EOFError:
+            print(file=out)
+            return
+        if not text:
+            continue
+        command = text.lower()
+        if command in ("/exit", "/salir", "/quit"):
+            return
+        if command == "/reset":
+            session.reset()
+            print("(conversación nueva)", file=out)
+        elif command in ("/base", "/tuned"):
+            if command == "/tuned" and not hasattr(session.model, "disable_adapter"):
+                print("(no hay adaptador entrenado: corre `dvc repro train`)", file=out)
+            else:
+                session.tuned = command == "/tuned"
+                print(f"(modelo: {session.name})", file=out)
+        elif command.startswith("/"):
+            print(HELP, file=out)
+        else:
+            prefix = f"{persona}> "
+            out.write(prefix)
+            for piece in bubbles(session.reply(text), session.separator, " " * len(prefix)):
+                out.write(piece)
+                out.flush()
+            out.write("\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="habla chat", description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", help="one message; print the reply and exit (for scripts)")
+    parser.add_argument("--base-only", action="store_true", help="talk to the base model, without the adapter")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--seed", type=int)
+    args = parser.parse_args(argv)
+    params = load_params()
+    overrides = {k: v for k, v in {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+                                   "seed": args.seed}.items() if v is not None}
+    sampling = dataclasses.replace(params.evaluate.sampling, **overrides)
+    session = load_session(params, sampling, args.base_only)
+    persona = (params.persona.authors or ["persona"])[0]
+    if args.prompt is not None:
+        for piece in bubbles(session.reply(args.prompt), session.separator, ""):
+            sys.stdout.write(piece)
+        sys.stdout.write("\n")
+        return
+    interactive(session, persona)

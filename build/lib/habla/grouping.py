@@ -1,0 +1,291 @@
+"""Cleaned messages → conversations (chat examples), documents and keyword tasks: the `group` stage's transformations.
+
+Chats are cut into sessions at silences longer than `group.session_gap_minutes`.
+One author's messages sent within `group.merge_window_minutes` of each other are
+a burst, joined by `group.separator` (the model learns to send several bubbles);
+consecutive bursts with the same role form one turn, joined by a newline, so
+roles alternate. The persona's turns are `assistant`, everyone else is `user`
+(pseudonymised in group chats), so training teaches the persona's side only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+
+import polars as pl
+
+from habla.errors import UserError
+from habla.params import Group, KeywordTasks, Persona
+from habla.text.keywords import keyword_prompt, top_keywords
+
+ROLES = ["system", "user", "assistant"]
+PLACEHOLDER_ONLY = r"^(?:\s*<(?:URL|EMAIL|TELEFONO|RUT|CURP|DNI|NIE)>\s*)+$"
+SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+
+
+def stable_id(*parts: str) -> str:
+    """A short id that stays the same across runs, machines and library versions."""
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
+
+
+def check_persona(author_counts: pl.DataFrame, persona: Persona) -> None:
+    """`author_counts`: one row per chat author with its number of messages (`author`, `len`)."""
+    authors = author_counts.sort("len", "author", descending=[True, False])
+    if not persona.authors:
+        found = ", ".join(f"{a} ({n})" for a, n in authors.head(10).iter_rows())
+        raise UserError(f"params: `persona.authors` is empty. Authors found (messages): {found}.")
+    missing = [name for name in persona.authors if name not in set(authors["author"])]
+    if missing:
+        found = ", ".join(f"{a} ({n})" for a, n in authors.head(15).iter_rows())
+        raise UserError(
+            f"persona author(s) {missing} not found in the chats. Authors found (messages): {found}.\n"
+            "Set `persona.authors` in params.yaml to the name exactly as it appears in the export."
+        )
+
+
+def filter_messages(chats: pl.DataFrame, persona: Persona, settings: Group) -> tuple[pl.DataFrame, dict]:
+    """Leave out persona messages that are only redaction placeholders, and over-long messages, with counts."""
+    placeholder = pl.col("author").is_in(persona.authors) & pl.col("text").str.contains(PLACEHOLDER_ONLY)
+    too_long = pl.col("text").str.len_chars() > settings.max_message_chars
+    counts = chats.select(
+        persona_placeholder_only=placeholder.sum(), message_too_long=(too_long & ~placeholder).sum()
+    ).row(0, named=True)
+    return chats.filter(~placeholder & ~too_long), {k: int(v) for k, v in counts.items()}
+
+
+def turns(chats: pl.DataFrame, persona: Persona, settings: Group) -> pl.DataFrame:
+    """Messages → one row per turn: session, role, content, with sessions and roles assigned."""
+    gap = pl.duration(minutes=settings.session_gap_minutes)
+    speakers = chats.group_by("chat").agg(pl.col("author").n_unique().alias("speakers"))
+    first_seen = (
+        chats.filter(~pl.col("author").is_in(persona.authors))
+        .sort("chat", "ts", "line")
+        .group_by("chat", "author", maintain_order=True)
+        .agg(pl.col("ts").first())
+        .with_columns(pseudonym=pl.format("[Persona {}]", pl.col("ts").rank("ordinal").over("chat").cast(pl.Int64) + 1))
+        .select("chat", "author", "pseudonym")
+    )
+    frame = (
+        chats.sort("chat", "ts", "line")
+        .join(speakers, on="chat", how="left", maintain_order="left")
+        .join(first_seen, on=["chat", "author"], how="left", maintain_order="left")
+        .with_columns(role=pl.when(pl.col("author").is_in(persona.authors)).then(pl.lit("assistant")).otherwise(pl.lit("user")))
+    )
+    new_session = (pl.col("chat") != pl.col("chat").shift()) | ((pl.col("ts") - pl.col("ts").shift()) > gap)
+    frame = frame.with_columns(new_session=new_session.fill_null(True))
+    frame = frame.with_columns(session=pl.col("new_session").cum_sum())
+    new_turn = pl.col("new_session") | (pl.col("role") != pl.col("role").shift()).fill_null(True)
+    speaker_changed = (pl.col("author") != pl.col("author").shift()).fill_null(True)
+    new_burst = new_turn | speaker_changed | ((pl.col("ts") - pl.col("ts").shift()) > pl.duration(minutes=settings.merge_window_minutes))
+    frame = frame.with_columns(turn=new_turn.cum_sum(), burst=new_burst.fill_null(True).cum_sum())
+    labelled = settings.label_speakers & (pl.col("speakers") > 2) & (pl.col("role") == "user")
+    bursts = (
+        frame.group_by("burst", maintain_order=True)
+        .agg(
+            pl.col("turn", "chat", "session", "role", "pseudonym").first(),
+            start=pl.col("ts").first(),
+            labelled=labelled.first(),
+            text=pl.col("text").str.join(settings.separator),
+        )
+        .with_columns(
+            piece=pl.when(pl.col("labelled")).then(pl.format("{}: {}", "pseudonym", "text")).otherwise(pl.col("text"))
+        )
+    )
+    return (
+        bursts.group_by("turn", maintain_order=True)
+        .agg(
+            chat=pl.col("chat").first(),
+            session=pl.col("session").first(),
+            start=pl.col("start").first(),
+            role=pl.col("role").first(),
+            content=pl.col("piece").str.join("\n"),
+        )
+    )
+
+
+def reply_windows(frame: pl.DataFrame, context_turns: int) -> pl.DataFrame:
+    """Reply mode: for each persona turn, that turn and up to `context_turns` turns before it, starting with a user turn.
+
+    Rows are repeated once per window they belong to; `window` is the position of
+    the reply, so (session, window) identifies an example ending with that reply.
+    Earlier persona turns inside the window are in the loss too (TRL's assistant
+    mask covers every assistant turn), as in the seed notebooks this mode is kept
+    to compare against; `conversation` mode sees each reply once and is cheaper.
+    """
+    replies = frame.filter((pl.col("role") == "assistant") & (pl.col("position") > 0)).select(
+        "session", window=pl.col("position")
+    )
+    joined = frame.join(replies, on="session", how="inner", maintain_order="right").filter(
+        (pl.col("position") <= pl.col("window")) & (pl.col("position") >= pl.col("window") - context_turns)
+    )
+    first_user = pl.when(pl.col("role") == "user").then(pl.col("position")).min().over("session", "window")
+    return joined.filter(pl.col("position") >= first_user).sort("session", "window", "position", maintain_order=True)
+
+
+def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) -> tuple[pl.DataFrame, dict]:
+    """Turns → conversation examples (windows of at most `max_turns`), with filter counts."""
+    frame = turn_rows.with_columns(position=pl.int_range(pl.len()).over("session"))
+    dropped: dict[str, int] = {}
+    opening = (pl.col("role") == "assistant") & (pl.col("position") == 0)
+    if settings.persona_opens == "trim":
+        dropped["opening_persona_turns_trimmed"] = frame.filter(opening).height
+        frame = frame.filter(~opening).with_columns(position=pl.int_range(pl.len()).over("session"))
+    elif settings.persona_opens == "opener":
+        openers = frame.filter(opening).with_columns(role=pl.lit("user"), content=pl.lit(settings.opener), position=pl.lit(-1, dtype=frame.schema["position"]))
+        dropped["opening_persona_turns_given_opener"] = openers.height
+        frame = (
+            pl.concat([openers, frame]).sort("session", "position")
+            .with_columns(position=pl.int_range(pl.len()).over("session"))
+        )
+    if settings.mode == "reply":
+        frame = reply_windows(frame, settings.context_turns)
+    else:
+        frame = frame.with_columns(window=pl.col("position") // settings.max_turns)
+    grouped = (
+        frame.group_by("session", "window", maintain_order=True)
+        .agg(
+            chat=pl.col("chat").first(),
+            start=pl.col("start").first(),
+            messages=pl.struct("role", "content"),
+            assistant_turns=(pl.col("role") == "assistant").sum(),
+            n_turns=pl.len(),
+            shortest_turn=pl.col("content").str.len_chars().min(),
+            longest_turn=pl.col("content").str.len_chars().max(),
+        )
+    )
+    reasons = {
+        "no_persona_turn": pl.col("assistant_turns") == 0,
+        "too_few_turns": pl.col("n_turns") < settings.min_turns,
+        "turn_too_short": pl.col("shortest_turn") < settings.min_turn_chars,
+        "turn_too_long": pl.col("longest_turn") > settings.max_turn_chars,
+    }
+    rejected = pl.lit(False)
+    for reason, condition in reasons.items():
+        dropped[reason] = grouped.filter(~rejected & condition).height
+        rejected = rejected | condition
+    kept = grouped.filter(~rejected)
+    ids = [stable_id(chat, str(start), str(window)) for chat, start, window in kept.select("chat", "start", "window").iter_rows()]
+    kept = kept.with_columns(id=pl.Series(ids, dtype=pl.String), source=pl.lit("whatsapp"))
+    if persona.system_prompt:
+        system = pl.lit([{"role": "system", "content": persona.system_prompt}], dtype=kept.schema["messages"])
+        kept = kept.with_columns(messages=pl.concat_list(system, pl.col("messages")))
+    return kept.select("id", "source", "chat", pl.col("start").dt.to_string("%Y-%m-%dT%H:%M:%S").alias("start"), "messages"), dropped
+
+
+def passages(text: str, target_chars: int) -> list[str]:
+    """Cut text at sentence boundaries into passages of about `target_chars`."""
+    out, current = [], ""
+    for sentence in SENTENCE_END.split(text.strip()):
+        if current and len(current) + 1 + len(sentence) > target_chars:
+            out.append(current)
+            current = sentence
+        else:
+            current = f"{current} {sentence}".strip()
+    if current:
+        out.append(current)
+    return out
+
+
+def documents(messages: pl.DataFrame, settings: Group) -> list[dict]:
+    """One document per song; transcripts and table rows with the same title cut into passages."""
+    texts = messages.filter(pl.col("source").is_in(["transcript", "lyrics", "table"])).sort("file", "line")
+    by_document = texts.group_by("source", "file", "chat", maintain_order=True).agg(pl.col("text").str.join("\n"))
+    rows = []
+    for source, file, chat, text in by_document.iter_rows():
+        pieces = [text] if source == "lyrics" else passages(text.replace("\n", " "), settings.doc_chars)
+        rows += [{"id": stable_id(file, chat, str(i)), "source": source, "file": file, "text": piece} for i, piece in enumerate(pieces)]
+    return rows
+
+
+def keyword_tasks(
+    docs: list[dict], persona: Persona, settings: KeywordTasks, corpus: tuple[pl.DataFrame, int] | None = None
+) -> tuple[list[dict], int]:
+    """One instruction example per document: the user asks for a text about its keywords, the persona answers with it.
+
+    Returns the tasks and how many documents had no keyword left after stop words.
+    Each task keeps its `document` id, so `split` sends it where the document goes.
+    `corpus` (document frequencies, count) scores a batch of documents against all of them.
+    """
+    if not settings.enabled:
+        return [], 0
+    chosen = top_keywords([d["text"] for d in docs], settings.keywords, settings.extra_stop_words, corpus)
+    system = [{"role": "system", "content": persona.system_prompt}] if persona.system_prompt else []
+    tasks = [
+        {
+            "id": stable_id("keywords", doc["id"]),
+            "source": "keywords",
+            "document": doc["id"],
+            "keywords": words,
+            "messages": [
+                *system,
+                {"role": "user", "content": keyword_prompt(settings.song_prompt if doc["source"] == "lyrics" else settings.prompt, words)},
+                {"role": "assistant", "content": doc["text"]},
+            ],
+        }
+        for doc, words in zip(docs, chosen)
+        if words
+    ]
+    return tasks, len(docs) - len(tasks)
+
+
+def flatten(examples: pl.DataFrame) -> pl.DataFrame:
+    """One row per turn with its position and the previous role, for the gate."""
+    return (
+        examples.select("id", "messages")
+        .explode("messages")
+        .unnest("messages")
+        .with_columns(
+            previous_role=pl.col("role").shift().over("id"),
+            assistant_turns=(pl.col("role") == "assistant").sum().over("id"),
+        )
+        .with_columns(
+            role_repeats=(pl.col("role") == pl.col("previous_role")).fill_null(False),
+            system_not_first=(pl.col("role") == "system") & pl.col("previous_role").is_not_null(),
+        )
+    )
+
+
+MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+def batches(messages: pl.LazyFrame, key: str, batch_rows: int) -> Iterator[pl.DataFrame]:
+    """The messages in batches of about `batch_rows`, whole `key` groups (a chat, a file) at a time, in key order.
+
+    Every step of this stage works within one chat or one file, so batch by batch
+    gives the same output as all at once, in bounded memory.
+    """
+    sizes = messages.group_by(key).len().sort(key).collect()
+    numbered = sizes.with_columns(batch=(pl.col("len").cum_sum() - pl.col("len")) // batch_rows)
+    for keys in numbered.group_by("batch", maintain_order=True).agg(pl.col(key))[key]:
+        yield messages.filter(pl.col(key).is_in(keys.to_list())).collect()
+
+
+class Summary:
+    """The report's figures, added up batch by batch (medians keep one small integer per conversation and turn)."""
+
+    def __init__(self):
+        self.turns: list[pl.Series] = []
+        self.chars: list[pl.Series] = []
+        self.persona_turns = self.all_turns = self.documents = self.tasks = 0
+
+    def add_conversations(self, examples: pl.DataFrame, flat: pl.DataFrame) -> None:
+        """`flat` is `flatten(examples)`, computed once for this and the gate."""
+        self.turns.append(examples["messages"].list.len())
+        self.chars.append(flat.filter(pl.col("role") != "system")["content"].str.len_chars())
+        self.persona_turns += int((flat["role"] == "assistant").sum())
+        self.all_turns += flat.height
+
+    def report(self, dropped: dict, by_source: dict) -> dict:
+        turns, chars = (pl.concat(parts) if parts else pl.Series(dtype=pl.UInt32) for parts in (self.turns, self.chars))
+        return {
+            "messages_by_source": by_source,
+            "conversations": turns.len(),
+            "documents": self.documents,
+            "keyword_tasks": self.tasks,
+            "turns_per_conversation": {"mean": turns.mean(), "median": turns.median(), "max": turns.max()},
+            "chars_per_turn": {"mean": chars.mean(), "median": chars.median(), "max": chars.max()},
+            "persona_share_of_turns": self.persona_turns / self.all_turns if self.all_turns else 0.0,
+            "filtered": dict(sorted(dropped.items())),
+        }

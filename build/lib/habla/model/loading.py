@@ -1,0 +1,142 @@
+"""The one model loader, and the chat format every stage shares.
+
+`train`, `perplexity`, `judge` and `chat` must see conversations rendered the same
+way and mask the same tokens, or the metrics measure something other than what
+was trained. So the template, the device choice and the loading of base model
+plus adapter live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from habla import paths
+from habla.errors import UserError
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "builtin-tiny"
+
+IM_START, IM_END, PAD, DOC_END = "<|im_start|>", "<|im_end|>", "<|pad|>", "<|endoftext|>"
+SPECIAL_TOKENS = [DOC_END, PAD, IM_START, IM_END]
+
+# ChatML with {% generation %} markers around each assistant reply *and* its end
+# token, so the assistant mask covers the token that teaches the model to stop.
+CHATML_TRAINING_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def special_separator(separator: str) -> str | None:
+    """A separator like `<|msg_sep|>` must be one token, or the model learns to spell it out."""
+    return separator if re.fullmatch(r"<[^<>\s]+>", separator) else None
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 where the GPU supports it, fp32 otherwise (fp16 LoRA training is fragile; CPU bf16 is slow)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def base_reference() -> tuple[str, str | None]:
+    """Where to load the base model from (path or hub id) and at which revision, as the `base` stage recorded it."""
+    if not paths.SOURCE_FILE.exists():
+        raise UserError(f"{paths.SOURCE_FILE} is missing: run the `base` stage first (`dvc repro base`).")
+    source = json.loads(paths.SOURCE_FILE.read_text(encoding="utf-8"))
+    if source["kind"] == BUILTIN:
+        return str(paths.BASE_MODEL), None
+    return source["location"], source.get("commit")
+
+
+def load_tokenizer(path: str | Path, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), revision=revision)
+
+
+def load_base(quantization: str = "none", dtype: torch.dtype | str | None = None):
+    """The base model and its tokenizer, ready for inference or LoRA (compute dtype unless `dtype` says otherwise)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    location, revision = base_reference()
+    kwargs: dict = {"dtype": dtype or compute_dtype(), "revision": revision}
+    if quantization == "4bit":
+        if not torch.cuda.is_available():
+            raise UserError(
+                "train.quantization: 4bit (QLoRA) needs a CUDA GPU, and none is visible. "
+                "Use `-S train.quantization=none` on this machine, or run on a GPU machine."
+            )
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except OSError as err:
+        raise UserError(offline_hint(location, err)) from None
+    return model, load_tokenizer(location, revision)
+
+
+def load_tuned(dtype: torch.dtype | str | None = None):
+    """Base model with the trained adapter, and the tokenizer saved with the adapter."""
+    from peft import PeftModel
+
+    if not (paths.ADAPTER / "adapter_config.json").exists():
+        raise UserError(f"{paths.ADAPTER} has no adapter: run the `train` stage first (`dvc repro train`).")
+    base, _ = load_base(dtype=dtype)
+    tokenizer = load_tokenizer(paths.ADAPTER)
+    if base.get_input_embeddings().num_embeddings != len(tokenizer):
+        base.resize_token_embeddings(len(tokenizer))
+    model = PeftModel.from_pretrained(base, str(paths.ADAPTER))
+    model.to(device()).eval()
+    return model, tokenizer
+
+
+def offline_hint(location: str, err: Exception) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    hint = (
+        "HF_HUB_OFFLINE is set, so only the local cache is searched. Download it once where there is network "
+        f"(`hf download {location}`), copy the cache, or point `model.base` at a local folder."
+        if offline
+        else "Check the hub id or the path in `model.base` (and your network or HF token for gated models)."
+    )
+    return f"cannot load model `{location}`: {str(err).splitlines()[0]}\n{hint}"
+
+
+def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> dict[str, list[int]]:
+    """Token ids and the assistant mask (1 on reply tokens and their end token) of one conversation."""
+    encoded = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = list(encoded["input_ids"]), list(encoded["assistant_masks"])
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return {"input_ids": ids, "assistant_masks": mask}
+
+
+def end_ids(model, tokenizer) -> list[int]:
+    """Token ids that end a reply: the model's own end tokens plus the tokenizer's EOS (which `train` may have set).
+
+    Chat models often end a turn with a token that is not the tokenizer's EOS
+    (Gemma's `<end_of_turn>`, Llama 3's `<|eot_id|>`); their generation config lists it.
+    """
+    value = model.generation_config.eos_token_id
+    ids = set(value) if isinstance(value, (list, tuple)) else ({value} if value is not None else set())
+    return sorted(ids | {tokenizer.eos_token_id})

@@ -1,0 +1,314 @@
+"""`habla serve`: an OpenAI-compatible HTTP API over the base and fine-tuned models.
+
+Any tool that speaks the chat-completions API (the `openai` client, LangChain,
+the judge's `openai` backend, chat UIs) can talk to the persona. One model
+serves every request, so requests take turns on a lock; the ones waiting beyond
+`serve.queue_limit` get 503 instead of piling up. The server is the standard
+library's threaded HTTP server: generation is serialised anyway, so an async
+framework would add dependencies and no throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from habla.model.generation import ReplyStream
+from habla.model.loading import load_tuned
+from habla.params import Params, Serve, load_params
+
+log = logging.getLogger("serve")
+
+MODELS = ("tuned", "base")
+ROLES = {"system", "user", "assistant"}
+
+
+class RequestError(Exception):
+    """A client mistake, answered with an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """A validated chat-completion request."""
+
+    model: str
+    messages: list[dict]
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: tuple[str, ...]
+    stream: bool
+    seed: int
+
+
+def _number(body: dict, name: str, default, low: float, high: float, kind=float):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise RequestError(400, f"`{name}` must be a {'integer' if kind is int else 'number'}.", name)
+    if not low <= value <= high:
+        raise RequestError(400, f"`{name}` must be between {low} and {high}, got {value}.", name)
+    return kind(value)
+
+
+def parse_completion(body: object, params: Params) -> Completion:
+    """Check a request body the way the OpenAI API does, with a message that names the field."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "The request body must be a JSON object.")
+    model = body.get("model")
+    if model not in MODELS:
+        raise RequestError(
+            404, f"The model `{model}` does not exist. Available: {', '.join(MODELS)}.", "model", "not_found_error"
+        )
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "`messages` must be a non-empty list of {role, content} objects.", "messages")
+    for index, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise RequestError(
+                400,
+                f"`messages[{index}]` needs a role ({', '.join(sorted(ROLES))}) and a string content.",
+                f"messages.[{index}]",
+            )
+    if body.get("n", 1) != 1:
+        raise RequestError(400, "Only `n`=1 is supported.", "n")
+    stop = body.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(400, "`stop` must be a string or a list of up to 4 non-empty strings.", "stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, "`stream` must be true or false.", "stream")
+    sampling = params.evaluate.sampling
+    limit = params.serve.max_tokens_limit
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    return Completion(
+        model=model,
+        messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+        temperature=_number(body, "temperature", sampling.temperature, 0.0, 2.0),
+        top_p=_number(body, "top_p", sampling.top_p, 0.0, 1.0) or 1.0,
+        max_tokens=_number(
+            {"max_tokens": max_tokens}, "max_tokens", min(sampling.max_new_tokens * 4, limit), 1, limit, int
+        ),
+        stop=tuple(stop),
+        stream=stream,
+        seed=_number(body, "seed", sampling.seed, 0, 2**63 - 1, int),
+    )
+
+
+class Engine:
+    """The loaded model, one generation at a time, with a bounded waiting line."""
+
+    def __init__(self, model, tokenizer, params: Params):
+        self.model, self.tokenizer, self.params = model, tokenizer, params
+        self.lock = threading.Lock()
+        self.waiting = threading.BoundedSemaphore(params.serve.queue_limit + 1)
+        self.created = int(time.time())
+
+    def stream(self, request: Completion) -> ReplyStream:
+        sampling = dataclasses.replace(
+            self.params.evaluate.sampling,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_new_tokens=request.max_tokens,
+            seed=request.seed,
+        )
+        return ReplyStream(self.model, self.tokenizer, request.messages, sampling, stop=request.stop)
+
+    def run(self, request: Completion, consume) -> None:
+        """Hold the model for one request; `consume` iterates the stream."""
+        if not self.waiting.acquire(blocking=False):
+            raise RequestError(503, "The server is busy; retry shortly.", kind="server_error")
+        try:
+            with self.lock:
+                stream = self.stream(request)
+                if request.model == "base":
+                    with self.model.disable_adapter():
+                        consume(stream)
+                else:
+                    consume(stream)
+        finally:
+            self.waiting.release()
+
+
+def completion_body(request: Completion, stream: ReplyStream, ident: str, created: int) -> dict:
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": created,
+        "model": request.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": stream.text},
+                "finish_reason": stream.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": stream.prompt_tokens,
+            "completion_tokens": stream.completion_tokens,
+            "total_tokens": stream.prompt_tokens + stream.completion_tokens,
+        },
+    }
+
+
+def chunk(request: Completion, ident: str, created: int, delta: dict, finish: str | None = None) -> bytes:
+    body = {
+        "id": ident,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": request.model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+
+def make_handler(engine: Engine, api_key: str | None):
+    limits = engine.params.serve
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "habla"
+
+        def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+            log.debug("%s %s", self.address_string(), format % args)
+
+        def send_json(self, status: int, body: dict) -> None:
+            data = json.dumps(body, ensure_ascii=False).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def authorised(self) -> bool:
+            if not api_key:
+                return True
+            given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            return hmac.compare_digest(given.encode(), api_key.encode())
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            if self.path in ("/health", "/healthz"):
+                self.send_json(200, {"status": "ok", "models": list(MODELS)})
+            elif not self.authorised():
+                self.send_json(401, RequestError(401, "Invalid API key.", kind="authentication_error").body())
+            elif self.path == "/v1/models":
+                data = [{"id": m, "object": "model", "created": engine.created, "owned_by": "habla"} for m in MODELS]
+                self.send_json(200, {"object": "list", "data": data})
+            else:
+                self.send_json(404, RequestError(404, f"No route {self.path}.", kind="not_found_error").body())
+
+        def do_POST(self):  # noqa: N802
+            try:
+                if self.path != "/v1/chat/completions":
+                    raise RequestError(404, f"No route {self.path}.", kind="not_found_error")
+                if not self.authorised():
+                    raise RequestError(401, "Invalid API key.", kind="authentication_error")
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > limits.max_body_bytes:
+                    self.close_connection = True
+                    raise RequestError(
+                        413, f"The request body is {length} bytes; the limit is {limits.max_body_bytes}."
+                    )
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"null")
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    raise RequestError(400, "The request body is not valid JSON.") from None
+                request = parse_completion(body, engine.params)
+                ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+                engine.run(
+                    request, (self.stream_reply if request.stream else self.whole_reply)(request, ident, created)
+                )
+            except RequestError as err:
+                self.send_json(err.status, err.body())
+            except Exception:  # noqa: BLE001 - a server answers every request; the traceback goes to the log
+                log.exception("request failed")
+                error = RequestError(500, "Internal error while generating.", kind="server_error").body()
+                if getattr(self, "streaming", False):  # headers already sent: end the stream with an error event
+                    self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+                else:
+                    self.send_json(500, error)
+
+        def whole_reply(self, request: Completion, ident: str, created: int):
+            def consume(stream: ReplyStream) -> None:
+                for _ in stream:
+                    pass
+                self.send_json(200, completion_body(request, stream, ident, created))
+
+            return consume
+
+        def stream_reply(self, request: Completion, ident: str, created: int):
+            def consume(stream: ReplyStream) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = self.streaming = True
+                self.wfile.write(chunk(request, ident, created, {"role": "assistant", "content": ""}))
+                for piece in stream:
+                    self.wfile.write(chunk(request, ident, created, {"content": piece}))
+                    self.wfile.flush()
+                self.wfile.write(chunk(request, ident, created, {}, stream.finish_reason))
+                self.wfile.write(b"data: [DONE]\n\n")
+
+            return consume
+
+    return Handler
+
+
+def make_server(engine: Engine, settings: Serve) -> ThreadingHTTPServer:
+    api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    if settings.api_key_env and not api_key:
+        from habla.errors import UserError
+
+        raise UserError(f"serve.api_key_env names `{settings.api_key_env}`, but that environment variable is empty.")
+    server = ThreadingHTTPServer((settings.host, settings.port), make_handler(engine, api_key))
+    server.daemon_threads = True
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="habla serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--api-key-env", help="environment variable that holds the API key")
+    args = parser.parse_args(argv)
+    params = load_params()
+    overrides = {
+        k: v
+        for k, v in {"host": args.host, "port": args.port, "api_key_env": args.api_key_env}.items()
+        if v is not None
+    }
+    params = dataclasses.replace(params, serve=dataclasses.replace(params.serve, **overrides))
+    model, tokenizer = load_tuned()
+    server = make_server(Engine(model, tokenizer, params), params.serve)
+    host, port = server.server_address[:2]
+    log.info("serving models %s on http://%s:%d/v1 (Ctrl-C stops)", ", ".join(MODELS), host, port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

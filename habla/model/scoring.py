@@ -1,0 +1,90 @@
+"""Small statistics shared by the evaluation stages: masked NLL, batched scoring and bootstrap intervals."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+def masked_nll(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sum of next-token negative log-likelihood over positions where `loss_mask` is 1, and their count.
+
+    `loss_mask[i, t]` marks token t as a target (it is predicted from position t-1),
+    so padding, system and user tokens are excluded simply by being 0.
+    """
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = input_ids[:, 1:]
+    token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    mask = loss_mask[:, 1:].to(token_nll.dtype)
+    return (token_nll * mask).sum(dim=1), mask.sum(dim=1)
+
+
+def sliding_windows(ids: list[int], mask: list[int], window: int, stride: int) -> list[tuple[list[int], list[int]]]:
+    """Cut a sequence longer than the model's context into overlapping windows that score each target once.
+
+    Window k ends at `window + k * stride` (the last one at the end) and scores only
+    the targets the previous window did not reach, so every scored token sees at
+    least `window - stride` tokens of context (all of them near the start). A
+    sequence that fits is one window. As in the transformers perplexity guide, but
+    anchored at the end so the final window is full and no target is lost.
+    """
+    if len(ids) <= window:
+        return [(ids, mask)]
+    out, scored_until, end = [], 0, window
+    while scored_until < len(ids):
+        end = min(end, len(ids))
+        begin = max(0, end - window)
+        fresh = [m if begin + i >= scored_until else 0 for i, m in enumerate(mask[begin:end])]
+        out.append((ids[begin:end], fresh))
+        scored_until, end = end, end + stride
+    return out
+
+
+def bootstrap_interval(
+    n: int, statistic: Callable[[np.ndarray], float], resamples: int, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap over items (conversations, prompts): resample indices with replacement."""
+    if n == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(resamples)]
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def perplexity_interval(
+    nll: Sequence[float], tokens: Sequence[float], resamples: int, seed: int = 0
+) -> tuple[float, float]:
+    nll_a, tok_a = np.asarray(nll, dtype=float), np.asarray(tokens, dtype=float)
+    return bootstrap_interval(
+        len(nll_a), lambda idx: math.exp(nll_a[idx].sum() / max(tok_a[idx].sum(), 1)), resamples, seed
+    )
+
+
+@torch.inference_mode()
+def score(model, rows: list[dict], pad_id: int, batch_size: int) -> list[tuple[float, int]]:
+    """(sum NLL, target tokens) per row; batches sorted by length so padding stays small."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    where = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = [rows[i] for i in order[start : start + batch_size]]
+        width = max(len(r["input_ids"]) for r in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        loss_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, item in enumerate(chunk):
+            n = len(item["input_ids"])
+            ids[row, :n] = torch.tensor(item["input_ids"])
+            attention[row, :n] = 1
+            loss_mask[row, :n] = torch.tensor(item["mask"])
+        logits = model(input_ids=ids.to(where), attention_mask=attention.to(where)).logits
+        nll, count = masked_nll(logits, ids.to(where), loss_mask.to(where))
+        for offset, index in enumerate(order[start : start + batch_size]):
+            results[index] = (float(nll[offset]), int(count[offset]))
+    return results

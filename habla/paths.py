@@ -1,0 +1,57 @@
+"""Every path the pipeline reads or writes, named once.
+
+Stages run from the repository root, so these are relative paths. `dvc.yaml`
+names them too (DVC cannot import Python); each stage module declares the paths
+and params it depends on and produces, and `tests/test_layout.py` fails when a
+declaration and `dvc.yaml` disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+CLEANED = Path("data/cleaned")
+MESSAGES = CLEANED / "messages.parquet"
+REJECTED = CLEANED / "rejected.parquet"
+GROUPED = Path("data/grouped")
+CONVERSATIONS = GROUPED / "conversations.jsonl"
+DOCUMENTS = GROUPED / "documents.jsonl"
+KEYWORD_TASKS = GROUPED / "keyword_tasks.jsonl"
+SPLITS = Path("data/splits")
+SPLIT_NAMES = ("train", "val", "test")
+
+BASE_MODEL = Path("models/base")
+SOURCE_FILE = BASE_MODEL / "source.json"
+ADAPTER = Path("models/adapter")
+CHECKPOINTS = Path("models/checkpoints")  # scratch for `train.resume`, never a DVC output
+MERGED = Path("models/merged")
+
+METRICS = Path("metrics")
+GATES = METRICS / "gates"
+TRAIN_LIVE = METRICS / "train"
+PERPLEXITY_PLOT = METRICS / "plots" / "perplexity.json"
+GENERATIONS = METRICS / "generations.jsonl"  # held-out text: a DVC-cached output, never committed to git
+JUDGE_CACHE = Path("data/cache/judge.jsonl")  # answers already paid for: git-ignored, survives reruns
+
+PROMPTS = Path("prompts")
+PRESETS = Path("configs/presets")
+ACCELERATE = Path("configs/accelerate")
+
+
+def split_file(name: str) -> Path:
+    """`data/splits/<name>.jsonl`: conversations and keyword tasks of one split."""
+    return SPLITS / f"{name}.jsonl"
+
+
+def document_split(name: str) -> Path:
+    """`data/splits/documents/<name>.jsonl`: transcript and lyrics passages of one split."""
+    return SPLITS / "documents" / f"{name}.jsonl"
+
+
+def report(stage: str) -> Path:
+    return METRICS / f"{stage}.json"
+
+
+def gate_report(stage: str) -> Path:
+    return GATES / f"{stage}.json"
