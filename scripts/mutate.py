@@ -22,7 +22,9 @@ def main(argv: list[str]) -> int:
     run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", children, *argv])
     if run.returncode not in (0, 1):
         return run.returncode
-    listing = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], capture_output=True, text=True)
+    listing = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"], capture_output=True, text=True
+    )
     by_module: dict[str, Counter] = defaultdict(Counter)
     survivors: list[str] = []
     for line in listing.stdout.splitlines():
