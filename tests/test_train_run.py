@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from habla import paths
 from habla.apps import export
 from habla.io import read_json, write_jsonl
+from habla.model import training
 from stages import perplexity, train
 from tests.conftest import conversations, make_tiny_project
 
@@ -82,7 +83,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_project, monke
     assert sorted(p.name for p in paths.CHECKPOINTS.glob("checkpoint-*")) == ["checkpoint-2"]
     monkeypatch.setattr(Trainer, "training_step", original_step)
     set_param("train.resume", "auto")
-    with caplog.at_level(logging.INFO, logger="train"):
+    with caplog.at_level(logging.INFO, logger=training.log.name):
         train.main()
     assert "resuming the interrupted run from models/checkpoints/checkpoint-2" in caplog.text
     assert read_json(train.REPORT)["steps"] == 6
@@ -93,7 +94,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_project, monke
 def test_changed_params_never_resume_a_stale_checkpoint(tiny_project, caplog):
     train.main()
     set_param("train.learning_rate", 0.001)
-    with caplog.at_level(logging.INFO, logger="train"):
+    with caplog.at_level(logging.INFO, logger=training.log.name):
         train.main()
     assert "resuming" not in caplog.text
 
@@ -101,7 +102,7 @@ def test_changed_params_never_resume_a_stale_checkpoint(tiny_project, caplog):
 def test_a_finished_run_is_retrained_not_resumed_at_its_last_step(tiny_project, caplog):
     train.main()
     first = read_json(train.REPORT)
-    with caplog.at_level(logging.INFO, logger="train"):
+    with caplog.at_level(logging.INFO, logger=training.log.name):
         train.main()  # what DVC does when only the stage's code changed
     assert "resuming" not in caplog.text
     again = read_json(train.REPORT)

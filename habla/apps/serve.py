@@ -183,110 +183,120 @@ def chunk(request: Completion, ident: str, created: int, delta: dict, finish: st
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
 
-def make_handler(engine: Engine, api_key: str | None):
-    limits = engine.params.serve
+class CompletionHandler(BaseHTTPRequestHandler):
+    """One request of the OpenAI-compatible API; the model and the API key are the server's (see `ServeServer`)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "habla"
+    server: ServeServer
+    protocol_version = "HTTP/1.1"
+    server_version = "habla"
 
-        def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-            log.debug("%s %s", self.address_string(), format % args)
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        log.debug("%s %s", self.address_string(), format % args)
 
-        def send_json(self, status: int, body: dict) -> None:
-            data = json.dumps(body, ensure_ascii=False).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def send_json(self, status: int, body: dict) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        def authorised(self) -> bool:
-            if not api_key:
-                return True
-            given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            return hmac.compare_digest(given.encode(), api_key.encode())
+    def authorised(self) -> bool:
+        api_key = self.server.api_key
+        api_key = self.server.api_key
+        if not api_key:
+            return True
+        given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(given.encode(), api_key.encode())
 
-        def do_GET(self):  # noqa: N802 - http.server's naming
-            if self.path in ("/health", "/healthz"):
-                self.send_json(200, {"status": "ok", "models": list(MODELS)})
-            elif not self.authorised():
-                self.send_json(401, RequestError(401, "Invalid API key.", kind="authentication_error").body())
-            elif self.path == "/v1/models":
-                data = [{"id": m, "object": "model", "created": engine.created, "owned_by": "habla"} for m in MODELS]
-                self.send_json(200, {"object": "list", "data": data})
-            else:
-                self.send_json(404, RequestError(404, f"No route {self.path}.", kind="not_found_error").body())
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        if self.path in ("/health", "/healthz"):
+            self.send_json(200, {"status": "ok", "models": list(MODELS)})
+        elif not self.authorised():
+            self.send_json(401, RequestError(401, "Invalid API key.", kind="authentication_error").body())
+        elif self.path == "/v1/models":
+            data = [
+                {"id": m, "object": "model", "created": self.server.self.server.engine.created, "owned_by": "habla"}
+                for m in MODELS
+            ]
+            self.send_json(200, {"object": "list", "data": data})
+        else:
+            self.send_json(404, RequestError(404, f"No route {self.path}.", kind="not_found_error").body())
 
-        def do_POST(self):  # noqa: N802
+    def do_POST(self):  # noqa: N802
+        try:
+            if self.path != "/v1/chat/completions":
+                raise RequestError(404, f"No route {self.path}.", kind="not_found_error")
+            if not self.authorised():
+                raise RequestError(401, "Invalid API key.", kind="authentication_error")
+            length = int(self.headers.get("Content-Length") or 0)
+            limits = self.server.engine.params.serve
+            if length > limits.max_body_bytes:
+                self.close_connection = True
+                raise RequestError(413, f"The request body is {length} bytes; the limit is {limits.max_body_bytes}.")
+            raw = self.rfile.read(length)
             try:
-                if self.path != "/v1/chat/completions":
-                    raise RequestError(404, f"No route {self.path}.", kind="not_found_error")
-                if not self.authorised():
-                    raise RequestError(401, "Invalid API key.", kind="authentication_error")
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > limits.max_body_bytes:
-                    self.close_connection = True
-                    raise RequestError(
-                        413, f"The request body is {length} bytes; the limit is {limits.max_body_bytes}."
-                    )
-                raw = self.rfile.read(length)
-                try:
-                    body = json.loads(raw or b"null")
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    raise RequestError(400, "The request body is not valid JSON.") from None
-                request = parse_completion(body, engine.params)
-                ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-                engine.run(
-                    request, (self.stream_reply if request.stream else self.whole_reply)(request, ident, created)
-                )
-            except RequestError as err:
-                self.send_json(err.status, err.body())
-            except Exception:  # noqa: BLE001 - a server answers every request; the traceback goes to the log
-                log.exception("request failed")
-                error = RequestError(500, "Internal error while generating.", kind="server_error").body()
-                if getattr(self, "streaming", False):  # headers already sent: end the stream with an error event
-                    self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
-                else:
-                    self.send_json(500, error)
+                body = json.loads(raw or b"null")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RequestError(400, "The request body is not valid JSON.") from None
+            request = parse_completion(body, self.server.engine.params)
+            ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+            self.server.engine.run(
+                request, (self.stream_reply if request.stream else self.whole_reply)(request, ident, created)
+            )
+        except RequestError as err:
+            self.send_json(err.status, err.body())
+        except Exception:  # noqa: BLE001 - a server answers every request; the traceback goes to the log
+            log.exception("request failed")
+            error = RequestError(500, "Internal error while generating.", kind="server_error").body()
+            if getattr(self, "streaming", False):  # headers already sent: end the stream with an error event
+                self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
+            else:
+                self.send_json(500, error)
 
-        def whole_reply(self, request: Completion, ident: str, created: int):
-            def consume(stream: ReplyStream) -> None:
-                for _ in stream:
-                    pass
-                self.send_json(200, completion_body(request, stream, ident, created))
+    def whole_reply(self, request: Completion, ident: str, created: int):
+        def consume(stream: ReplyStream) -> None:
+            for _ in stream:
+                pass
+            self.send_json(200, completion_body(request, stream, ident, created))
 
-            return consume
+        return consume
 
-        def stream_reply(self, request: Completion, ident: str, created: int):
-            def consume(stream: ReplyStream) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Cache-Control", "no-cache")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.close_connection = self.streaming = True
-                self.wfile.write(chunk(request, ident, created, {"role": "assistant", "content": ""}))
-                for piece in stream:
-                    self.wfile.write(chunk(request, ident, created, {"content": piece}))
-                    self.wfile.flush()
-                self.wfile.write(chunk(request, ident, created, {}, stream.finish_reason))
-                self.wfile.write(b"data: [DONE]\n\n")
+    def stream_reply(self, request: Completion, ident: str, created: int):
+        def consume(stream: ReplyStream) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = self.streaming = True
+            self.wfile.write(chunk(request, ident, created, {"role": "assistant", "content": ""}))
+            for piece in stream:
+                self.wfile.write(chunk(request, ident, created, {"content": piece}))
+                self.wfile.flush()
+            self.wfile.write(chunk(request, ident, created, {}, stream.finish_reason))
+            self.wfile.write(b"data: [DONE]\n\n")
 
-            return consume
-
-    return Handler
+        return consume
 
 
-def make_server(engine: Engine, settings: Serve) -> ThreadingHTTPServer:
+class ServeServer(ThreadingHTTPServer):
+    """A thread per request; every handler reads the one engine (model lock, queue) and the API key from here."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], engine: Engine, api_key: str | None):
+        super().__init__(address, CompletionHandler)
+        self.engine, self.api_key = engine, api_key
+
+
+def make_server(engine: Engine, settings: Serve) -> ServeServer:
     api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     if settings.api_key_env and not api_key:
         from habla.errors import UserError
 
         raise UserError(f"serve.api_key_env names `{settings.api_key_env}`, but that environment variable is empty.")
-    server = ThreadingHTTPServer((settings.host, settings.port), make_handler(engine, api_key))
-    server.daemon_threads = True
-    return server
+    return ServeServer((settings.host, settings.port), engine, api_key)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -180,6 +180,7 @@ def sft_config(params: Params, output_dir: Path = paths.CHECKPOINTS, evaluate: b
         gradient_accumulation_steps=settings.grad_accum,
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler,
+        # transformers 5 dropped `warmup_ratio`; a `warmup_steps` below 1 is read as that share of the total steps.
         warmup_steps=settings.warmup_ratio,
         max_length=settings.max_length,
         packing=settings.packing,
