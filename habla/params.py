@@ -428,3 +428,22 @@ def load_params(path: str | Path | None = None) -> Params:
 
 def as_dict(params: Any) -> dict:
     return dataclasses.asdict(params)
+
+
+def select(params: Params, keys: list[str]) -> dict:
+    """The settings named by dotted `keys` (whole sections or single keys), nested as in params.yaml.
+
+    A stage records exactly its declared DVC params this way: a record of the whole file would change
+    with keys the stage does not depend on, and go stale when DVC rightly does not rerun it.
+    """
+    chosen: dict = {}
+    for key in keys:
+        *parents, last = key.split(".")
+        value: Any = params
+        node = chosen
+        for part in parents:
+            value = getattr(value, part)
+            node = node.setdefault(part, {})
+        value = getattr(value, last)
+        node[last] = as_dict(value) if dataclasses.is_dataclass(value) else value
+    return chosen

@@ -37,6 +37,9 @@ def main(argv: list[str]) -> int:
         by_module[module][kind] += 1
         if status == "survived":
             survivors.append(line.split(":")[0].strip())
+    if not any(counts["killed"] + counts["survived"] for counts in by_module.values()):
+        print("mutmut tested no mutant (see its output above: the tests must pass unmutated first)", file=sys.stderr)
+        return 1
     print("\n| module | mutants | killed | survived | other | score |\n|---|---|---|---|---|---|")
     for module, counts in sorted(by_module.items()):
         total = sum(counts.values())

@@ -1,14 +1,9 @@
-"""`group` stage: cleaned messages → conversations (chat examples) and documents.
+"""`group` stage: cleaned messages → conversations (chat examples), documents and keyword tasks.
 
-Chats are cut into sessions at silences longer than `group.session_gap_minutes`.
-One author's messages sent within `group.merge_window_minutes` of each other are
-a burst, joined by `group.separator` (the model learns to send several bubbles);
-consecutive bursts with the same role form one turn, joined by a newline, so
-roles alternate. The persona's turns are `assistant`, everyone else is `user`
-(pseudonymised in group chats), so training teaches the persona's side only.
-Transcripts and lyrics become plain-text passages for language modelling, and
-each passage an instruction example ("write about <its keywords>") when
-`group.keyword_tasks.enabled`.
+Chats go through `habla.grouping` (sessions, bursts, turns, persona = `assistant`)
+batch by batch; transcripts and lyrics become plain-text passages for language
+modelling, and each passage an instruction example ("write about <its keywords>")
+when `group.keyword_tasks.enabled`, with keywords scored against the whole corpus.
 """
 
 from __future__ import annotations

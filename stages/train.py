@@ -24,7 +24,7 @@ from habla.model.training import (
     resumable_checkpoint,
     sort_target_modules,
 )
-from habla.params import as_dict, load_params
+from habla.params import load_params, select
 
 log = logging.getLogger("train")
 LIVE_DIR = paths.TRAIN_LIVE
@@ -80,7 +80,7 @@ def main() -> None:
         trainer.save_model(str(paths.ADAPTER))
         sort_target_modules(paths.ADAPTER / "adapter_config.json")
         tokenizer.save_pretrained(str(paths.ADAPTER))
-        write_json(paths.ADAPTER / "training_params.json", {"params": as_dict(params), "tokenizer": notes})
+        write_json(paths.ADAPTER / "training_params.json", {"params": select(params, PARAMS), "tokenizer": notes})
         write_json(
             REPORT,
             {

@@ -91,3 +91,14 @@ def test_cross_field_mistakes_say_what_to_change(tmp_path):
         load_params(write(tmp_path, "group:\n  min_turn_chars: 50\n  max_turn_chars: 10\n"))
     with pytest.raises(UserError, match=r"one of 'hash', 'time'"):
         load_params(write(tmp_path, "split:\n  strategy: random\n"))
+
+
+def test_select_keeps_exactly_the_named_sections_and_keys():
+    from habla.params import select
+
+    params = load_params("params.yaml")
+    chosen = select(params, ["preset", "train", "group.separator", "evaluate.sampling"])
+    assert set(chosen) == {"preset", "train", "group", "evaluate"}
+    assert chosen["group"] == {"separator": params.group.separator}
+    assert chosen["train"]["lora"]["r"] == params.train.lora.r
+    assert chosen["evaluate"] == {"sampling": {"max_new_tokens": 40, "temperature": 0.7, "top_p": 0.9, "seed": 0}}
