@@ -9,7 +9,7 @@ from collections import Counter
 import polars as pl
 
 from habla.params import Clean
-from habla.readers.files import REJECTED_SCHEMA
+from habla.readers.units import REJECTED_SCHEMA
 from habla.text.redact import redact_frame
 
 

@@ -21,7 +21,8 @@ from habla.errors import UserError, run_stage
 from habla.gates import Gate
 from habla.io import ParquetParts, write_json
 from habla.params import load_params
-from habla.readers.files import MESSAGES_SCHEMA, REJECTED_SCHEMA, discover, item_order, read_items
+from habla.readers.files import discover, item_order, read_items
+from habla.readers.units import MESSAGES_SCHEMA, REJECTED_SCHEMA
 
 log = logging.getLogger("clean")
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from habla.io import read_json
 from habla.params import load_params
-from habla.readers import files, transcripts
+from habla.readers import decoding, files, transcripts
 from stages import clean
 from tests.conftest import FIXTURES
 
@@ -235,8 +235,8 @@ def test_utf16_exports_in_both_byte_orders_parse_like_utf8(encoding, in_tmp):
 
 
 def test_binary_files_are_still_refused_not_read_as_utf16():
-    with pytest.raises(files.UnreadableFile, match="binary"):
-        files.decode(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00")
+    with pytest.raises(decoding.UnreadableFile, match="binary"):
+        decoding.decode(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00")
 
 
 @pytest.mark.parametrize("wrong", ["cp1252", "latin-1"])

@@ -132,9 +132,10 @@ def test_reply_bytes_count_the_persona_s_words_in_utf8_only():
 def test_perplexity_by_source_is_token_weighted_within_each_source():
     from habla.model.perplexity import by_source
 
-    rows = [{"source": "whatsapp"}, {"source": "whatsapp"}, {"source": "transcript"}]
-    scores = {"base": [(2.0, 1), (4.0, 3), (3.0, 3)], "tuned": [(1.0, 1), (1.0, 3), (0.0, 3)]}
+    rows = [{"source": "whatsapp"}, {"source": "whatsapp"}, {"source": "transcript"}, {"source": "lyrics"}]
+    scores = {"base": [(2.0, 1), (4.0, 3), (3.0, 3), (0.5, 1)], "tuned": [(1.0, 1), (1.0, 3), (0.0, 3), (0.25, 1)]}
     assert by_source(rows, scores) == {
+        "lyrics": {"base": pytest.approx(math.exp(0.5)), "tuned": pytest.approx(math.exp(0.25))},  # one token
         "transcript": {"base": pytest.approx(math.e), "tuned": pytest.approx(1.0)},
         "whatsapp": {"base": pytest.approx(math.exp(6 / 4)), "tuned": pytest.approx(math.exp(2 / 4))},
     }
@@ -153,3 +154,40 @@ def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_items():
     nll, tokens = rng.gamma(2.0, 1.0, 300), rng.integers(1, 20, 300)
     low, high = perplexity_interval(nll, tokens, 400)
     assert low < math.exp(nll.sum() / tokens.sum()) < high
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from habla.model.builtin import build_model, train_tokenizer
+    from habla.params import Builtin
+
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(["ya po, de una, nos vemos mañana en la esquina de siempre"] * 30, 300)
+    return build_model(tokenizer, Builtin(hidden_size=32, layers=1, heads=2, context=256)).eval(), tokenizer
+
+
+def test_documents_score_every_token_but_the_first_and_count_their_bytes(tiny_lm):
+    from habla.model.perplexity import encode_documents
+
+    _, tokenizer = tiny_lm
+    (row,) = encode_documents(tokenizer, [{"id": "d", "source": "transcript", "text": "nos vemos mañana"}])
+    assert row["mask"] == [0] + [1] * (len(row["input_ids"]) - 1)
+    assert row["bytes"] == len(tokenizer.decode(row["input_ids"][1:]).encode("utf-8")) > 0
+    assert (row["id"], row["source"]) == ("d", "transcript")
+
+
+def test_windowed_scoring_counts_every_target_once_and_keeps_row_order(tiny_lm):
+    from habla.model.perplexity import score_windowed
+    from habla.model.scoring import score
+
+    model, tokenizer = tiny_lm
+    lengths = [50, 7, 23, 3]
+    rows = [{"input_ids": [(i * 7 + n) % 250 + 4 for i in range(n)], "mask": [0] + [1] * (n - 1)} for n in lengths]
+    whole = score_windowed(model, rows, tokenizer.pad_token_id, 2, window=64, stride=32)
+    direct = score(model, rows, tokenizer.pad_token_id, 2)
+    assert [c for _, c in whole] == [c for _, c in direct] == [n - 1 for n in lengths]
+    assert [n for n, _ in whole] == pytest.approx([n for n, _ in direct], rel=1e-4)  # everything fits: one pass each
+    windowed = score_windowed(model, rows, tokenizer.pad_token_id, 3, window=16, stride=8)
+    assert [count for _, count in windowed] == [n - 1 for n in lengths]
+    assert [n for n, _ in windowed[1:]] == pytest.approx([n for n, _ in whole[1:]], rel=1e-4)  # fit one window
+    assert windowed[0][0] != pytest.approx(whole[0][0])  # the long row saw less context per target

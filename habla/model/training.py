@@ -226,7 +226,7 @@ def run_fingerprint(params: Params) -> str:
             [settings, as_dict(params.model), as_dict(params.builtin), params.group.separator], sort_keys=True
         ).encode()
     )
-    for path in (paths.split_file("train"), paths.split_file("val")):
+    for path in (paths.split_file("train"), paths.split_file("val"), paths.SOURCE_FILE):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
