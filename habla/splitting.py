@@ -24,13 +24,18 @@ def bucket(item_id: str, seed: int) -> float:
 
 
 def assign_by_time(frame: pl.DataFrame, settings: Split) -> pl.DataFrame:
-    """The earliest conversations train, the latest test: how a chatbot meets new messages (ties by id)."""
-    share = pl.int_range(pl.len()) / pl.len()
-    ratios = settings.ratios
+    """The earliest conversations train, the latest test: how a chatbot meets new messages (ties by id).
+
+    The cut points are whole rows (`round(n * ratio)`): polars computes 70/100 as 0.7000000000000001, so
+    comparing shares with the ratios would move a boundary conversation on float error alone.
+    """
+    ratios, index = settings.ratios, pl.int_range(pl.len())
+    train_end = round(frame.height * ratios.train)
+    val_end = round(frame.height * (ratios.train + ratios.val))
     return frame.sort("start", "id").with_columns(
-        split=pl.when(share < ratios.train)
+        split=pl.when(index < train_end)
         .then(pl.lit("train"))
-        .when(share < ratios.train + ratios.val)
+        .when(index < val_end)
         .then(pl.lit("val"))
         .otherwise(pl.lit("test"))
     )

@@ -2,7 +2,7 @@
 
 Runs mutmut (configured under `[tool.mutmut]` in pyproject.toml) over the modules named there, or
 over the mutant-name globs given on the command line (e.g. `'habla.cleaning*'`), then prints a
-table of killed / survived / other per module and the names of the survivors. `mutmut show NAME`
+table per module and the names of the survivors (`--report` prints the table of the results so far). `mutmut show NAME`
 shows a survivor's diff; a survivor that matters is a test to write.
 """
 
@@ -14,14 +14,20 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 
-KILLED = {"killed", "timeout", "segfault"}
+DETECTED = {"killed", "timeout", "segfault"}  # as mutmut counts them: the tests noticed the change
 
 
 def main(argv: list[str]) -> int:
+    if "--report" in argv:  # the table of the results so far, without running anything
+        return report()
     children = str(max(1, (os.cpu_count() or 2)))
     run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", children, *argv])
     if run.returncode not in (0, 1):
         return run.returncode
+    return report()
+
+
+def report() -> int:
     listing = subprocess.run(
         [sys.executable, "-m", "mutmut", "results", "--all", "true"], capture_output=True, text=True
     )
@@ -32,20 +38,22 @@ def main(argv: list[str]) -> int:
         if not match:
             continue
         name, status = match.group(1), match.group(2).strip()
-        module = name.split(".x_")[0].rsplit(".", 1)[0] if ".x_" not in name else name.split(".x_")[0]
-        kind = "killed" if status in KILLED else status
-        by_module[module][kind] += 1
+        module = re.split(r"\.x[_ǁ]", name)[0]  # mutmut names functions `x_name`, methods `xǁClassǁname`
+        by_module[module][status] += 1
         if status == "survived":
             survivors.append(line.split(":")[0].strip())
-    if not any(counts["killed"] + counts["survived"] for counts in by_module.values()):
+    if not any(counts[status] for counts in by_module.values() for status in (*DETECTED, "survived")):
         print("mutmut tested no mutant (see its output above: the tests must pass unmutated first)", file=sys.stderr)
         return 1
-    print("\n| module | mutants | killed | survived | other | score |\n|---|---|---|---|---|---|")
+    print("\n| module | mutants | killed | timeout | survived | no tests | not checked | score |")
+    print("|---|---|---|---|---|---|---|---|")
     for module, counts in sorted(by_module.items()):
-        total = sum(counts.values())
-        other = total - counts["killed"] - counts["survived"]
-        score = counts["killed"] / max(counts["killed"] + counts["survived"], 1)
-        print(f"| `{module}` | {total} | {counts['killed']} | {counts['survived']} | {other} | {score:.0%} |")
+        detected = sum(counts[status] for status in DETECTED)
+        score = detected / max(detected + counts["survived"] + counts["no tests"], 1)
+        print(
+            f"| `{module}` | {sum(counts.values())} | {counts['killed']} | {counts['timeout']} | {counts['survived']} "
+            f"| {counts['no tests']} | {counts['not checked']} | {score:.0%} |"
+        )
     if survivors:
         print(f"\n{len(survivors)} surviving mutants (`mutmut show <name>`):")
         print("\n".join(f"  {name}" for name in survivors))

@@ -169,6 +169,14 @@ def test_time_strategy_puts_the_latest_conversations_in_test():
     assert by_split == {"train": list(range(70)), "val": list(range(70, 80)), "test": list(range(80, 100))}
 
 
+def test_time_cut_points_are_whole_rows_and_equal_start_times_are_ordered_by_id():
+    rows = [{**conversation(i, f"respuesta {i}"), "start": f"2023-01-01T{min(i, 6):02d}:00:00"} for i in range(10)]
+    frame, _ = split_conversations(pl.DataFrame(rows[::-1]), Split(strategy="time", ratios=Ratios(0.7, 0.1, 0.2)))
+    split_of = dict(zip(frame["id"], frame["split"]))
+    # c6 … c9 start together: the id decides, so c6 is the seventh and last train conversation
+    assert [split_of[f"c{i}"] for i in range(10)] == ["train"] * 7 + ["val"] + ["test"] * 2
+
+
 def test_split_is_a_function_of_the_id_so_new_data_moves_nothing():
     settings = Split(ratios=Ratios(0.6, 0.2, 0.2))
     ids = [f"conv-{i}" for i in range(300)]

@@ -37,6 +37,9 @@ def test_a_checkpoint_is_finished_only_at_its_last_step(in_tmp):
     assert not finished(checkpoint(4, 6))
     assert not finished(checkpoint(3, 0))  # max_steps unknown: never taken for finished
     assert not finished(None) and not finished(str(paths.CHECKPOINTS / "missing"))
+    for partial in ({}, {"max_steps": 1}, {"global_step": 5}):  # a state file cut short is not a finished run
+        write_json(paths.CHECKPOINTS / "checkpoint-9" / "trainer_state.json", partial)
+        assert not finished(str(paths.CHECKPOINTS / "checkpoint-9")), partial
 
 
 def test_the_fingerprint_follows_training_params_data_and_base_but_not_resume(run_inputs):
