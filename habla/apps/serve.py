@@ -203,7 +203,6 @@ class CompletionHandler(BaseHTTPRequestHandler):
 
     def authorised(self) -> bool:
         api_key = self.server.api_key
-        api_key = self.server.api_key
         if not api_key:
             return True
         given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -216,8 +215,7 @@ class CompletionHandler(BaseHTTPRequestHandler):
             self.send_json(401, RequestError(401, "Invalid API key.", kind="authentication_error").body())
         elif self.path == "/v1/models":
             data = [
-                {"id": m, "object": "model", "created": self.server.self.server.engine.created, "owned_by": "habla"}
-                for m in MODELS
+                {"id": m, "object": "model", "created": self.server.engine.created, "owned_by": "habla"} for m in MODELS
             ]
             self.send_json(200, {"object": "list", "data": data})
         else:
