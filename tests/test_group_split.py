@@ -298,6 +298,38 @@ def test_near_duplicate_persona_text_leaves_test_or_is_only_reported():
     assert test_ids and all(int(i[1:]) >= 40 for i in test_ids)
     reported, counts = split_conversations(pl.DataFrame(rows), Split(overlap_min_chars=30, near_dups="report"))
     assert counts["near_duplicates"] == leakage["near_duplicates"] and counts["near_duplicates_moved"] == 0
+    moved = set(reported.filter(pl.col("split") == "test")["id"]) - test_ids
+    assert len(moved) == leakage["near_duplicates"]  # "report" leaves in test exactly what "move" took out …
+    assert set(frame.filter(pl.col("id").is_in(list(moved)))["split"]) == {"train"}  # … and "move" put it in train
+    assert frame.height == reported.height == len(rows)
+
+
+def test_sizes_need_every_split_and_enough_test_conversations():
+    from habla.errors import UserError
+    from habla.splitting import check_sizes
+
+    def frame(train, val, test):
+        return pl.DataFrame({"split": ["train"] * train + ["val"] * val + ["test"] * test})
+
+    assert check_sizes(frame(8, 1, 5), Split(min_test=5)) == {"train": 8, "val": 1, "test": 5}
+    for sizes in ((8, 0, 5), (0, 1, 5), (8, 1, 4)):
+        with pytest.raises(UserError, match="too little data to split"):
+            check_sizes(frame(*sizes), Split(min_test=5))
+
+
+def test_split_stats_count_conversations_and_characters_per_split():
+    from habla.splitting import stats
+
+    rows = [
+        {**conversation(i, "ya po" if i < 2 else "dale"), "split": s}
+        for i, s in enumerate(["train", "train", "val", "test"])
+    ]
+    # each conversation is "hola" (4 characters) and its reply
+    assert stats(pl.DataFrame(rows)) == {
+        "train": {"conversations": 2, "chars": 2 * (4 + 5)},
+        "val": {"conversations": 1, "chars": 4 + 4},
+        "test": {"conversations": 1, "chars": 4 + 4},
+    }
 
 
 def test_minhash_estimates_jaccard_of_word_shingles():
