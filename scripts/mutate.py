@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 
-DETECTED = {"killed", "timeout", "segfault"}  # as mutmut counts them: the tests noticed the change
+DETECTED = {"killed", "timeout", "segfault"}  # as mutmut counts them (the score below leaves timeouts out)
 
 
 def main(argv: list[str]) -> int:
@@ -48,8 +48,10 @@ def report() -> int:
     print("\n| module | mutants | killed | timeout | survived | no tests | not checked | score |")
     print("|---|---|---|---|---|---|---|---|")
     for module, counts in sorted(by_module.items()):
-        detected = sum(counts[status] for status in DETECTED)
-        score = detected / max(detected + counts["survived"] + counts["no tests"], 1)
+        # Timeouts are left out of the score: a worker's first import of torch or transformers can outlast
+        # the limit, so a timeout is not proof that the tests noticed the mutant.
+        killed = counts["killed"] + counts["segfault"]
+        score = killed / max(killed + counts["survived"] + counts["no tests"], 1)
         print(
             f"| `{module}` | {sum(counts.values())} | {counts['killed']} | {counts['timeout']} | {counts['survived']} "
             f"| {counts['no tests']} | {counts['not checked']} | {score:.0%} |"
