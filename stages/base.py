@@ -17,9 +17,7 @@ from habla import paths
 from habla.errors import run_stage
 from habla.io import write_json
 from habla.model.builtin import build_builtin, resolve_external
-from habla.model.loading import (
-    BUILTIN,
-)
+from habla.model.loading import BUILTIN
 from habla.params import load_params
 
 log = logging.getLogger("base")

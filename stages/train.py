@@ -4,7 +4,8 @@ Run as `accelerate launch --config_file configs/accelerate/<profile>.yaml -m sta
 Before any step runs, guards check the mistakes that silently ruin persona
 fine-tunes: LoRA targets that match nothing (or only part of a fused layer), a
 chat template with no assistant mask, pad = EOS, an end-of-turn token outside
-the loss, and a separator that is not a token.
+the loss, a separator that is not a token, and conversations whose first reply
+lies beyond `train.max_length` (see `habla/model/training.py`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,8 @@ import logging
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
-from habla.model.loading import (
-    end_ids,
-)
-from habla.model.training import (
-    build_trainer,
-    check_masks,
-    prepare_model,
-    resumable_checkpoint,
-    sort_target_modules,
-)
+from habla.model.loading import end_ids
+from habla.model.training import build_trainer, check_masks, prepare_model, resumable_checkpoint, sort_target_modules
 from habla.params import load_params, select
 
 log = logging.getLogger("train")
