@@ -40,6 +40,11 @@ def test_parse_choice_never_raises_and_only_returns_a_valid_choice(text):
     assert parse_choice(text) in ("A", "B", "C", None)
 
 
+def test_an_abstention_in_either_order_is_a_tie():
+    assert verdict("A", "C") == verdict("C", "B") == verdict("C", "C") == "tie"
+    assert verdict(None, "C") == verdict("C", None) == "failed"
+
+
 def test_failed_orders_are_failures_not_losses():
     assert verdict("A", "B") == "tuned" and verdict("B", "A") == "base" and verdict("A", "A") == "tie"
     assert verdict(None, "B") == "failed" and verdict("A", None) == "failed"
@@ -53,6 +58,21 @@ def test_template_with_json_braces_is_filled_literally():
     case = {"prompt": [{"role": "user", "content": "hola"}], "reference": "wena"}
     text = fill('{conversation} | {reference} | {answer_a} / {answer_b} | {"veredicto": "A"}', case, "x", "y")
     assert text == 'Usuario: hola | wena | x / y | {"veredicto": "A"}'
+
+
+def test_the_judge_reads_the_conversation_with_each_speaker_named_one_turn_a_line():
+    turns = [
+        {"role": "system", "content": "Eres Nico."},
+        {"role": "user", "content": "¿vamos?"},
+        {"role": "assistant", "content": "ya po"},
+        {"role": "user", "content": "¿a qué hora?"},
+    ]
+    case = {"prompt": turns, "reference": "a las ocho"}
+    assert (
+        fill("{conversation}", case, "")
+        == "Sistema: Eres Nico.\nUsuario: ¿vamos?\nPersona: ya po\nUsuario: ¿a qué hora?"
+    )
+    assert fill("{answer}", case, "la de Nico") == "la de Nico"  # rating templates name the one answer {answer}
 
 
 class FakeEndpoint:
@@ -185,6 +205,7 @@ def test_judge_summary_counts_outcomes_with_an_interval_and_position_consistency
     outcomes = ["tuned"] * 6 + ["tie"] * 2 + ["base"] * 2 + ["failed"]
     report = summarise(outcomes, Judge(), 500)
     assert (report["n"], report["wins"], report["ties"], report["losses"], report["failed"]) == (10, 6, 2, 2, 1)
+    assert (report["backend"], report["judge_model"]) == ("local", "base")
     assert report["adjusted_win_rate"] == pytest.approx((6 + 0.5 * 2) / 10)
     assert report["position_consistency"] == pytest.approx(8 / 10)  # ties are the pairs whose verdict flipped
     low, high = report["adjusted_win_rate_ci95"]

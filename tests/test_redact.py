@@ -57,6 +57,12 @@ def test_amounts_that_phonenumbers_takes_for_phones_are_left_alone(text, digits)
     assert redacted(text) == [text]
 
 
+def test_a_phone_after_an_amount_in_the_same_message_is_still_redacted():
+    # in Spain's numbering 912345678 is a valid number, found first: the scan must go on past it
+    text = "me debe $ 912345678, llámame al +56 9 8765 4321"
+    assert redacted(text, phone_regions=["ES"]) == ["me debe $ 912345678, llámame al <TELEFONO>"]
+
+
 def test_each_kind_can_be_switched_off():
     text = "a@b.cl https://x.cl +56 9 8765 4321"
     assert redacted(text, emails=False, urls=False, phones=False) == [text]
