@@ -137,3 +137,48 @@ def test_conversations_whose_first_reply_lies_past_max_length_are_counted_and_al
     assert check_masks(prepared, rows, 512)["dropped_no_reply_in_window"] == 0
     with pytest.raises(UserError, match="raise train.max_length"):
         check_masks(prepared, rows[1:], 24)
+
+
+def test_every_training_param_reaches_the_trainer_settings(tmp_path):
+    """`sft_config` is where params become TRL settings: each one must arrive, with the loss on replies only."""
+    import dataclasses
+
+    from habla.model.training import sft_config
+    from habla.params import Lora, Params, Train
+
+    train = Train(
+        max_steps=7,
+        epochs=2.0,
+        batch_size=3,
+        grad_accum=4,
+        learning_rate=1e-4,
+        lr_scheduler="linear",
+        warmup_ratio=0.1,
+        eval_steps=5,
+        packing=True,
+        gradient_checkpointing=True,
+        max_length=128,
+        seed=9,
+        lora=Lora(),
+    )
+    config = sft_config(dataclasses.replace(Params(), train=train), tmp_path / "out")
+    assert config.assistant_only_loss is True
+    assert config.output_dir == str(tmp_path / "out") and config.seed == 9
+    assert (config.max_steps, config.num_train_epochs, config.max_length) == (7, 2.0, 128)
+    assert config.per_device_train_batch_size == config.per_device_eval_batch_size == 3
+    assert config.gradient_accumulation_steps == 4 and config.learning_rate == 1e-4 and config.warmup_steps == 0.1
+    assert config.lr_scheduler_type == "linear"
+    assert config.packing is True and config.activation_checkpointing is True
+    assert config.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert (config.eval_strategy, config.save_strategy) == ("steps", "steps")
+    assert config.eval_steps == config.save_steps == 5 and config.save_total_limit == 2
+    assert config.include_num_input_tokens_seen == "non_padding" and config.report_to in ("none", [], ["none"])
+    if not torch.cuda.is_available():
+        assert config.use_cpu is True and config.bf16 is False
+    quiet = sft_config(
+        dataclasses.replace(Params(), train=dataclasses.replace(train, gradient_checkpointing=False)),
+        tmp_path / "bench",
+        evaluate=False,
+    )
+    assert (quiet.eval_strategy, quiet.save_strategy) == ("no", "no")
+    assert quiet.activation_checkpointing is False and quiet.activation_checkpointing_kwargs is None
