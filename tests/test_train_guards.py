@@ -182,3 +182,21 @@ def test_every_training_param_reaches_the_trainer_settings(tmp_path):
     )
     assert (quiet.eval_strategy, quiet.save_strategy) == ("no", "no")
     assert quiet.activation_checkpointing is False and quiet.activation_checkpointing_kwargs is None
+
+
+def test_one_conversation_without_a_reply_among_good_ones_still_stops_training(tokenizer):
+    prepared, _ = prepare_tokenizer(tokenizer, "\n")
+    rows = [{"messages": CONVERSATION[:1]}] + [{"messages": CONVERSATION}] * 3
+    with pytest.raises(UserError, match="1 of 4 sampled conversations have no assistant tokens"):
+        check_masks(prepared, rows, 512)
+
+
+def test_token_statistics_and_truncated_share_of_the_training_set(tokenizer):
+    prepared, _ = prepare_tokenizer(tokenizer, "\n")
+    longer = [CONVERSATION[0], {"role": "assistant", "content": "cachai que mañana vamos al estadio, ya po"}]
+    rows = [{"messages": CONVERSATION}, {"messages": longer}] * 2
+    short, long = (len(encode_chat(prepared, r["messages"])["input_ids"]) for r in rows[:2])
+    stats = check_masks(prepared, rows, short)  # a conversation exactly max_length long is not truncated
+    assert stats["truncated_share"] == 0.5
+    assert stats["max_tokens"] == long and stats["mean_tokens"] == (short + long) / 2
+    assert check_masks(prepared, rows, long)["truncated_share"] == 0.0
