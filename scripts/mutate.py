@@ -14,6 +14,29 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 
+# What `make mutate` runs by default: the modules holding the guarantees, and in training.py the functions that
+# decide what the trainer learns and resumes (its other functions retrain tiny models for every mutant: run
+# them by name when they change, e.g. `python scripts/mutate.py 'habla.model.training.x_build_trainer*'`).
+DEFAULT = [
+    "habla.model.judging*",
+    "habla.text.redact*",
+    "habla.splitting*",
+    "habla.cleaning*",
+    "habla.model.scoring*",
+    "habla.model.perplexity*",
+    *(
+        f"habla.model.training.x_{name}*"
+        for name in (
+            "sft_config",
+            "check_masks",
+            "check_targets",
+            "prepare_tokenizer",
+            "run_fingerprint",
+            "finished",
+            "resumable_checkpoint",
+        )
+    ),
+]
 DETECTED = {"killed", "timeout", "segfault"}  # as mutmut counts them (the score below leaves timeouts out)
 
 
@@ -21,7 +44,7 @@ def main(argv: list[str]) -> int:
     if "--report" in argv:  # the table of the results so far, without running anything
         return report()
     children = str(max(1, (os.cpu_count() or 2)))
-    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", children, *argv])
+    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", children, *(argv or DEFAULT)])
     if run.returncode not in (0, 1):
         return run.returncode
     return report()
