@@ -10,7 +10,6 @@ where, without copying weights.
 
 from __future__ import annotations
 
-import logging
 import shutil
 
 from habla import paths
@@ -19,8 +18,6 @@ from habla.io import write_json
 from habla.model.builtin import build_builtin, resolve_external
 from habla.model.loading import BUILTIN
 from habla.params import load_params
-
-log = logging.getLogger("base")
 
 REPORT = paths.report("base")
 

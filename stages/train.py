@@ -10,8 +10,6 @@ lies beyond `train.max_length` (see `habla/model/training.py`).
 
 from __future__ import annotations
 
-import logging
-
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
@@ -19,7 +17,6 @@ from habla.model.loading import end_ids
 from habla.model.training import build_trainer, check_masks, prepare_model, resumable_checkpoint, sort_target_modules
 from habla.params import load_params, select
 
-log = logging.getLogger("train")
 LIVE_DIR = paths.TRAIN_LIVE
 REPORT = paths.report("train")
 
