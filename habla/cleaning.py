@@ -24,8 +24,14 @@ def normalise_text(text: pl.Expr) -> pl.Expr:
     )
 
 
+def length_bound(settings: Clean) -> pl.Expr:
+    """Chat messages and documents have their own bounds: a 40,000-character keynote transcript is one normal
+    document (`group` cuts it into passages), while a 40,000-character chat message is a pasted log."""
+    return pl.when(pl.col("source") == "whatsapp").then(settings.max_chars).otherwise(settings.max_document_chars)
+
+
 def finish(messages: pl.DataFrame, settings: Clean) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Normalise and redact text; move empty, over-long and duplicate messages to rejected.
+    """Normalise and redact text; move empty, over-long (see `length_bound`) and duplicate messages to rejected.
 
     Duplicates are looked for within a chat, and a chat is one item, so items can be finished one at a time.
     """
@@ -35,7 +41,7 @@ def finish(messages: pl.DataFrame, settings: Clean) -> tuple[pl.DataFrame, pl.Da
     reason = (
         pl.when(pl.col("text") == "")
         .then(pl.lit("empty"))
-        .when(pl.col("text").str.len_chars() > settings.max_chars)
+        .when(pl.col("text").str.len_chars() > length_bound(settings))
         .then(pl.lit("too_long"))
         .when(duplicate)
         .then(pl.lit("duplicate"))
@@ -71,7 +77,20 @@ def merge_entries(old: dict | None, new: dict) -> dict:
     return merged
 
 
+def heavy_loss(entry: dict) -> dict | None:
+    """The one reason that took more than half of a file's units, if any: a safety net for every silent loss
+    (a format read wrong, a bound meant for something else) that would otherwise leave the stage green."""
+    units = entry["kept"] + sum(entry["rejected"].values())
+    if not entry["rejected"] or not units:
+        return None
+    reason, count = max(entry["rejected"].items(), key=lambda item: item[1])
+    return {"reason": reason, "share": round(count / units, 3)} if count / units > 0.5 else None
+
+
 def report(entries: dict[str, dict], kept_by_source: Counter) -> dict:
+    for entry in entries.values():
+        if flag := heavy_loss(entry):
+            entry["flagged"] = flag
     rejected_by_reason = sum((Counter(e["rejected"]) for e in entries.values()), Counter())
     return {
         "files": entries,
@@ -82,5 +101,6 @@ def report(entries: dict[str, dict], kept_by_source: Counter) -> dict:
             "rejected": sum(rejected_by_reason.values()),
             "rejected_by_reason": dict(sorted(rejected_by_reason.items())),
             "by_source": dict(sorted(kept_by_source.items())),
+            "flagged_files": sum("flagged" in e for e in entries.values()),
         },
     }

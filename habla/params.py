@@ -94,7 +94,9 @@ class TableColumns(_Section):
 @dataclass(frozen=True)
 class Clean(_Section):
     date_order: Literal["auto", "dmy", "mdy", "ymd"] = "auto"
+    header_format: str = ""
     max_chars: int = 4000
+    max_document_chars: int = 200_000
     whisper_max_no_speech: float = 0.6
     whisper_max_compression: float = 2.4
     max_zip_member_mb: int = 200

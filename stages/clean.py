@@ -16,13 +16,14 @@ from pathlib import Path
 import polars as pl
 
 from habla import paths
-from habla.cleaning import account, finish, merge_entries, report
+from habla.cleaning import account, finish, length_bound, merge_entries, report
 from habla.errors import UserError, run_stage
 from habla.gates import Gate
 from habla.io import ParquetParts, write_json
-from habla.params import load_params
+from habla.params import Clean, load_params
 from habla.readers.files import discover, item_order, read_items
 from habla.readers.units import MESSAGES_SCHEMA, REJECTED_SCHEMA
+from habla.readers.whatsapp import check_header_format
 
 log = logging.getLogger("clean")
 
@@ -37,42 +38,50 @@ METRICS = [REPORT, paths.gate_report("clean")]
 SOURCES = ["whatsapp", "transcript", "lyrics", "table"]
 
 
-def expectations(max_chars: int) -> list:
-    return [
-        ("ExpectTableRowCountToBeBetween", {"min_value": 1, "description": "at least one message is kept"}),
-        ("ExpectColumnValuesToNotBeNull", {"column": "text", "description": "every message has text"}),
-        (
-            "ExpectColumnValueLengthsToBeBetween",
-            {"column": "text", "min_value": 1, "max_value": max_chars, "description": "no empty or over-long message"},
-        ),
-        (
-            "ExpectColumnValuesToBeInSet",
-            {"column": "source", "value_set": SOURCES, "description": "every source is a known one"},
-        ),
-        (
-            "ExpectCompoundColumnsToBeUnique",
-            {"column_list": ["file", "line"], "description": "each raw line is kept at most once"},
-        ),
-        (
-            "ExpectColumnValuesToBeBetween",
-            {
-                "column": "year",
-                "min_value": 2009,
-                "max_value": 2100,
-                "description": "chat dates are plausible (WhatsApp exists since 2009): check clean.date_order",
-            },
-        ),
-        ("ExpectColumnValuesToNotBeNull", {"column": "chat_author", "description": "every chat message has an author"}),
-    ]
+GATE = [
+    ("ExpectTableRowCountToBeBetween", {"min_value": 1, "description": "at least one message is kept"}),
+    ("ExpectColumnValuesToNotBeNull", {"column": "text", "description": "every message has text"}),
+    (
+        "ExpectColumnValueLengthsToBeBetween",
+        {"column": "text", "min_value": 1, "description": "no empty message"},
+    ),
+    (
+        "ExpectColumnValuesToBeBetween",
+        {
+            "column": "chars_over_bound",
+            "max_value": 0,
+            "description": "no message over clean.max_chars, no document over clean.max_document_chars",
+        },
+    ),
+    (
+        "ExpectColumnValuesToBeInSet",
+        {"column": "source", "value_set": SOURCES, "description": "every source is a known one"},
+    ),
+    (
+        "ExpectCompoundColumnsToBeUnique",
+        {"column_list": ["file", "line"], "description": "each raw line is kept at most once"},
+    ),
+    (
+        "ExpectColumnValuesToBeBetween",
+        {
+            "column": "year",
+            "min_value": 2009,
+            "max_value": 2100,
+            "description": "chat dates are plausible (WhatsApp exists since 2009): check clean.date_order",
+        },
+    ),
+    ("ExpectColumnValuesToNotBeNull", {"column": "chat_author", "description": "every chat message has an author"}),
+]
 
 
-def gate_frame(kept: pl.DataFrame) -> pl.DataFrame:
-    """The columns the gate checks: the text contract plus derived checks (year, chat author)."""
+def gate_frame(kept: pl.DataFrame, settings: Clean) -> pl.DataFrame:
+    """The columns the gate checks: the text contract plus derived checks (length bound, year, chat author)."""
     return kept.select(
         "source",
         "file",
         "line",
         "text",
+        chars_over_bound=pl.col("text").str.len_chars().cast(pl.Int64) - length_bound(settings),
         year=pl.col("ts").dt.year(),
         chat_author=pl.when(pl.col("source") == "whatsapp").then(pl.col("author")).otherwise(pl.lit("-")),
     )
@@ -81,14 +90,17 @@ def gate_frame(kept: pl.DataFrame) -> pl.DataFrame:
 def main() -> None:
     params = load_params()
     settings = params.clean
+    check_header_format(settings.header_format)
     files = sorted(discover(RAW_DIR), key=lambda path: item_order(path, RAW_DIR))
-    gate = Gate("clean", expectations(settings.max_chars))
+    gate = Gate("clean", GATE)
     entries: dict[str, dict] = {}
     kept_by_source: Counter = Counter()
     OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=OUT_DIR.parent, prefix=".clean-") as spill:
         parts = ParquetParts(
-            Path(spill), params.resources.batch_rows, checks={"messages": lambda batch: gate.check(gate_frame(batch))}
+            Path(spill),
+            params.resources.batch_rows,
+            checks={"messages": lambda batch: gate.check(gate_frame(batch, settings))},
         )
         for path in files:
             for name, source, kept, rejected, entry in read_items(
@@ -113,6 +125,14 @@ def main() -> None:
                 f"no usable messages in {RAW_DIR}/:\n{problems}\n"
                 "Check the files above; supported inputs are listed in the README."
             )
+        for name, entry in summary["files"].items():
+            if flag := entry.get("flagged"):
+                log.warning(
+                    "%s: %.0f%% of its units were rejected as %s; check metrics/clean.json and the README's inputs",
+                    name,
+                    100 * flag["share"],
+                    flag["reason"],
+                )
         write_json(REPORT, summary)
         parts.flush()
         gate.close()

@@ -152,3 +152,105 @@ def test_a_table_that_breaks_half_way_keeps_what_was_read_and_says_why(in_tmp):
     assert rejected["reason"].to_list() == ["unreadable_file"] and rejected["raw"][0].startswith("cannot read table")
     kept = pl.read_parquet("data/cleaned/messages.parquet")
     assert kept.height == entry["kept"] == entry["raw_units"] and kept.height % 1000 == 0 and kept.height < 2500
+
+
+def set_clean_params(root, **settings) -> None:
+    import yaml
+
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    params["clean"].update(settings)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+
+
+UNKNOWN_FORMAT = "\n".join(
+    f"{day:02d}/07/2017 @ 09:{minute:02d} | {author}: mensaje número {minute} de {author}"
+    for day, minute, author in [(13, 1, "Ana"), (13, 2, "Nico"), (14, 3, "Ana"), (15, 4, "Nico")]
+)
+
+
+@pytest.mark.parametrize("where", ["whatsapp/chat.txt", "exports/chat.txt"])
+def test_an_unknown_chat_format_is_rejected_line_by_line_never_read_as_transcript(in_tmp, where):
+    write_raw(in_tmp, where, UNKNOWN_FORMAT)
+    write_raw(in_tmp, "transcripts/show.txt", "Buenas noches Viña.\nGracias de verdad.\n")
+    clean.main()
+    kept = pl.read_parquet("data/cleaned/messages.parquet")
+    rejected = pl.read_parquet("data/cleaned/rejected.parquet").filter(pl.col("file") == where)
+    entry = read_json("metrics/clean.json")["files"][where]
+    assert kept["file"].unique().to_list() == ["transcripts/show.txt"]
+    assert rejected.select("line", "reason").rows() == [(n, "unknown_whatsapp_format") for n in range(1, 5)]
+    assert entry["format"] == "unknown" and entry["flagged"] == {"reason": "unknown_whatsapp_format", "share": 1.0}
+    assert entry["sample_headers"][0] == {"length": 49, "shape": "99/99/9999 @ 99:99 | aaa: aaaaaaa aaaaaa"}
+    assert "clean.header_format" in entry["error"] and where in entry["error"]
+
+
+def test_nothing_but_an_unknown_chat_format_stops_the_stage_naming_the_file(in_tmp):
+    write_raw(in_tmp, "whatsapp/Chat de WhatsApp con Ana.txt", UNKNOWN_FORMAT)
+    with pytest.raises(UserError) as err:
+        clean.main()
+    message = str(err.value)
+    assert "whatsapp/Chat de WhatsApp con Ana.txt" in message and "not recognised" in message
+    assert "clean.header_format" in message
+
+
+def test_a_header_format_of_ones_own_reads_a_format_nobody_taught_us(in_tmp):
+    write_raw(in_tmp, "whatsapp/chat.txt", UNKNOWN_FORMAT + "\nsegunda línea")
+    set_clean_params(
+        in_tmp,
+        header_format=r"^(?P<day>\d{2})/(?P<month>\d{2})/(?P<year>\d{4}) @ (?P<hour>\d{2}):(?P<minute>\d{2}) \| "
+        r"(?P<rest>.*)$",
+    )
+    clean.main()
+    kept = pl.read_parquet("data/cleaned/messages.parquet")
+    assert kept.select("author", "text").rows() == [
+        ("Ana", "mensaje número 1 de Ana"),
+        ("Nico", "mensaje número 2 de Nico"),
+        ("Ana", "mensaje número 3 de Ana"),
+        ("Nico", "mensaje número 4 de Nico\nsegunda línea"),
+    ]
+    assert kept["ts"].dt.strftime("%Y-%m-%d %H:%M").to_list()[-1] == "2017-07-15 09:04"
+    assert read_json("metrics/clean.json")["files"]["whatsapp/chat.txt"]["format"] == "custom"
+
+
+@pytest.mark.parametrize(
+    ("header_format", "complaint"),
+    [
+        (r"^(?P<day>\d+)/(?P<month>\d+) (?P<rest>.*)$", "missing: year, hour, minute"),
+        (r"(?P<day>\d)(?P<month>\d)(?P<year>\d)(?P<hour>\d)(?P<minute>\d)(?P<rest>[a-", "not a valid"),
+    ],
+)
+def test_a_wrong_header_format_is_one_sentence(in_tmp, header_format, complaint):
+    set_clean_params(in_tmp, header_format=header_format)
+    write_raw(in_tmp, "whatsapp/chat.txt", UNKNOWN_FORMAT)
+    with pytest.raises(UserError, match=complaint):
+        clean.main()
+
+
+def test_long_documents_are_kept_under_their_own_bound_and_a_heavy_loss_is_flagged(in_tmp, caplog):
+    """The Somos NLP keynotes are rows of 12,000–62,000 characters: documents, not chat messages."""
+    set_clean_params(in_tmp, table_columns={"text": "Transcripción", "author": "Autor", "title": "Nombre", "ts": ""})
+    keynote = "Hola a todos, hoy hablamos de modelos de lenguaje en español. " * 300
+    table = pl.DataFrame(
+        {"Nombre": ["Keynote 1", "Keynote 2"], "Transcripción": [keynote, keynote * 3], "Autor": ["María", "Gabriel"]}
+    )
+    write_raw(in_tmp, "tablas/somosnlp.csv", "")
+    table.write_csv(in_tmp / "data/raw/tablas/somosnlp.csv")
+    write_raw(in_tmp, "transcripts/una-linea.txt", keynote)
+    chat = [android(13, 3, 2023, f"9:0{i}", "Nico", "<Multimedia omitido>") for i in range(3)]
+    write_raw(in_tmp, "whatsapp/fotos.txt", "\n".join([*chat, android(13, 3, 2023, "9:05", "Cami", "x" * 4001)]))
+    write_raw(in_tmp, "whatsapp/ok.txt", android(13, 3, 2023, "9:00", "Cami", "hola"))
+    with caplog.at_level("WARNING", logger="clean"):
+        clean.main()
+    kept = pl.read_parquet("data/cleaned/messages.parquet")
+    report = read_json("metrics/clean.json")
+    assert kept.filter(pl.col("source") == "table")["text"].str.len_chars().to_list() == [
+        len(keynote.strip()),
+        len((keynote * 3).strip()),
+    ]
+    assert kept.filter(pl.col("file") == "transcripts/una-linea.txt").height == 1
+    assert report["files"]["whatsapp/fotos.txt"]["rejected"] == {"media_omitted": 3, "too_long": 1}
+    assert report["files"]["whatsapp/fotos.txt"]["flagged"] == {"reason": "media_omitted", "share": 0.75}
+    assert "flagged" not in report["files"]["whatsapp/ok.txt"] and report["totals"]["flagged_files"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "whatsapp/fotos.txt: 75% of its units were rejected as media_omitted; check metrics/clean.json and the "
+        "README's inputs"
+    ]

@@ -19,13 +19,14 @@ from habla.readers.archives import zip_members
 from habla.readers.decoding import UnreadableFile, decode, split_lines
 from habla.readers.tables import table_slices
 from habla.readers.units import MESSAGES_SCHEMA, REJECTED_SCHEMA, split_units
-from habla.readers.whatsapp import detect_format, parse_whatsapp
+from habla.readers.whatsapp import chat_like_share, detect_format, header_shapes, parse_whatsapp
 
 IGNORED_NAMES = {".gitkeep", "README.md", ".DS_Store"}
 TEXT_SUFFIXES = (".txt", ".vtt", ".srt", ".json", ".lrc")
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 SUPPORTED = (*TEXT_SUFFIXES, *TABLE_SUFFIXES, ".zip")
 MIN_WHATSAPP_SHARE = 0.3
+UNKNOWN_FORMAT = "unknown_whatsapp_format"
 
 
 def discover(raw_dir: Path) -> list[Path]:
@@ -59,10 +60,13 @@ def read_text_file(data: bytes, relative: Path, settings: Clean) -> tuple[str, p
     if suffix in (".txt", ".lrc"):
         del text
     if suffix == ".txt":
-        fmt, share = detected = detect_format(lines)
-        if fmt is not None and share >= MIN_WHATSAPP_SHARE:
-            kept, rejected, details = parse_whatsapp(lines, settings.date_order, detected)
+        fmt, share = detected = detect_format(lines, header_format=settings.header_format)
+        in_chat_folder = relative.parts[0].lower() == "whatsapp"
+        if fmt is not None and (share >= MIN_WHATSAPP_SHARE or in_chat_folder):
+            kept, rejected, details = parse_whatsapp(lines, settings.date_order, detected, settings.header_format)
             return "whatsapp", kept, rejected, {**info, **details, "unit": "line", "raw_units": len(lines)}
+        if in_chat_folder or chat_like_share(lines) >= MIN_WHATSAPP_SHARE:
+            return "whatsapp", *unknown_chat_format(lines, relative, info)
         units = transcripts.plain_text(lines, lyrics=is_lyrics(relative))
         source, info["format"] = ("lyrics", "lyrics text") if is_lyrics(relative) else ("transcript", "plain text")
     elif suffix == ".lrc":
@@ -88,6 +92,22 @@ def read_text_file(data: bytes, relative: Path, settings: Clean) -> tuple[str, p
         unit="line" if suffix in (".txt", ".lrc", ".vtt", ".srt") else "segment", raw_units=int(units["lines"].sum())
     )
     return source, kept, rejected, info
+
+
+def unknown_chat_format(lines: pl.Series, relative: Path, info: dict) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """A chat export whose header format nobody taught us: every line rejected, never read as transcript text
+    (that would put dates, names and system lines into the training corpus)."""
+    rejected = pl.DataFrame({"raw": lines}).with_row_index("line", offset=1)
+    rejected = rejected.select("line", lines=pl.lit(1, pl.UInt32), reason=pl.lit(UNKNOWN_FORMAT), raw="raw")
+    kept = pl.DataFrame(schema={"line": pl.UInt32, "lines": pl.UInt32, "ts": pl.Datetime("us")})
+    kept = kept.with_columns(author=pl.lit(None, pl.String), text=pl.lit(None, pl.String))
+    error = (
+        f"{relative.as_posix()}: the WhatsApp header format is not recognised, so none of its lines were used. "
+        "Please report it with the `sample_headers` shapes in metrics/clean.json, or set `clean.header_format` "
+        "(see the README) to read it now"
+    )
+    details = {"format": "unknown", "sample_headers": header_shapes(lines), "error": error}
+    return kept, rejected, {**info, **details, "unit": "line", "raw_units": len(lines)}
 
 
 def read_items(
