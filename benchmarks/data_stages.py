@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -19,6 +18,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from benchmarks.memory import peak_resident_mib
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORT = Path("data/raw/whatsapp/Chat de WhatsApp con Cami.txt")
@@ -60,7 +61,7 @@ def timed(tasks: list[str], work: Path) -> dict:
         job()
     return {
         "seconds": time.perf_counter() - start,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mib": peak_resident_mib(),
     }
 
 

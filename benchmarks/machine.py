@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 
 import torch
+
+from benchmarks.memory import peak_resident_mib
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for model FLOPs utilisation.
 PEAK_BF16 = {
@@ -42,4 +43,4 @@ def peak_memory_mib() -> float:
     """Peak GPU memory allocated where there is a GPU, else the process's peak resident memory."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_resident_mib()

@@ -4,7 +4,9 @@ per-file accounting that proves every raw line was kept or rejected exactly once
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
+from pathlib import PurePosixPath
 
 import polars as pl
 
@@ -85,6 +87,19 @@ def heavy_loss(entry: dict) -> dict | None:
         return None
     reason, count = max(entry["rejected"].items(), key=lambda item: item[1])
     return {"reason": reason, "share": round(count / units, 3)} if count / units > 0.5 else None
+
+
+def report_name(name: str, real_names: bool) -> str:
+    """How a committed report names a file: its folder and a stable short hash, since WhatsApp names exports after
+    the contact ("Chat de WhatsApp con Cami.txt") and `git push` would publish the name. `clean.report_file_names`
+    keeps real names for a corpus that is not private."""
+    if real_names:
+        return name
+    folder, _, _ = name.rpartition("/")
+    top = folder.split("/")[0] if folder else ""
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    suffix = PurePosixPath(name).suffix
+    return f"{top}/{digest}{suffix}" if top else f"{digest}{suffix}"
 
 
 def report(entries: dict[str, dict], kept_by_source: Counter) -> dict:

@@ -32,3 +32,6 @@ def run_stage(main: Callable[[], None]) -> None:
     except UserError as err:
         print(f"\nerror: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

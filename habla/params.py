@@ -100,6 +100,7 @@ class Clean(_Section):
     whisper_max_no_speech: float = 0.6
     whisper_max_compression: float = 2.4
     max_zip_member_mb: int = 200
+    report_file_names: bool = False
     table_columns: TableColumns = field(default_factory=TableColumns)
     redact: Redaction = field(default_factory=Redaction)
 
@@ -247,6 +248,8 @@ class Serve(_Section):
     max_body_bytes: int = 1_000_000
     max_tokens_limit: int = 512
     queue_limit: int = 16
+    read_timeout_s: float = 30.0
+    truncate: Literal["error", "oldest"] = "error"
 
 
 @dataclass(frozen=True)

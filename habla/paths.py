@@ -49,6 +49,11 @@ def document_split(name: str) -> Path:
     return SPLITS / "documents" / f"{name}.jsonl"
 
 
+def accelerate_config(profile: str) -> Path:
+    """`configs/accelerate/<profile>.yaml`: how `train` is launched (CPU, one GPU, DDP, FSDP)."""
+    return ACCELERATE / f"{profile}.yaml"
+
+
 def report(stage: str) -> Path:
     return METRICS / f"{stage}.json"
 

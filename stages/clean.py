@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from habla import paths
-from habla.cleaning import account, finish, length_bound, merge_entries, report
+from habla.cleaning import account, finish, length_bound, merge_entries, report, report_name
 from habla.errors import UserError, run_stage
 from habla.gates import Gate
 from habla.io import ParquetParts, write_json
@@ -125,15 +125,17 @@ def main() -> None:
                 f"no usable messages in {RAW_DIR}/:\n{problems}\n"
                 "Check the files above; supported inputs are listed in the README."
             )
+        names = {name: report_name(name, settings.report_file_names) for name in summary["files"]}
         for name, entry in summary["files"].items():
             if flag := entry.get("flagged"):
                 log.warning(
-                    "%s: %.0f%% of its units were rejected as %s; check metrics/clean.json and the README's inputs",
+                    "%s: %.0f%% of its units were rejected as %s; see %s in metrics/clean.json and the README's inputs",
                     name,
                     100 * flag["share"],
                     flag["reason"],
+                    names[name],
                 )
-        write_json(REPORT, summary)
+        write_json(REPORT, {**summary, "files": {names[name]: entry for name, entry in summary["files"].items()}})
         parts.flush()
         gate.close()
         parts.merge(

@@ -1,6 +1,7 @@
 """`train` stage: LoRA / QLoRA supervised fine-tuning with TRL, launched by accelerate.
 
-Run as `accelerate launch --config_file configs/accelerate/<profile>.yaml -m stages.train`.
+Run as `python -m stages.train`: it checks the params, then starts itself under `accelerate launch` with the
+profile's config (`configs/accelerate/<profile>.yaml`); see `habla.model.launch`.
 Before any step runs, guards check the mistakes that silently ruin persona
 fine-tunes: LoRA targets that match nothing (or only part of a fused layer), a
 chat template with no assistant mask, pad = EOS, an end-of-turn token outside
@@ -13,6 +14,7 @@ from __future__ import annotations
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
+from habla.model.launch import accelerate_launch, check_before_launch, is_worker
 from habla.model.loading import end_ids
 from habla.model.training import build_trainer, check_masks, prepare_model, resumable_checkpoint, sort_target_modules
 from habla.params import load_params, select
@@ -31,6 +33,7 @@ DEPS = [
     "stages/train.py",
     "habla/model/training.py",
     "habla/model/loading.py",
+    "habla/model/launch.py",
 ]
 OUTS = [paths.ADAPTER]
 METRICS = [REPORT, LIVE_DIR / "metrics.json"]
@@ -87,5 +90,11 @@ def main() -> None:
     state.wait_for_everyone()
 
 
+def launch() -> None:
+    params = load_params()
+    check_before_launch(params)
+    accelerate_launch("stages.train", params)
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main if is_worker() else launch)

@@ -28,6 +28,22 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+def clean_report() -> dict:
+    """metrics/clean.json with its files under their real names again (the report names them by folder and hash,
+    see `report_name`), found from the `file` column of the stage's outputs."""
+    import polars as pl
+
+    from habla import paths
+    from habla.cleaning import report_name
+    from habla.io import read_json
+
+    report = read_json(paths.report("clean"))
+    files = pl.concat([pl.read_parquet(p, columns=["file"]) for p in (paths.MESSAGES, paths.REJECTED)])["file"]
+    real = {report_name(name, False): name for name in files.unique()}
+    report["files"] = {real.get(key, key): entry for key, entry in report["files"].items()}
+    return report
+
+
 def android(day: int, month: int, year: int, clock: str, author: str | None, text: str) -> str:
     """A Spanish Android export line, e.g. `3/3/23, 8:04 p. m. - Cami: hola`."""
     head = f"{day}/{month}/{year % 100:02d}, {clock} - "

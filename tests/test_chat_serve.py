@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def test_interactive_process_switches_models_resets_and_exits(project):
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert out.startswith("Chat con Nico (tuned).")
-    assert out.count("Nico> ") == 2 and "(modelo: base)" in out and "(conversación nueva)" in out
+    assert out.count("Nico> ") == 1 and "(modelo: base)" in out and "(conversación nueva)" in out
+    assert out.split("(modelo: base)")[1].count("base> ") == 1, "the base model's reply is labelled as the base's"
     assert "/reset empieza de nuevo" in out.split("(conversación nueva)")[1]
 
 
@@ -134,6 +136,61 @@ def test_interactive_loop_handles_end_of_input(loaded):
     out = io.StringIO()
     interactive(Session(model, tokenizer, params, params.evaluate.sampling), "Nico", out=out, read=read)
     assert out.getvalue().count("Nico> ") == 1
+
+
+def test_ctrl_c_stops_a_reply_and_at_the_prompt_ends_the_chat(loaded):
+    import io
+
+    model, tokenizer = loaded
+    params = greedy_params()
+    session = Session(model, tokenizer, params, params.evaluate.sampling)
+    lines = iter(["hola", "¿y?"])
+
+    def read(prompt):
+        for line in lines:
+            return line
+        raise KeyboardInterrupt
+
+    class Terminal(io.StringIO):
+        """Ctrl-C arrives while the first reply is being written."""
+
+        pieces = 0
+
+        def write(self, text):
+            if self.getvalue().count("Nico> ") == 1 and text != "Nico> " and "(interrumpido)" not in self.getvalue():
+                self.pieces += 1
+                if self.pieces == 1:
+                    raise KeyboardInterrupt
+            return super().write(text)
+
+    threads_before = threading.active_count()
+    out = Terminal()
+    interactive(session, "Nico", out=out, read=read)
+    assert "Nico>  (interrumpido)\n" in out.getvalue()
+    assert [m["content"] for m in session.history][0] == "¿y?", "an interrupted exchange is not kept"
+    assert threading.active_count() == threads_before, "the interrupted generation must have stopped"
+
+
+def test_ctrl_c_at_the_prompt_of_the_real_command_exits_cleanly(project):
+    import signal
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HABLA_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "habla.apps.cli", "chat", *GREEDY],
+        cwd=project,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    seen = b""
+    while b"t\xc3\xba> " not in seen:
+        byte = process.stdout.read(1)
+        assert byte, process.stderr.read().decode()
+        seen += byte
+    process.send_signal(signal.SIGINT)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 0 and b"Traceback" not in errors, errors.decode()
 
 
 @pytest.fixture
@@ -293,3 +350,165 @@ def test_judge_openai_backend_talks_to_habla_serve(server, tmp_path):
     assert judge.calls == 2 and all(a in ("A", "B", "C", None) for a in answers)
     assert judge.failures["no_answer"] == 0  # both calls got a chat completion back (a tiny model's may be nonsense)
     assert len((tmp_path / "cache.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+
+
+def raw_exchange(url: str, data: bytes, wait: float = 30.0) -> bytes:
+    """Send raw bytes on one connection and read until the server closes it (or `wait` passes)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    received = b""
+    with socket.create_connection((host, int(port)), timeout=wait) as connection:
+        try:
+            connection.sendall(data)
+        except ConnectionError:  # refused before the whole body was sent: the answer may still be there
+            pass
+        try:
+            while chunk := connection.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionError):
+            pass
+    return received
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
+
+
+def resident_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_lying_missing_and_oversized_lengths_are_refused_before_reading(server):
+    _, url = server(max_body_bytes=2000, read_timeout_s=2)
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    huge = b"x" * 3_000_000
+    assert status_of(raw_exchange(url, f"{head}\r\n".encode())) == 411
+    assert status_of(raw_exchange(url, f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())) == 411
+    for length in ("-1", "abc", "1e3", "²"):
+        response = raw_exchange(url, f"{head}Content-Length: {length}\r\n\r\n".encode() + huge[:5000])
+        assert status_of(response) == 400 and b"Content-Length must be a number" in response, length
+    started = time.monotonic()
+    response = raw_exchange(url, f"{head}Content-Length: {len(huge)}\r\n\r\n".encode() + huge[:1000])
+    assert status_of(response) == 413 and time.monotonic() - started < 2, "answered without reading the body"
+
+
+def test_half_sent_requests_and_lying_bodies_free_their_thread_after_the_read_timeout(server):
+    _, url = server(read_timeout_s=1)
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+    for stalled in (head.encode(), f'{head}Content-Length: 500\r\n\r\n{{"model":'.encode()):
+        started = time.monotonic()
+        assert raw_exchange(url, stalled, wait=20) == b""
+        assert time.monotonic() - started < 10, "the server must hang up on a silent client"
+
+
+def test_a_prompt_over_the_context_is_a_400_or_loses_its_oldest_turns(server, loaded):
+    _, url = server(max_body_bytes=2_000_000)
+    window = loaded[0].config.max_position_embeddings
+    long = [{"role": "user", "content": "wena po cabros " * 4000}]
+    status, body = post(url, json.dumps({"model": "tuned", "messages": long}).encode())
+    assert status == 400 and f"context is {window} tokens" in body["error"]["message"]
+    assert "serve.truncate: oldest" in body["error"]["message"]
+
+    _, url = server(max_body_bytes=2_000_000, truncate="oldest")
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"mensaje {i} de harta conversa"} for i in range(81)
+    ]
+    status, body = post(url, json.dumps({"model": "tuned", "messages": turns, "max_tokens": 4}).encode())
+    assert status == 200 and body["usage"]["truncated_messages"] > 0
+    assert body["usage"]["prompt_tokens"] < window
+    status, body = post(url, json.dumps({"model": "tuned", "messages": long}).encode())
+    assert status == 400, "a last message longer than the context cannot be saved by dropping older turns"
+
+
+def test_a_client_leaving_mid_stream_stops_the_generation_quietly(server, caplog):
+    engine, url = server(max_tokens_limit=512)
+    body = json.dumps(
+        {
+            "model": "tuned",
+            "messages": [{"role": "user", "content": "¿Vamos?"}],
+            "stream": True,
+            "max_tokens": 400,
+            "temperature": 1.0,
+        }
+    ).encode()
+    request = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with caplog.at_level("INFO", logger="serve"):
+        with socket.create_connection((host, int(port)), timeout=30) as connection:
+            connection.sendall(request)
+            received = b""
+            while b"data: " not in received:
+                received += connection.recv(4096)
+        deadline = time.monotonic() + 30
+        while engine.lock.locked() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not engine.lock.locked(), "the model must be free again"
+        time.sleep(0.5)
+    serve_records = [r for r in caplog.records if r.name == "serve"]
+    assert not [r for r in serve_records if r.levelno >= logging.WARNING], [r.getMessage() for r in serve_records]
+    assert any("went away" in r.getMessage() for r in serve_records)
+
+
+def test_after_an_abuse_round_the_server_answers_as_before_with_its_memory_back(server):
+    """Slow senders, lying lengths, oversized bodies, disconnects and more clients than the queue: bounded in count
+    and time, localhost only. Then a normal request is answered as fast as before and memory is near its start."""
+    engine, url = server(max_body_bytes=100_000, read_timeout_s=1, queue_limit=2)
+    ask = {"model": "tuned", "messages": [{"role": "user", "content": "¿Qué hiciste ayer?"}], "max_tokens": 8}
+    started = time.monotonic()
+    assert post(url, json.dumps(ask).encode())[0] == 200
+    usual = time.monotonic() - started
+    memory_before = resident_mib()
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+    attacks = [
+        head.encode(),
+        f"{head}Content-Length: -1\r\n\r\n".encode() + b"x" * 2_000_000,
+        f"{head}Content-Length: 99999999\r\n\r\n".encode() + b"x" * 200_000,
+        f"{head}Content-Length: 5000\r\n\r\n".encode() + b"{" * 100,
+        f"{head}Content-Length: abc\r\n\r\n".encode(),
+    ] * 4
+    statuses: list[int] = []
+
+    def attack(data: bytes) -> None:
+        statuses.append(status_of(raw_exchange(url, data, wait=20)))
+
+    def client_request() -> None:
+        statuses.append(post(url, json.dumps({**ask, "max_tokens": 32}).encode())[0])
+
+    threads = [threading.Thread(target=attack, args=(data,)) for data in attacks]
+    threads += [threading.Thread(target=client_request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert 503 in statuses and 200 in statuses and {400, 413} <= set(statuses)
+    assert 500 not in statuses
+    started = time.monotonic()
+    assert post(url, json.dumps(ask).encode())[0] == 200
+    assert time.monotonic() - started < max(5 * usual, 2.0)
+    assert resident_mib() - memory_before < 100
+
+
+def test_a_conversation_longer_than_the_context_loses_its_oldest_turns_only(loaded):
+    from habla.model.generation import fit_to_context, prompt_length
+
+    _, tokenizer = loaded
+    window = 150
+    system = [{"role": "system", "content": "Eres Nico."}]
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"mensaje {i} de una conversa larga"}
+        for i in range(21)
+    ]
+    messages, length, dropped = fit_to_context(tokenizer, system + turns, window)
+    assert messages == system + turns[dropped:] and length == prompt_length(tokenizer, messages) < window
+    assert prompt_length(tokenizer, system + turns[dropped - 1 :]) >= window, "not one turn more than needed"
+    short = system + turns[-3:]
+    assert fit_to_context(tokenizer, short, window) == (short, prompt_length(tokenizer, short), 0)
+    alone = [{"role": "user", "content": "palabra " * 200}]
+    assert fit_to_context(tokenizer, alone, window)[1] >= window, "a last message too long alone stays too long"

@@ -3,10 +3,11 @@ import shutil
 import polars as pl
 import pytest
 
+from habla.cleaning import report_name
 from habla.errors import UserError
 from habla.io import read_json
 from stages import clean
-from tests.conftest import FIXTURES, android
+from tests.conftest import FIXTURES, android, clean_report
 
 
 def write_raw(root, name, content: bytes | str):
@@ -40,7 +41,7 @@ def test_clean_keeps_or_rejects_every_line_and_reports_per_file(in_tmp):
 
     kept = pl.read_parquet("data/cleaned/messages.parquet")
     rejected = pl.read_parquet("data/cleaned/rejected.parquet")
-    report = read_json("metrics/clean.json")
+    report = clean_report()
     assert list(kept.columns[:8]) == ["source", "file", "line", "lines", "chat", "ts", "author", "text"]
     chat_rows = kept.filter(pl.col("file") == "whatsapp/chat.txt")
     assert chat_rows["text"].to_list() == ["hola, mi correo es <EMAIL>", "wena po\nsegunda línea"]
@@ -123,7 +124,7 @@ def test_clean_in_small_batches_writes_what_one_batch_writes(in_tmp):
         outputs[batch_rows] = (
             pl.read_parquet("data/cleaned/messages.parquet"),
             pl.read_parquet("data/cleaned/rejected.parquet"),
-            read_json("metrics/clean.json"),
+            clean_report(),
             read_json("metrics/gates/clean.json"),
         )
     (kept, rejected, report, gate), (kept_one, rejected_one, report_one, gate_one) = outputs[1000], outputs[1_000_000]
@@ -146,7 +147,7 @@ def test_a_table_that_breaks_half_way_keeps_what_was_read_and_says_why(in_tmp):
     write_raw(in_tmp, "corpus.jsonl", good + '\n{"text": "sin cerrar\n')
     set_batch_rows(in_tmp, 1000)
     clean.main()
-    entry = read_json("metrics/clean.json")["files"]["corpus.jsonl"]
+    entry = clean_report()["files"]["corpus.jsonl"]
     assert entry["error"].startswith("cannot read table")
     rejected = pl.read_parquet("data/cleaned/rejected.parquet")
     assert rejected["reason"].to_list() == ["unreadable_file"] and rejected["raw"][0].startswith("cannot read table")
@@ -175,12 +176,12 @@ def test_an_unknown_chat_format_is_rejected_line_by_line_never_read_as_transcrip
     clean.main()
     kept = pl.read_parquet("data/cleaned/messages.parquet")
     rejected = pl.read_parquet("data/cleaned/rejected.parquet").filter(pl.col("file") == where)
-    entry = read_json("metrics/clean.json")["files"][where]
+    entry = clean_report()["files"][where]
     assert kept["file"].unique().to_list() == ["transcripts/show.txt"]
     assert rejected.select("line", "reason").rows() == [(n, "unknown_whatsapp_format") for n in range(1, 5)]
     assert entry["format"] == "unknown" and entry["flagged"] == {"reason": "unknown_whatsapp_format", "share": 1.0}
     assert entry["sample_headers"][0] == {"length": 49, "shape": "99/99/9999 @ 99:99 | aaa: aaaaaaa aaaaaa"}
-    assert "clean.header_format" in entry["error"] and where in entry["error"]
+    assert "clean.header_format" in entry["error"] and "chat.txt" not in entry["error"], "no file name in the report"
 
 
 def test_nothing_but_an_unknown_chat_format_stops_the_stage_naming_the_file(in_tmp):
@@ -208,7 +209,7 @@ def test_a_header_format_of_ones_own_reads_a_format_nobody_taught_us(in_tmp):
         ("Nico", "mensaje número 4 de Nico\nsegunda línea"),
     ]
     assert kept["ts"].dt.strftime("%Y-%m-%d %H:%M").to_list()[-1] == "2017-07-15 09:04"
-    assert read_json("metrics/clean.json")["files"]["whatsapp/chat.txt"]["format"] == "custom"
+    assert clean_report()["files"]["whatsapp/chat.txt"]["format"] == "custom"
 
 
 @pytest.mark.parametrize(
@@ -241,7 +242,7 @@ def test_long_documents_are_kept_under_their_own_bound_and_a_heavy_loss_is_flagg
     with caplog.at_level("WARNING", logger="clean"):
         clean.main()
     kept = pl.read_parquet("data/cleaned/messages.parquet")
-    report = read_json("metrics/clean.json")
+    report = clean_report()
     assert kept.filter(pl.col("source") == "table")["text"].str.len_chars().to_list() == [
         len(keynote.strip()),
         len((keynote * 3).strip()),
@@ -251,6 +252,21 @@ def test_long_documents_are_kept_under_their_own_bound_and_a_heavy_loss_is_flagg
     assert report["files"]["whatsapp/fotos.txt"]["flagged"] == {"reason": "media_omitted", "share": 0.75}
     assert "flagged" not in report["files"]["whatsapp/ok.txt"] and report["totals"]["flagged_files"] == 1
     assert [r.getMessage() for r in caplog.records] == [
-        "whatsapp/fotos.txt: 75% of its units were rejected as media_omitted; check metrics/clean.json and the "
-        "README's inputs"
+        "whatsapp/fotos.txt: 75% of its units were rejected as media_omitted; "
+        f"see {report_name('whatsapp/fotos.txt', False)} in metrics/clean.json and the README's inputs"
     ]
+
+
+def test_the_report_names_files_by_folder_and_hash_unless_asked_for_real_names(in_tmp):
+    write_raw(in_tmp, "whatsapp/Chat de WhatsApp con Cami.txt", android(13, 3, 2023, "9:00", "Cami", "hola"))
+    clean.main()
+    report = (in_tmp / "metrics/clean.json").read_text(encoding="utf-8")
+    assert "Cami" not in report and '"whatsapp/' in report
+    assert (
+        report_name("whatsapp/Chat de WhatsApp con Cami.txt", False)
+        == report_name("whatsapp/Chat de WhatsApp con Cami.txt", False)
+        != report_name("whatsapp/Chat de WhatsApp con Feña.txt", False)
+    )
+    set_clean_params(in_tmp, report_file_names=True)
+    clean.main()
+    assert "whatsapp/Chat de WhatsApp con Cami.txt" in read_json("metrics/clean.json")["files"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,11 +15,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from habla.io import read_json
 from habla.params import load_params
 from habla.readers import decoding, files, transcripts
+from habla.readers.archives import zip_members
 from stages import clean
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, clean_report
 
 SUBTITLES = FIXTURES / "subtitles" / "webvtt-py"
 IOS_CHAT = (
@@ -101,7 +103,7 @@ def raw(in_tmp):
 
 def test_clean_reads_every_format_and_accounts_for_every_unit(raw):
     clean.main()
-    files = read_json(clean.REPORT)["files"]
+    files = clean_report()["files"]
     messages = pl.read_parquet("data/cleaned/messages.parquet")
     rejected = pl.read_parquet("data/cleaned/rejected.parquet")
 
@@ -168,7 +170,7 @@ def test_table_with_unknown_columns_is_reported_with_the_columns_it_has(in_tmp):
     (in_tmp / "data" / "raw" / "t.csv").write_text(TABLE, encoding="utf-8")
     (in_tmp / "data" / "raw" / "chat.txt").write_text("3/3/23, 20:04 - Nico: hola po\n", encoding="utf-8")
     clean.main()
-    error = read_json(clean.REPORT)["files"]["t.csv"]["error"]
+    error = clean_report()["files"]["t.csv"]["error"]
     assert "text=text" in error and "Transcripción" in error and "clean.table_columns" in error
 
 
@@ -247,3 +249,63 @@ def test_mojibake_exports_are_repaired(wrong, in_tmp):
     source, kept, rejected, info = files.read_text_file(data, Path("whatsapp/chat.txt"), load_params().clean)
     assert kept["text"].to_list() == EXPECTED_TEXTS and rejected.is_empty()
     assert info["encoding"] == "utf-8 + ftfy"
+
+
+def forge_declared_size(archive: Path, member: str, declared: int) -> None:
+    """Rewrite a member's uncompressed size in its local and central headers, as a zip bomb does."""
+    data = bytearray(archive.read_bytes())
+    name = member.encode()
+    for signature, size_offset, name_offset in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
+        start = 0
+        while (start := data.find(signature, start)) != -1:
+            if data[start + name_offset : start + name_offset + len(name)] == name:
+                data[start + size_offset : start + size_offset + 4] = declared.to_bytes(4, "little")
+            start += 4
+    archive.write_bytes(bytes(data))
+
+
+def test_zip_members_inflate_capped_one_at_a_time_and_a_bad_one_spares_the_others(in_tmp):
+    params = yaml.safe_load((in_tmp / "params.yaml").read_text(encoding="utf-8"))
+    params["clean"]["max_zip_member_mb"] = 1
+    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    archive = in_tmp / "data" / "raw" / "whatsapp" / "WhatsApp Chat - Cami.zip"
+    archive.parent.mkdir(parents=True)
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        out.writestr("_chat.txt", "3/3/23, 20:04 - Nico: hola po\n14/3/23, 20:05 - Cami: wena\n")
+        out.writestr("bomb.txt", b"\x00" * (20 * 2**20))
+        out.writestr("big.txt", b"3/3/23, 20:04 - Nico: " + b"a" * (3 * 2**20))
+    forge_declared_size(archive, "bomb.txt", 1000)
+    assert zipfile.ZipFile(archive).getinfo("bomb.txt").file_size == 1000
+
+    members = {name: why for name, why, _ in zip_members(archive, load_params().clean, (".txt",))}
+    assert members == {
+        "_chat.txt": None,
+        "big.txt": "3 MB, over clean.max_zip_member_mb",
+        "bomb.txt": "corrupt member: Bad CRC-32 for file 'bomb.txt'",
+    }
+    clean.main()
+    kept = pl.read_parquet("data/cleaned/messages.parquet")
+    assert kept.select("author", "text").rows() == [("Nico", "hola po"), ("Cami", "wena")]
+    report = clean_report()["files"]
+    assert report["whatsapp/WhatsApp Chat - Cami.zip/bomb.txt"]["rejected"] == {"zip_member_refused": 1}
+
+
+def test_a_forged_one_gib_member_is_refused_in_bounded_memory(tmp_path):
+    """1 GiB of zeros under a header that declares 1,000 bytes: refused, and the reading process stays small."""
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as out, out.open("bomb.txt", "w") as member:
+        for _ in range(1024):
+            member.write(bytes(2**20))
+    forge_declared_size(archive, "bomb.txt", 1000)
+    # VmHWM, not ru_maxrss: Linux carries a forked parent's peak over into the child's ru_maxrss across exec.
+    script = (
+        "import json, sys; from pathlib import Path; from habla.params import Clean; "
+        "from habla.readers.archives import zip_members; "
+        "found = [why for _, why, _ in zip_members(Path(sys.argv[1]), Clean(), ('.txt',))]; "
+        "peak = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0] / 1024; "
+        "print(json.dumps({'why': found, 'peak_mib': peak}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(archive)], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    assert result["why"] == ["corrupt member: Bad CRC-32 for file 'bomb.txt'"]
+    assert result["peak_mib"] < 100, result

@@ -320,3 +320,35 @@ def adapter_hash(project: Path) -> str:
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     (out,) = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/adapter"]
     return out["md5"]
+
+
+def test_no_git_tracked_file_the_pipeline_writes_holds_chat_text_or_contact_names(reproduced):
+    """What `git push` publishes after a run: metrics, plots data, dvc.lock and anything tracked outside data/raw.
+    None may hold a sentence of the raw chats and transcripts, or the contact a WhatsApp export is named after."""
+    import re
+    import unicodedata
+
+    project = reproduced.root
+    raw = project / "data" / "raw"
+    sentences: set[str] = set()
+    for path in raw.rglob("*.txt"):
+        for line in path.read_text(encoding="utf-8-sig").splitlines():
+            text = line.split(": ", 1)[-1] if "whatsapp" in path.parts else line
+            sentences.update(s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", text) if len(s.strip()) >= 25)
+    contacts = {
+        unicodedata.normalize("NFC", re.sub(r"^(Chat de WhatsApp con|WhatsApp Chat with|WhatsApp Chat -) ", "", p.stem))
+        for p in raw.rglob("*.txt")
+        if "WhatsApp" in p.stem
+    }
+    assert len(sentences) > 20 and contacts == {"Cami"}, "the check must have something to look for"
+    tracked = run(["git", "-c", "core.quotepath=off", "ls-files"], project).splitlines()
+    written = [
+        name
+        for name in tracked
+        if name == "dvc.lock" or name.startswith(("metrics/", "models/", "data/")) and not name.startswith("data/raw/")
+    ]
+    assert "metrics/clean.json" in written and "dvc.lock" in written
+    for name in written:
+        content = unicodedata.normalize("NFC", (project / name).read_text(encoding="utf-8", errors="replace"))
+        leaked = [s for s in sentences if s in content] + [c for c in contacts if c in content]
+        assert not leaked, f"{name} holds {leaked[:3]}"

@@ -1,7 +1,13 @@
 """Each guard of the train stage, made to fire on a model or tokenizer that has the defect."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
+import yaml
 
 from habla import paths
 from habla.errors import UserError
@@ -9,6 +15,7 @@ from habla.io import write_json
 from habla.model.builtin import train_tokenizer
 from habla.model.loading import IM_END, PAD, encode_chat, load_base
 from habla.model.training import check_masks, check_targets, prepare_tokenizer
+from tests.conftest import REPO
 
 TEXTS = ["wena po, ¿cómo estai?", "hola, todo bien", "cachai que mañana vamos al estadio", "ya po, de una"] * 20
 CONVERSATION = [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "wena po"}]
@@ -200,3 +207,44 @@ def test_token_statistics_and_truncated_share_of_the_training_set(tokenizer):
     assert stats["truncated_share"] == 0.5
     assert stats["max_tokens"] == long and stats["mean_tokens"] == (short + long) / 2
     assert check_masks(prepared, rows, long)["truncated_share"] == 0.0
+
+
+def run_train_stage(root, overrides: dict) -> subprocess.CompletedProcess:
+    """`python -m stages.train` as `dvc repro` runs it, in a project folder holding only params and configs."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for section, values in overrides.items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    shutil.copytree(REPO / "configs", root / "configs")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HABLA_LOG_LEVEL": "WARNING"}
+    return subprocess.run(
+        [sys.executable, "-m", "stages.train"], cwd=root, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"train": {"max_steps": "abc"}}, "`train.max_steps` is 'abc'"),
+        ({"train": {"max_stepz": 3}}, "max_stepz"),
+        ({"train": {"accelerate_profile": "tpu"}}, "train.accelerate_profile"),
+        pytest.param(
+            {"train": {"quantization": "4bit"}},
+            "needs a CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU 4-bit needs"),
+        ),
+    ],
+)
+def test_a_wrong_train_param_is_one_sentence_before_any_worker_starts(tmp_path, overrides, says):
+    done = run_train_stage(tmp_path, overrides)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], done.stderr
+
+
+def test_a_workers_own_error_is_not_followed_by_the_launchers_traceback(tmp_path):
+    """Valid params, but nothing to train on: the worker says so, and accelerate adds no CalledProcessError."""
+    done = run_train_stage(tmp_path, {})
+    assert done.returncode != 0
+    assert "error: " in done.stderr
+    assert "Traceback" not in done.stderr and "CalledProcessError" not in done.stderr, done.stderr

@@ -7,16 +7,27 @@ message separator it learned is shown as a new bubble, never as a token.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import sys
 from collections.abc import Iterator
 
 from habla import paths
-from habla.model.generation import ReplyStream
+from habla.errors import UserError
+from habla.model.generation import ReplyStream, context_window, fit_to_context
 from habla.model.loading import load_base, load_tuned, special_separator
 from habla.params import Params, Sampling, load_params
 
 HELP = "/reset empieza de nuevo · /base o /tuned cambia de modelo · /exit sale"
+
+
+class TooLong(Exception):
+    """A message that does not fit the model's context even alone."""
+
+    def __init__(self, length: int, window: int):
+        super().__init__(f"{length} tokens; this model's context is {window}")
+        self.length, self.window = length, window
 
 
 class Session:
@@ -41,9 +52,18 @@ class Session:
         return system + self.history + [{"role": "user", "content": user_text}]
 
     def reply(self, user_text: str) -> Iterator[str]:
-        """Stream the reply's pieces, then keep the exchange in the history."""
+        """Stream the reply's pieces, then keep the exchange in the history.
+
+        A long conversation loses its oldest turns to fit the model's context (the model would otherwise warn inside
+        the reply and forget the start anyway); a single message longer than the context is a `TooLong`.
+        """
         keep = [t for t in [special_separator(self.separator)] if t]
-        stream = ReplyStream(self.model, self.tokenizer, self.messages(user_text), self.sampling, keep_tokens=keep)
+        window = context_window(self.model, self.tokenizer)
+        messages, length, _ = fit_to_context(self.tokenizer, self.messages(user_text), window)
+        if length >= window:
+            raise TooLong(length, window)
+        sampling = dataclasses.replace(self.sampling, max_new_tokens=min(self.sampling.max_new_tokens, window - length))
+        stream = ReplyStream(self.model, self.tokenizer, messages, sampling, keep_tokens=keep)
         if self.tuned:
             yield from stream
         else:
@@ -69,11 +89,12 @@ def bubbles(pieces: Iterator[str], separator: str, indent: str) -> Iterator[str]
 
 
 def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> None:
+    """The terminal loop. Ctrl-C during a reply stops that reply; Ctrl-C or Ctrl-D at the prompt ends the chat."""
     print(f"Chat con {persona} ({session.name}). {HELP}", file=out)
     while True:
         try:
             text = read("tú> ").strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
             print(file=out)
             return
         if not text:
@@ -93,12 +114,33 @@ def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> N
         elif command.startswith("/"):
             print(HELP, file=out)
         else:
-            prefix = f"{persona}> "
-            out.write(prefix)
-            for piece in bubbles(session.reply(text), session.separator, " " * len(prefix)):
+            answer(session, text, persona if session.tuned else "base", out)
+
+
+def answer(session: Session, text: str, label: str, out) -> None:
+    """One reply, streamed under the label of the model that gives it."""
+    prefix = f"{label}> "
+    out.write(prefix)
+    try:
+        with contextlib.closing(session.reply(text)) as pieces:
+            for piece in bubbles(pieces, session.separator, " " * len(prefix)):
                 out.write(piece)
                 out.flush()
-            out.write("\n")
+    except KeyboardInterrupt:
+        out.write(" (interrumpido)")
+    except TooLong as err:
+        out.write(f"(mensaje demasiado largo: {err.length} tokens; este modelo admite {err.window - 1})")
+    out.write("\n")
+
+
+def quiet_libraries() -> None:
+    """transformers writes its warnings straight to stderr, in the middle of a streamed reply; through Python logging
+    they are log lines (shown from WARNING, like every other log line of habla)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    logging.captureWarnings(True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--seed", type=int)
     args = parser.parse_args(argv)
+    quiet_libraries()
     params = load_params()
     overrides = {
         k: v
@@ -127,8 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     session = load_session(params, sampling, args.base_only)
     persona = (params.persona.authors or ["persona"])[0]
     if args.prompt is not None:
-        for piece in bubbles(session.reply(args.prompt), session.separator, ""):
-            sys.stdout.write(piece)
+        try:
+            for piece in bubbles(session.reply(args.prompt), session.separator, ""):
+                sys.stdout.write(piece)
+        except TooLong as err:
+            raise UserError(f"--prompt is too long ({err}); shorten it.") from None
         sys.stdout.write("\n")
         return
     interactive(session, persona)

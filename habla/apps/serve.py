@@ -11,6 +11,7 @@ framework would add dependencies and no throughput.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hmac
 import json
@@ -21,7 +22,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from habla.model.generation import ReplyStream
+from habla.model.generation import ReplyStream, context_window, fit_to_context, prompt_length
 from habla.model.loading import load_tuned
 from habla.params import Params, Serve, load_params
 
@@ -29,6 +30,10 @@ log = logging.getLogger("serve")
 
 MODELS = ("tuned", "base")
 ROLES = {"system", "user", "assistant"}
+
+
+class ClientGone(Exception):
+    """The client stopped sending or reading: nothing to answer, nothing to log above INFO."""
 
 
 class RequestError(Exception):
@@ -54,6 +59,7 @@ class Completion:
     stop: tuple[str, ...]
     stream: bool
     seed: int
+    dropped_messages: int = 0
 
 
 def _number(body: dict, name: str, default, low: float, high: float, kind=float):
@@ -125,6 +131,26 @@ class Engine:
         self.waiting = threading.BoundedSemaphore(params.serve.queue_limit + 1)
         self.created = int(time.time())
 
+    def fit(self, request: Completion) -> Completion:
+        """The request within the model's context, checked before it waits for the model: a prompt that cannot fit
+        is a 400 naming the limit (or loses its oldest turns under `serve.truncate: oldest`), and max_tokens is
+        cut to the room left."""
+        window = context_window(self.model, self.tokenizer)
+        if self.params.serve.truncate == "oldest":
+            messages, length, dropped = fit_to_context(self.tokenizer, request.messages, window)
+        else:
+            messages, length, dropped = request.messages, prompt_length(self.tokenizer, request.messages), 0
+        if length >= window:
+            hint = "" if self.params.serve.truncate == "oldest" else ", or start the server with serve.truncate: oldest"
+            raise RequestError(
+                400,
+                f"The prompt is {length} tokens after the chat template; this model's context is {window} tokens. "
+                f"Send a shorter conversation{hint}.",
+                "messages",
+            )
+        max_tokens = min(request.max_tokens, window - length)
+        return dataclasses.replace(request, messages=messages, max_tokens=max_tokens, dropped_messages=dropped)
+
     def stream(self, request: Completion) -> ReplyStream:
         sampling = dataclasses.replace(
             self.params.evaluate.sampling,
@@ -164,12 +190,17 @@ def completion_body(request: Completion, stream: ReplyStream, ident: str, create
                 "finish_reason": stream.finish_reason,
             }
         ],
-        "usage": {
-            "prompt_tokens": stream.prompt_tokens,
-            "completion_tokens": stream.completion_tokens,
-            "total_tokens": stream.prompt_tokens + stream.completion_tokens,
-        },
+        "usage": usage(request, stream),
     }
+
+
+def usage(request: Completion, stream: ReplyStream) -> dict:
+    counts = {
+        "prompt_tokens": stream.prompt_tokens,
+        "completion_tokens": stream.completion_tokens,
+        "total_tokens": stream.prompt_tokens + stream.completion_tokens,
+    }
+    return {**counts, "truncated_messages": request.dropped_messages} if request.dropped_messages else counts
 
 
 def chunk(request: Completion, ident: str, created: int, delta: dict, finish: str | None = None) -> bytes:
@@ -189,6 +220,12 @@ class CompletionHandler(BaseHTTPRequestHandler):
     server: ServeServer
     protocol_version = "HTTP/1.1"
     server_version = "habla"
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a socket read or write may wait (applied by `StreamRequestHandler.setup`): a half-sent request
+        or a client that stops reading a stream frees its thread instead of holding it forever."""
+        return self.server.engine.params.serve.read_timeout_s
 
     def log_message(self, format, *args):  # noqa: A002 - the base class's signature
         log.debug("%s %s", self.address_string(), format % args)
@@ -227,23 +264,21 @@ class CompletionHandler(BaseHTTPRequestHandler):
                 raise RequestError(404, f"No route {self.path}.", kind="not_found_error")
             if not self.authorised():
                 raise RequestError(401, "Invalid API key.", kind="authentication_error")
-            length = int(self.headers.get("Content-Length") or 0)
-            limits = self.server.engine.params.serve
-            if length > limits.max_body_bytes:
-                self.close_connection = True
-                raise RequestError(413, f"The request body is {length} bytes; the limit is {limits.max_body_bytes}.")
-            raw = self.rfile.read(length)
+            raw = self.read_body(self.server.engine.params.serve.max_body_bytes)
             try:
                 body = json.loads(raw or b"null")
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise RequestError(400, "The request body is not valid JSON.") from None
-            request = parse_completion(body, self.server.engine.params)
+            request = self.server.engine.fit(parse_completion(body, self.server.engine.params))
             ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
             self.server.engine.run(
                 request, (self.stream_reply if request.stream else self.whole_reply)(request, ident, created)
             )
         except RequestError as err:
             self.send_json(err.status, err.body())
+        except (ClientGone, TimeoutError, ConnectionError) as err:
+            self.close_connection = True
+            log.info("%s went away (%s); its request was dropped", self.address_string(), type(err).__name__)
         except Exception:  # noqa: BLE001 - a server answers every request; the traceback goes to the log
             log.exception("request failed")
             error = RequestError(500, "Internal error while generating.", kind="server_error").body()
@@ -251,6 +286,29 @@ class CompletionHandler(BaseHTTPRequestHandler):
                 self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
             else:
                 self.send_json(500, error)
+
+    def read_body(self, limit: int) -> bytes:
+        """The body, never more than `limit` bytes: the declared length is checked before anything is read.
+
+        A missing, negative or non-numeric Content-Length is refused (a negative one used to mean "read until the
+        connection closes", which let any size through); the connection is closed after a refusal, since the unread
+        body would otherwise be taken for the next request.
+        """
+        declared = self.headers.get("Content-Length")
+        problem = None
+        if declared is None or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            problem = RequestError(411, "Send the body with a Content-Length header.")
+        elif not (declared.strip().isascii() and declared.strip().isdigit()):
+            problem = RequestError(400, f"Content-Length must be a number of bytes, got {declared[:40]!r}.")
+        elif int(declared) > limit:
+            problem = RequestError(413, f"The request body is {int(declared)} bytes; the limit is {limit}.")
+        if problem:
+            self.close_connection = True
+            raise problem
+        raw = self.rfile.read(int(declared))
+        if len(raw) < int(declared):
+            raise ClientGone("the body ended before its Content-Length")
+        return raw
 
     def whole_reply(self, request: Completion, ident: str, created: int):
         def consume(stream: ReplyStream) -> None:
@@ -269,9 +327,10 @@ class CompletionHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.close_connection = self.streaming = True
             self.wfile.write(chunk(request, ident, created, {"role": "assistant", "content": ""}))
-            for piece in stream:
-                self.wfile.write(chunk(request, ident, created, {"content": piece}))
-                self.wfile.flush()
+            with contextlib.closing(iter(stream)) as pieces:  # a write that fails stops the generation at once
+                for piece in pieces:
+                    self.wfile.write(chunk(request, ident, created, {"content": piece}))
+                    self.wfile.flush()
             self.wfile.write(chunk(request, ident, created, {}, stream.finish_reason))
             self.wfile.write(b"data: [DONE]\n\n")
 
@@ -282,6 +341,7 @@ class ServeServer(ThreadingHTTPServer):
     """A thread per request; every handler reads the one engine (model lock, queue) and the API key from here."""
 
     daemon_threads = True
+    request_queue_size = 128  # connections the kernel holds before accept; the default 5 resets bursts of clients
 
     def __init__(self, address: tuple[str, int], engine: Engine, api_key: str | None):
         super().__init__(address, CompletionHandler)

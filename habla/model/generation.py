@@ -67,6 +67,56 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], sampling: Samp
     return replies
 
 
+class _WhenSet:
+    """A stopping criterion that ends generation once `event` is set (checked after every token)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def context_window(model, tokenizer) -> int:
+    """How many tokens the model can attend to: its position table, or the tokenizer's bound when that is smaller."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    return min(int(limit) for limit in limits if limit and limit < 10**8)
+
+
+def prompt_length(tokenizer, messages: list[dict]) -> int:
+    return len(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+    )
+
+
+def fit_to_context(tokenizer, messages: list[dict], window: int) -> tuple[list[dict], int, int]:
+    """Drop the oldest turns (never the system message, never the last message) until the prompt leaves room for
+    at least one new token. Returns (messages, prompt tokens, turns dropped); the prompt may still be too long when
+    the last message alone is.
+
+    Binary search over how many turns to drop: a request of thousands of short turns costs a dozen tokenisations,
+    not thousands.
+    """
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system) :]
+    length = prompt_length(tokenizer, messages)
+    if length < window:
+        return messages, length, 0
+    low, high = 1, len(turns) - 1
+    best = (high, prompt_length(tokenizer, system + turns[high:]))
+    while low < high:
+        middle = (low + high) // 2
+        middle_length = prompt_length(tokenizer, system + turns[middle:])
+        if middle_length < window:
+            best, high = (middle, middle_length), middle
+        else:
+            low = middle + 1
+    dropped, length = best
+    return system + turns[dropped:], length, dropped
+
+
 @dataclass
 class ReplyStream:
     """One streamed reply: iterate for text pieces; afterwards `text`, token counts and `finish_reason` are set.
@@ -89,8 +139,14 @@ class ReplyStream:
     finish_reason: str = "stop"
     _hidden: list[str] = field(default_factory=list)
 
+    _cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """Stop generating at the next token (a client that went away, a Ctrl-C)."""
+        self._cancelled.set()
+
     def __iter__(self) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         tokenizer = self.tokenizer
         self._hidden = [t for t in tokenizer.all_special_tokens if t not in self.keep_tokens]
@@ -110,6 +166,7 @@ class ReplyStream:
                 result["ids"] = self.model.generate(
                     **prompt,
                     **sampling_kwargs(self.sampling),
+                    stopping_criteria=StoppingCriteriaList([_WhenSet(self._cancelled)]),
                     streamer=streamer,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=end_ids(self.model, tokenizer),
@@ -121,19 +178,26 @@ class ReplyStream:
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
-        emitted = 0
-        for piece in streamer:
-            self.text += self._clean(piece)
-            cut = self._stop_at(self.text)
-            safe = len(self.text) if cut is None else cut
-            if cut is None:
-                safe -= self._possible_stop_prefix(self.text)
-            if safe > emitted:
-                yield self.text[emitted:safe]
-                emitted = safe
-            if cut is not None:
-                break
-        worker.join()
+        emitted, finished = 0, False
+        try:
+            for piece in streamer:
+                self.text += self._clean(piece)
+                cut = self._stop_at(self.text)
+                safe = len(self.text) if cut is None else cut
+                if cut is None:
+                    safe -= self._possible_stop_prefix(self.text)
+                if safe > emitted:
+                    yield self.text[emitted:safe]
+                    emitted = safe
+                if cut is not None:
+                    break
+            finished = True
+        finally:
+            # The consumer may leave early (a closed connection, Ctrl-C, GeneratorExit): the model must not go on
+            # generating behind the caller's back, holding the model and racing the next request on it.
+            if not finished:
+                self.cancel()
+            worker.join()
         if "error" in result:
             raise result["error"]
         cut = self._stop_at(self.text)

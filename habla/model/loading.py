@@ -73,18 +73,22 @@ def load_tokenizer(path: str | Path, revision: str | None = None):
     return AutoTokenizer.from_pretrained(str(path), revision=revision)
 
 
+def require_cuda_for(quantization: str) -> None:
+    if quantization == "4bit" and not torch.cuda.is_available():
+        raise UserError(
+            "train.quantization: 4bit (QLoRA) needs a CUDA GPU, and none is visible. "
+            "Use `-S train.quantization=none` on this machine, or run on a GPU machine."
+        )
+
+
 def load_base(quantization: str = "none", dtype: torch.dtype | str | None = None):
     """The base model and its tokenizer, ready for inference or LoRA (compute dtype unless `dtype` says otherwise)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     location, revision = base_reference()
     kwargs: dict = {"dtype": dtype or compute_dtype(), "revision": revision}
+    require_cuda_for(quantization)
     if quantization == "4bit":
-        if not torch.cuda.is_available():
-            raise UserError(
-                "train.quantization: 4bit (QLoRA) needs a CUDA GPU, and none is visible. "
-                "Use `-S train.quantization=none` on this machine, or run on a GPU machine."
-            )
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",

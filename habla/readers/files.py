@@ -66,7 +66,7 @@ def read_text_file(data: bytes, relative: Path, settings: Clean) -> tuple[str, p
             kept, rejected, details = parse_whatsapp(lines, settings.date_order, detected, settings.header_format)
             return "whatsapp", kept, rejected, {**info, **details, "unit": "line", "raw_units": len(lines)}
         if in_chat_folder or chat_like_share(lines) >= MIN_WHATSAPP_SHARE:
-            return "whatsapp", *unknown_chat_format(lines, relative, info)
+            return "whatsapp", *unknown_chat_format(lines, info)
         units = transcripts.plain_text(lines, lyrics=is_lyrics(relative))
         source, info["format"] = ("lyrics", "lyrics text") if is_lyrics(relative) else ("transcript", "plain text")
     elif suffix == ".lrc":
@@ -94,7 +94,7 @@ def read_text_file(data: bytes, relative: Path, settings: Clean) -> tuple[str, p
     return source, kept, rejected, info
 
 
-def unknown_chat_format(lines: pl.Series, relative: Path, info: dict) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+def unknown_chat_format(lines: pl.Series, info: dict) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """A chat export whose header format nobody taught us: every line rejected, never read as transcript text
     (that would put dates, names and system lines into the training corpus)."""
     rejected = pl.DataFrame({"raw": lines}).with_row_index("line", offset=1)
@@ -102,7 +102,7 @@ def unknown_chat_format(lines: pl.Series, relative: Path, info: dict) -> tuple[p
     kept = pl.DataFrame(schema={"line": pl.UInt32, "lines": pl.UInt32, "ts": pl.Datetime("us")})
     kept = kept.with_columns(author=pl.lit(None, pl.String), text=pl.lit(None, pl.String))
     error = (
-        f"{relative.as_posix()}: the WhatsApp header format is not recognised, so none of its lines were used. "
+        "the WhatsApp header format is not recognised, so none of its lines were used. "
         "Please report it with the `sample_headers` shapes in metrics/clean.json, or set `clean.header_format` "
         "(see the README) to read it now"
     )
@@ -121,19 +121,19 @@ def read_items(
     """
     name = relative.as_posix()
     if relative.suffix.lower() == ".zip":
+        found = False
         try:
-            members, refused = zip_members(path, settings, TEXT_SUFFIXES)
+            for member, why, data in zip_members(path, settings, TEXT_SUFFIXES):
+                found = True
+                if why is not None:
+                    yield _refused_member(f"{name}/{member}", why)
+                else:
+                    yield _read_one(f"{name}/{member}", lambda data=data: data, relative / member, settings)
         except (zipfile.BadZipFile, OSError) as err:
             yield _unreadable(name, path, err)
             return
-        inner = [(member, why, None) for member, why in refused] + [(member, None, data) for member, data in members]
-        if not inner:
+        if not found:
             yield _unreadable(name, path, UnreadableFile("zip with no text export inside"))
-        for member, why, data in sorted(inner, key=lambda item: item[0]):
-            if why is not None:
-                yield _refused_member(f"{name}/{member}", why)
-            else:
-                yield _read_one(f"{name}/{member}", lambda data=data: data, relative / member, settings)
         return
     if relative.suffix.lower() in TABLE_SUFFIXES:
         try:
