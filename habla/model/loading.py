@@ -70,7 +70,11 @@ def base_reference() -> tuple[str, str | None]:
 def load_tokenizer(path: str | Path, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), revision=revision)
+    # transformers records how the tokenizer was loaded (`local_files_only` follows HF_HUB_OFFLINE) and writes it
+    # back on save: the adapter's bytes would then depend on the shell it was trained from.
+    tokenizer.init_kwargs.pop("local_files_only", None)
+    return tokenizer
 
 
 def require_cuda_for(quantization: str) -> None:
