@@ -80,7 +80,7 @@ def test_android_group_events_and_media_caption():
     ]
     kept, rejected, _ = parse("\n".join(lines))
     assert kept.select("author", "text").rows() == [("Nico", "miren esta wea"), ("Cami", "Hola: ¿cómo estai?")]
-    assert rejected["reason"].to_list() == ["group_event", "group_event", "media_omitted", "view_once"]
+    assert rejected["reason"].to_list() == ["group_event", "group_event", "attachment", "media_omitted", "view_once"]
 
 
 def test_lines_before_the_first_header_are_rejected_not_lost():

@@ -69,6 +69,7 @@ CASES = {
             "encryption_notice",
             "group_event",
             "group_event",
+            "attachment",
             "media_omitted",
             "view_once",
             "location",
@@ -118,7 +119,7 @@ CASES = {
             "vê isto",
         ],
         [("Rui", "Olá, tudo bem?"), ("Inês", "vê isto")],
-        ["encryption_notice", "media_omitted", "deleted"],
+        ["encryption_notice", "media_omitted", "deleted", "attachment"],
         datetime(2021, 7, 13, 10, 1),
     ),
     "fr-android-a": (
@@ -135,7 +136,7 @@ CASES = {
             "14/07/2017 à 10:01 - Claire: Appel vocal manqué",
         ],
         [("Claire", "Salut tout le monde !"), ("Paul", "regardez ça")],
-        ["encryption_notice", "group_event", "media_omitted", "deleted", "group_event", "missed_call"],
+        ["encryption_notice", "group_event", "media_omitted", "deleted", "attachment", "group_event", "missed_call"],
         datetime(2017, 7, 13, 9, 13),
     ),
     "fr-ios-space-before-colon": (
@@ -206,7 +207,7 @@ CASES = {
             "13-05-2022 16:21 - Jan heeft Piet toegevoegd",
         ],
         [("Jan", "Dit is een foto"), ("Sanne", "Hoi!")],
-        ["encryption_notice", "media_omitted", "deleted", "group_event"],
+        ["encryption_notice", "attachment", "media_omitted", "deleted", "group_event"],
         datetime(2022, 5, 2, 16, 17),
     ),
     "ca-android": (
@@ -327,7 +328,8 @@ def test_old_ios_attachment_form_and_a_caption_under_a_marked_attachment_line():
         ]
     )
     assert kept.select("author", "text").rows() == [("Bob", "this is the caption"), ("Ann", "nice")]
-    assert rejected["reason"].to_list() == ["attachment"]
+    assert rejected.select("line", "reason").rows() == [(1, "attachment"), (2, "attachment")]
+    assert kept["line"].to_list() == [3, 4], "the caption is kept from its own line"
 
 
 HEADER_FORMS = {

@@ -370,8 +370,32 @@ def classify(messages: pl.DataFrame) -> pl.DataFrame:
         )
     )
     columns = ["line", "lines", "ts", "author", "text", "reason", "raw"]
+    # A caption typed under an attachment is the author's message: the attachment line (always the first, the caption
+    # follows on its own lines) is rejected with its reason and the caption kept from the next line on.
+    captioned = pl.col("media").is_not_null() & pl.col("reason").is_null() & (pl.col("text").str.strip_chars() != "")
+    attachments = looked_at.filter(captioned).select(
+        "line",
+        "ts",
+        "author",
+        lines=pl.lit(1, pl.UInt32),
+        text=pl.lit(None, pl.String),
+        reason="media",
+        raw=pl.col("raw").str.split("\n").list.first(),
+    )
+    looked_at = looked_at.with_columns(
+        line=pl.when(captioned).then(pl.col("line") + 1).otherwise("line"),
+        lines=pl.when(captioned).then(pl.col("lines") - 1).otherwise("lines"),
+        raw=pl.when(captioned).then(pl.col("raw").str.splitn("\n", 2).struct.field("field_1")).otherwise("raw"),
+    )
     return (
-        pl.concat([system_lines.select(columns), plain.select(columns), looked_at.select(columns)])
+        pl.concat(
+            [
+                system_lines.select(columns),
+                plain.select(columns),
+                looked_at.select(columns),
+                attachments.select(columns),
+            ]
+        )
         .sort("line")
         .with_columns(pl.col("author").str.strip_chars().str.strip_chars_start("~").str.strip_chars())
     )
