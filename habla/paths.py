@@ -31,6 +31,8 @@ METRICS = Path("metrics")
 GATES = METRICS / "gates"
 TRAIN_LIVE = METRICS / "train"
 PERPLEXITY_PLOT = METRICS / "plots" / "perplexity.json"
+TRAIN_STEPS = METRICS / "plots" / "train_steps.json"  # loss, learning rate, gradient norm per optimizer step
+EVAL_STEPS = METRICS / "plots" / "eval_steps.json"  # validation loss per optimizer step
 GENERATIONS = METRICS / "generations.jsonl"  # held-out text: a DVC-cached output, never committed to git
 JUDGE_CACHE = Path("data/cache/judge.jsonl")  # answers already paid for: git-ignored, survives reruns
 

@@ -16,7 +16,14 @@ from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
 from habla.model.launch import accelerate_launch, check_before_launch, is_worker
 from habla.model.loading import end_ids
-from habla.model.training import build_trainer, check_masks, prepare_model, resumable_checkpoint, sort_target_modules
+from habla.model.training import (
+    build_trainer,
+    check_masks,
+    prepare_model,
+    resumable_checkpoint,
+    sort_target_modules,
+    step_history,
+)
 from habla.params import load_params, select
 
 LIVE_DIR = paths.TRAIN_LIVE
@@ -35,9 +42,8 @@ DEPS = [
     "habla/model/loading.py",
     "habla/model/launch.py",
 ]
-OUTS = [paths.ADAPTER]
+OUTS = [paths.ADAPTER, LIVE_DIR / "plots" / "metrics", paths.TRAIN_STEPS, paths.EVAL_STEPS]
 METRICS = [REPORT, LIVE_DIR / "metrics.json"]
-PLOTS = [LIVE_DIR / "plots" / "metrics"]
 
 
 def main() -> None:
@@ -73,6 +79,9 @@ def main() -> None:
         trainer.save_model(str(paths.ADAPTER))
         sort_target_modules(paths.ADAPTER / "adapter_config.json")
         tokenizer.save_pretrained(str(paths.ADAPTER))
+        train_steps, eval_steps = step_history(trainer.state.log_history)
+        write_json(paths.TRAIN_STEPS, train_steps)
+        write_json(paths.EVAL_STEPS, eval_steps)
         write_json(paths.ADAPTER / "training_params.json", {"params": select(params, PARAMS), "tokenizer": notes})
         write_json(
             REPORT,

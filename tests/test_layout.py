@@ -179,3 +179,18 @@ def test_params_yaml_holds_the_library_defaults():
     assert set(differ) == {"persona.authors"}, differ
     raw = flat(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")))
     assert set(raw) - {"preset"} == set(defaults) - {"preset"}, "params.yaml must list every key"
+
+
+def test_dvc_plots_page_is_the_offline_template_with_vega_inside():
+    """`dvc plots show` must draw without network: the configured template inlines Vega and loads nothing."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc" / "config")
+    template = (REPO / ".dvc" / config["plots"]["html_template"]).resolve()
+    page = template.read_text(encoding="utf-8")
+    assert "{plot_divs}" in page
+    assert "<script src" not in page and "<link" not in page, "nothing may be fetched"
+    for global_name in ("vega", "vegaLite", "vegaEmbed"):  # what each library's bundle defines
+        assert f"self).{global_name}=" in page, global_name
+    assert "/dvc_plots/" in (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()

@@ -352,3 +352,20 @@ def test_no_git_tracked_file_the_pipeline_writes_holds_chat_text_or_contact_name
         content = unicodedata.normalize("NFC", (project / name).read_text(encoding="utf-8", errors="replace"))
         leaked = [s for s in sentences if s in content] + [c for c in contacts if c in content]
         assert not leaked, f"{name} holds {leaked[:3]}"
+
+
+def test_dvc_plots_show_draws_the_training_curves_on_the_offline_page(reproduced, tmp_path):
+    project = reproduced.root
+    template = project / "configs" / "dvc_plots" / "offline.html"
+    run(["dvc", "plots", "show", "--html-template", str(template), "-o", str(tmp_path)], project)
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    assert "<script src" not in page
+    for title in (
+        "Training and validation loss per optimizer step",
+        "Learning rate schedule",
+        "Gradient norm before clipping",
+        "Perplexity per test conversation",
+    ):
+        assert title in page, title
+    assert '"eval_steps.json"' in page and '"train_steps.json"' in page, "both losses are on the chart"
+    assert "samples_per_second" not in page and "runtime.tsv" not in page, "series nobody reads are not drawn"

@@ -248,3 +248,21 @@ def test_a_workers_own_error_is_not_followed_by_the_launchers_traceback(tmp_path
     assert done.returncode != 0
     assert "error: " in done.stderr
     assert "Traceback" not in done.stderr and "CalledProcessError" not in done.stderr, done.stderr
+
+
+def test_step_history_puts_both_losses_on_the_optimizer_step_axis():
+    from habla.model.training import step_history
+
+    log = [
+        {"loss": 2.5, "grad_norm": 0.3, "learning_rate": 0.002, "epoch": 0.2, "step": 10},
+        {"loss": 2.25, "grad_norm": 0.2, "learning_rate": 0.001, "epoch": 0.4, "step": 20},
+        {"eval_loss": 2.4, "eval_runtime": 0.5, "epoch": 0.4, "step": 20},
+        {"train_runtime": 9.0, "train_loss": 2.4, "epoch": 0.4, "step": 20},
+        {"eval_loss": 2.4, "eval_runtime": 0.4, "epoch": 0.4, "step": 20},
+    ]
+    train, validation = step_history(log)
+    assert train == [
+        {"step": 10, "loss": 2.5, "learning_rate": 0.002, "grad_norm": 0.3},
+        {"step": 20, "loss": 2.25, "learning_rate": 0.001, "grad_norm": 0.2},
+    ]
+    assert validation == [{"step": 20, "loss": 2.4}]

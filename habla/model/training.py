@@ -194,7 +194,7 @@ def sft_config(params: Params, output_dir: Path = paths.CHECKPOINTS, evaluate: b
         save_strategy=every,
         save_steps=settings.eval_steps,
         save_total_limit=2,
-        logging_steps=10,
+        logging_steps=min(10, settings.eval_steps),  # a short run still gets a training curve
         include_num_input_tokens_seen="non_padding",
         report_to="none",
         disable_tqdm=True,
@@ -330,3 +330,20 @@ def sort_target_modules(config_path: Path) -> None:
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def step_history(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The trainer's log as two plot tables keyed by optimizer step: (training rows, validation rows).
+
+    dvclive's own series count logging calls, not optimizer steps, and split train and validation loss into
+    separate charts; these tables put both losses on one axis that means something.
+    """
+    train, validation = [], {}
+    for entry in log_history:
+        if "loss" in entry:
+            row = {"step": entry["step"], "loss": round(float(entry["loss"]), 6)}
+            row.update({k: round(float(entry[k]), 8) for k in ("learning_rate", "grad_norm") if k in entry})
+            train.append(row)
+        if "eval_loss" in entry:  # the evaluation after training repeats the last step's: one point per step
+            validation[entry["step"]] = {"step": entry["step"], "loss": round(float(entry["eval_loss"]), 6)}
+    return train, list(validation.values())
