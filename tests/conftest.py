@@ -96,6 +96,13 @@ def conversations(count: int, seed: int) -> list[dict]:
     return rows
 
 
+def update_params(root: Path, section: str, **values) -> None:
+    """Change some keys of one section of `root/params.yaml`, as `dvc exp run -S section.key=value` would."""
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    params.setdefault(section, {}).update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+
+
 def make_tiny_project(root: Path, overrides: dict | None = None) -> None:
     """Small splits and a builtin base already built, in `root` (the current folder)."""
     from habla.io import write_jsonl

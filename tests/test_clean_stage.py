@@ -7,7 +7,7 @@ from habla.cleaning import report_name
 from habla.errors import UserError
 from habla.io import read_json
 from stages import clean
-from tests.conftest import FIXTURES, android, clean_report
+from tests.conftest import FIXTURES, android, clean_report, update_params
 
 
 def write_raw(root, name, content: bytes | str):
@@ -82,14 +82,6 @@ def test_nothing_usable_lists_every_file(in_tmp):
     assert "a.txt: empty file" in str(err.value) and "b.pdf" in str(err.value)
 
 
-def set_batch_rows(root, rows: int) -> None:
-    import yaml
-
-    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    params["resources"] = {"batch_rows": rows}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-
-
 def test_clean_in_small_batches_writes_what_one_batch_writes(in_tmp):
     """Tables are streamed and items spilled in `resources.batch_rows` parts: the outputs must not depend on it."""
     import zipfile
@@ -119,7 +111,7 @@ def test_clean_in_small_batches_writes_what_one_batch_writes(in_tmp):
 
     outputs = {}
     for batch_rows in (1000, 1_000_000):
-        set_batch_rows(in_tmp, batch_rows)
+        update_params(in_tmp, "resources", batch_rows=batch_rows)
         clean.main()
         outputs[batch_rows] = (
             pl.read_parquet("data/cleaned/messages.parquet"),
@@ -145,7 +137,7 @@ def test_clean_in_small_batches_writes_what_one_batch_writes(in_tmp):
 def test_a_table_that_breaks_half_way_keeps_what_was_read_and_says_why(in_tmp):
     good = "\n".join(f'{{"text": "línea {i}"}}' for i in range(2500))
     write_raw(in_tmp, "corpus.jsonl", good + '\n{"text": "sin cerrar\n')
-    set_batch_rows(in_tmp, 1000)
+    update_params(in_tmp, "resources", batch_rows=1000)
     clean.main()
     entry = clean_report()["files"]["corpus.jsonl"]
     assert entry["error"].startswith("cannot read table")
@@ -153,14 +145,6 @@ def test_a_table_that_breaks_half_way_keeps_what_was_read_and_says_why(in_tmp):
     assert rejected["reason"].to_list() == ["unreadable_file"] and rejected["raw"][0].startswith("cannot read table")
     kept = pl.read_parquet("data/cleaned/messages.parquet")
     assert kept.height == entry["kept"] == entry["raw_units"] and kept.height % 1000 == 0 and kept.height < 2500
-
-
-def set_clean_params(root, **settings) -> None:
-    import yaml
-
-    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    params["clean"].update(settings)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
 
 
 UNKNOWN_FORMAT = "\n".join(
@@ -195,8 +179,9 @@ def test_nothing_but_an_unknown_chat_format_stops_the_stage_naming_the_file(in_t
 
 def test_a_header_format_of_ones_own_reads_a_format_nobody_taught_us(in_tmp):
     write_raw(in_tmp, "whatsapp/chat.txt", UNKNOWN_FORMAT + "\nsegunda línea")
-    set_clean_params(
+    update_params(
         in_tmp,
+        "clean",
         header_format=r"^(?P<day>\d{2})/(?P<month>\d{2})/(?P<year>\d{4}) @ (?P<hour>\d{2}):(?P<minute>\d{2}) \| "
         r"(?P<rest>.*)$",
     )
@@ -220,7 +205,7 @@ def test_a_header_format_of_ones_own_reads_a_format_nobody_taught_us(in_tmp):
     ],
 )
 def test_a_wrong_header_format_is_one_sentence(in_tmp, header_format, complaint):
-    set_clean_params(in_tmp, header_format=header_format)
+    update_params(in_tmp, "clean", header_format=header_format)
     write_raw(in_tmp, "whatsapp/chat.txt", UNKNOWN_FORMAT)
     with pytest.raises(UserError, match=complaint):
         clean.main()
@@ -228,7 +213,9 @@ def test_a_wrong_header_format_is_one_sentence(in_tmp, header_format, complaint)
 
 def test_long_documents_are_kept_under_their_own_bound_and_a_heavy_loss_is_flagged(in_tmp, caplog):
     """The Somos NLP keynotes are rows of 12,000–62,000 characters: documents, not chat messages."""
-    set_clean_params(in_tmp, table_columns={"text": "Transcripción", "author": "Autor", "title": "Nombre", "ts": ""})
+    update_params(
+        in_tmp, "clean", table_columns={"text": "Transcripción", "author": "Autor", "title": "Nombre", "ts": ""}
+    )
     keynote = "Hola a todos, hoy hablamos de modelos de lenguaje en español. " * 300
     table = pl.DataFrame(
         {"Nombre": ["Keynote 1", "Keynote 2"], "Transcripción": [keynote, keynote * 3], "Autor": ["María", "Gabriel"]}
@@ -267,6 +254,6 @@ def test_the_report_names_files_by_folder_and_hash_unless_asked_for_real_names(i
         == report_name("whatsapp/Chat de WhatsApp con Cami.txt", False)
         != report_name("whatsapp/Chat de WhatsApp con Feña.txt", False)
     )
-    set_clean_params(in_tmp, report_file_names=True)
+    update_params(in_tmp, "clean", report_file_names=True)
     clean.main()
     assert "whatsapp/Chat de WhatsApp con Cami.txt" in read_json("metrics/clean.json")["files"]

@@ -7,6 +7,7 @@ from habla.errors import UserError
 from habla.grouping import check_persona, conversations, flatten, passages, turns
 from habla.params import Group, Persona, Ratios, Split
 from habla.splitting import assign, leaking_ids, move_overlaps, split_conversations
+from tests.conftest import update_params
 
 T0 = datetime(2023, 3, 1, 10, 0)
 
@@ -368,8 +369,6 @@ def test_group_in_small_batches_writes_what_one_batch_writes(in_tmp):
     """`group` works a few chats and files at a time (`resources.batch_rows`); keywords still see the whole corpus."""
     import random
 
-    import yaml
-
     from habla.io import read_json
     from stages import group
 
@@ -397,9 +396,7 @@ def test_group_in_small_batches_writes_what_one_batch_writes(in_tmp):
 
     produced = {}
     for batch_rows in (1000, 1_000_000):
-        params = yaml.safe_load((in_tmp / "params.yaml").read_text(encoding="utf-8"))
-        params["resources"] = {"batch_rows": batch_rows}
-        (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+        update_params(in_tmp, "resources", batch_rows=batch_rows)
         group.main()
         produced[batch_rows] = {
             name: (in_tmp / "data/grouped" / name).read_bytes()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,7 +18,7 @@ from habla.params import load_params
 from habla.readers import decoding, files, transcripts
 from habla.readers.archives import zip_members
 from stages import clean
-from tests.conftest import FIXTURES, clean_report
+from tests.conftest import FIXTURES, clean_report, update_params
 
 SUBTITLES = FIXTURES / "subtitles" / "webvtt-py"
 IOS_CHAT = (
@@ -72,10 +71,8 @@ TABLE = (
 
 @pytest.fixture
 def raw(in_tmp):
-    params = yaml.safe_load((in_tmp / "params.yaml").read_text(encoding="utf-8"))
-    params["clean"]["table_columns"] = {"text": "Transcripción", "author": "Autor", "title": "Nombre", "ts": ""}
-    params["clean"]["max_zip_member_mb"] = 1
-    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    columns = {"text": "Transcripción", "author": "Autor", "title": "Nombre", "ts": ""}
+    update_params(in_tmp, "clean", table_columns=columns, max_zip_member_mb=1)
     root = in_tmp / "data" / "raw"
     for folder in ("whatsapp", "transcripts", "letras", "tablas", "otros"):
         (root / folder).mkdir(parents=True)
@@ -265,9 +262,7 @@ def forge_declared_size(archive: Path, member: str, declared: int) -> None:
 
 
 def test_zip_members_inflate_capped_one_at_a_time_and_a_bad_one_spares_the_others(in_tmp):
-    params = yaml.safe_load((in_tmp / "params.yaml").read_text(encoding="utf-8"))
-    params["clean"]["max_zip_member_mb"] = 1
-    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    update_params(in_tmp, "clean", max_zip_member_mb=1)
     archive = in_tmp / "data" / "raw" / "whatsapp" / "WhatsApp Chat - Cami.zip"
     archive.parent.mkdir(parents=True)
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as out:

@@ -17,7 +17,7 @@ from habla.errors import UserError
 from habla.model.judge_backends import OpenAIJudge, parse_choice
 from habla.model.judging import fill, summarise, verdict, win_rate
 from habla.params import Judge
-from tests.conftest import REPO
+from tests.conftest import REPO, update_params
 
 
 @pytest.mark.parametrize(
@@ -251,15 +251,12 @@ def test_local_rating_is_the_expected_grade_over_whole_answers():
 
 def scripted_judge_run(in_tmp, endpoint, script) -> dict:
     """The judge stage on hand-written generations, against an endpoint that answers with `script(prompt)`."""
-    import yaml
 
     from habla.io import read_json, write_jsonl
     from stages import judge
 
-    params = yaml.safe_load((in_tmp / "params.yaml").read_text(encoding="utf-8"))
-    params["judge"].update(backend="openai", model="juez", base_url=endpoint.url, max_retries=0, timeout_s=5)
-    params["evaluate"]["bootstrap"] = 200
-    (in_tmp / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    update_params(in_tmp, "judge", backend="openai", model="juez", base_url=endpoint.url, max_retries=0, timeout_s=5)
+    update_params(in_tmp, "evaluate", bootstrap=200)
     prompts = Path(REPO / "prompts")
     (in_tmp / "prompts").symlink_to(prompts, target_is_directory=True)
     cases = [

@@ -15,19 +15,11 @@ from collections.abc import Iterator
 
 from habla import paths
 from habla.errors import UserError
-from habla.model.generation import ReplyStream, context_window, fit_to_context
+from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
 from habla.model.loading import load_base, load_tuned, special_separator
 from habla.params import Params, Sampling, load_params
 
 HELP = "/reset empieza de nuevo · /base o /tuned cambia de modelo · /exit sale"
-
-
-class TooLong(Exception):
-    """A message that does not fit the model's context even alone."""
-
-    def __init__(self, length: int, window: int):
-        super().__init__(f"{length} tokens; this model's context is {window}")
-        self.length, self.window = length, window
 
 
 class Session:
@@ -55,14 +47,13 @@ class Session:
         """Stream the reply's pieces, then keep the exchange in the history.
 
         A long conversation loses its oldest turns to fit the model's context (the model would otherwise warn inside
-        the reply and forget the start anyway); a single message longer than the context is a `TooLong`.
+        the reply and forget the start anyway); a single message longer than the context is a `PromptTooLong`.
         """
         keep = [t for t in [special_separator(self.separator)] if t]
-        window = context_window(self.model, self.tokenizer)
-        messages, length, _ = fit_to_context(self.tokenizer, self.messages(user_text), window)
-        if length >= window:
-            raise TooLong(length, window)
-        sampling = dataclasses.replace(self.sampling, max_new_tokens=min(self.sampling.max_new_tokens, window - length))
+        messages, max_new_tokens, _ = fit_prompt(
+            self.model, self.tokenizer, self.messages(user_text), self.sampling.max_new_tokens, drop_oldest=True
+        )
+        sampling = dataclasses.replace(self.sampling, max_new_tokens=max_new_tokens)
         stream = ReplyStream(self.model, self.tokenizer, messages, sampling, keep_tokens=keep)
         if self.tuned:
             yield from stream
@@ -128,7 +119,7 @@ def answer(session: Session, text: str, label: str, out) -> None:
                 out.flush()
     except KeyboardInterrupt:
         out.write(" (interrumpido)")
-    except TooLong as err:
+    except PromptTooLong as err:
         out.write(f"(mensaje demasiado largo: {err.length} tokens; este modelo admite {err.window - 1})")
     out.write("\n")
 
@@ -173,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for piece in bubbles(session.reply(args.prompt), session.separator, ""):
                 sys.stdout.write(piece)
-        except TooLong as err:
+        except PromptTooLong as err:
             raise UserError(f"--prompt is too long ({err}); shorten it.") from None
         sys.stdout.write("\n")
         return

@@ -22,7 +22,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from habla.model.generation import ReplyStream, context_window, fit_to_context, prompt_length
+from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
 from habla.model.loading import load_tuned
 from habla.params import Params, Serve, load_params
 
@@ -135,20 +135,19 @@ class Engine:
         """The request within the model's context, checked before it waits for the model: a prompt that cannot fit
         is a 400 naming the limit (or loses its oldest turns under `serve.truncate: oldest`), and max_tokens is
         cut to the room left."""
-        window = context_window(self.model, self.tokenizer)
-        if self.params.serve.truncate == "oldest":
-            messages, length, dropped = fit_to_context(self.tokenizer, request.messages, window)
-        else:
-            messages, length, dropped = request.messages, prompt_length(self.tokenizer, request.messages), 0
-        if length >= window:
-            hint = "" if self.params.serve.truncate == "oldest" else ", or start the server with serve.truncate: oldest"
+        oldest = self.params.serve.truncate == "oldest"
+        try:
+            messages, max_tokens, dropped = fit_prompt(
+                self.model, self.tokenizer, request.messages, request.max_tokens, drop_oldest=oldest
+            )
+        except PromptTooLong as err:
+            hint = "" if oldest else ", or start the server with serve.truncate: oldest"
             raise RequestError(
                 400,
-                f"The prompt is {length} tokens after the chat template; this model's context is {window} tokens. "
-                f"Send a shorter conversation{hint}.",
+                f"The prompt is {err.length} tokens after the chat template; this model's context is {err.window} "
+                f"tokens. Send a shorter conversation{hint}.",
                 "messages",
-            )
-        max_tokens = min(request.max_tokens, window - length)
+            ) from None
         return dataclasses.replace(request, messages=messages, max_tokens=max_tokens, dropped_messages=dropped)
 
     def stream(self, request: Completion) -> ReplyStream:
@@ -295,18 +294,20 @@ class CompletionHandler(BaseHTTPRequestHandler):
         body would otherwise be taken for the next request.
         """
         declared = self.headers.get("Content-Length")
+        digits = (declared or "").strip()
+        length = int(digits) if digits.isascii() and digits.isdigit() else None
         problem = None
         if declared is None or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             problem = RequestError(411, "Send the body with a Content-Length header.")
-        elif not (declared.strip().isascii() and declared.strip().isdigit()):
+        elif length is None:
             problem = RequestError(400, f"Content-Length must be a number of bytes, got {declared[:40]!r}.")
-        elif int(declared) > limit:
-            problem = RequestError(413, f"The request body is {int(declared)} bytes; the limit is {limit}.")
+        elif length > limit:
+            problem = RequestError(413, f"The request body is {length} bytes; the limit is {limit}.")
         if problem:
             self.close_connection = True
             raise problem
-        raw = self.rfile.read(int(declared))
-        if len(raw) < int(declared):
+        raw = self.rfile.read(length)
+        if len(raw) < length:
             raise ClientGone("the body ended before its Content-Length")
         return raw
 

@@ -117,6 +117,29 @@ def fit_to_context(tokenizer, messages: list[dict], window: int) -> tuple[list[d
     return system + turns[dropped:], length, dropped
 
 
+class PromptTooLong(Exception):
+    """A prompt that leaves no room for a reply in the model's context."""
+
+    def __init__(self, length: int, window: int):
+        super().__init__(f"{length} tokens; this model's context is {window}")
+        self.length, self.window = length, window
+
+
+def fit_prompt(model, tokenizer, messages: list[dict], max_new_tokens: int, drop_oldest: bool):
+    """A conversation ready to generate from: within the model's context (its oldest turns dropped when
+    `drop_oldest`, else refused), and `max_new_tokens` cut to the room left. Returns (messages, max_new_tokens,
+    turns dropped); raises `PromptTooLong`. Checked before generation, so an impossible prompt never holds a model.
+    """
+    window = context_window(model, tokenizer)
+    if drop_oldest:
+        messages, length, dropped = fit_to_context(tokenizer, messages, window)
+    else:
+        length, dropped = prompt_length(tokenizer, messages), 0
+    if length >= window:
+        raise PromptTooLong(length, window)
+    return messages, min(max_new_tokens, window - length), dropped
+
+
 @dataclass
 class ReplyStream:
     """One streamed reply: iterate for text pieces; afterwards `text`, token counts and `finish_reason` are set.

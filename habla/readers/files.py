@@ -97,10 +97,9 @@ def read_text_file(data: bytes, relative: Path, settings: Clean) -> tuple[str, p
 def unknown_chat_format(lines: pl.Series, info: dict) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """A chat export whose header format nobody taught us: every line rejected, never read as transcript text
     (that would put dates, names and system lines into the training corpus)."""
-    rejected = pl.DataFrame({"raw": lines}).with_row_index("line", offset=1)
-    rejected = rejected.select("line", lines=pl.lit(1, pl.UInt32), reason=pl.lit(UNKNOWN_FORMAT), raw="raw")
-    kept = pl.DataFrame(schema={"line": pl.UInt32, "lines": pl.UInt32, "ts": pl.Datetime("us")})
-    kept = kept.with_columns(author=pl.lit(None, pl.String), text=pl.lit(None, pl.String))
+    units = pl.DataFrame({"raw": lines}).with_row_index("line", offset=1)
+    units = units.select("line", lines=pl.lit(1, pl.UInt32), text="raw", reason=pl.lit(UNKNOWN_FORMAT), raw="raw")
+    kept, rejected = split_units(units)
     error = (
         "the WhatsApp header format is not recognised, so none of its lines were used. "
         "Please report it with the `sample_headers` shapes in metrics/clean.json, or set `clean.header_format` "

@@ -105,13 +105,18 @@ def header_patterns(header_format: str = "") -> dict[str, str]:
     return {"custom": custom_pattern(header_format), **HEADER_PATTERNS} if header_format else HEADER_PATTERNS
 
 
+def _sample(lines: pl.Series, sample: int) -> tuple[pl.Series, int]:
+    """The file's first lines, normalised, and how many are not empty (at least 1, to divide by)."""
+    head = pl.DataFrame({"l": lines.head(sample)}).select(normalise_lines(pl.col("l")))["l"]
+    return head, max(int((head.str.len_chars() > 0).sum()), 1)
+
+
 def detect_format(lines: pl.Series, sample: int = 2000, header_format: str = "") -> tuple[str | None, float]:
     """The header format with most matching lines in the file's first lines, and its share.
 
     A user's `clean.header_format` is tried first and wins ties: it exists to override what is detected.
     """
-    head = pl.DataFrame({"l": lines.head(sample)}).select(normalise_lines(pl.col("l")))["l"]
-    non_empty = max(int((head.str.len_chars() > 0).sum()), 1)
+    head, non_empty = _sample(lines, sample)
     counts = {name: int(head.str.contains(pattern).sum()) for name, pattern in header_patterns(header_format).items()}
     best = max(counts, key=lambda name: counts[name])
     return (best, counts[best] / non_empty) if counts[best] else (None, 0.0)
@@ -119,8 +124,7 @@ def detect_format(lines: pl.Series, sample: int = 2000, header_format: str = "")
 
 def chat_like_share(lines: pl.Series, sample: int = 2000) -> float:
     """Share of non-empty lines that start like a chat export's header, whether or not a known format matches."""
-    head = pl.DataFrame({"l": lines.head(sample)}).select(normalise_lines(pl.col("l")))["l"]
-    non_empty = max(int((head.str.len_chars() > 0).sum()), 1)
+    head, non_empty = _sample(lines, sample)
     return int(head.str.contains(CHAT_LIKE_START).sum()) / non_empty
 
 
