@@ -288,10 +288,14 @@ class Summary:
 
     def add_conversations(self, examples: pl.DataFrame, flat: pl.DataFrame) -> None:
         """`flat` is `flatten(examples)`, computed once for this and the gate."""
-        self.turns.append(examples["messages"].list.len())
+        self.turns.append(examples["messages"].list.eval(pl.element().struct.field("role") != "system").list.sum())
         self.chars.append(flat.filter(pl.col("role") != "system")["content"].str.len_chars())
         self.persona_turns += int((flat["role"] == "assistant").sum())
         self.all_turns += flat.height
+
+    def turn_counts(self) -> list[int]:
+        """User and persona turns per conversation (a system prompt is not a turn)."""
+        return [int(count) for part in self.turns for count in part]
 
     def report(self, dropped: dict, by_source: dict) -> dict:
         turns, chars = (pl.concat(parts) if parts else pl.Series(dtype=pl.UInt32) for parts in (self.turns, self.chars))

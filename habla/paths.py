@@ -33,6 +33,14 @@ TRAIN_LIVE = METRICS / "train"
 PERPLEXITY_PLOT = METRICS / "plots" / "perplexity.json"
 TRAIN_STEPS = METRICS / "plots" / "train_steps.json"  # loss, learning rate, gradient norm per optimizer step
 EVAL_STEPS = METRICS / "plots" / "eval_steps.json"  # validation loss per optimizer step
+CLEAN_OUTCOMES_PLOT = METRICS / "plots" / "clean_outcomes.json"
+MONTHLY_PLOT = METRICS / "plots" / "messages_per_month.json"
+TURNS_PLOT = METRICS / "plots" / "conversation_turns.json"
+TOKENS_PLOT = METRICS / "plots" / "train_tokens.json"
+SPLIT_PLOT = METRICS / "plots" / "split_sizes.json"
+JUDGE_OUTCOMES_PLOT = METRICS / "plots" / "judge_outcomes.json"
+JUDGE_RATINGS_PLOT = METRICS / "plots" / "judge_ratings.json"
+JUDGMENTS = METRICS / "judgments.jsonl"  # verdicts and ratings per held-out prompt, read by /generations
 GENERATIONS = METRICS / "generations.jsonl"  # held-out text: a DVC-cached output, never committed to git
 JUDGE_CACHE = Path("data/cache/judge.jsonl")  # answers already paid for: git-ignored, survives reruns
 

@@ -21,6 +21,7 @@ from habla.errors import UserError, run_stage
 from habla.gates import Gate
 from habla.io import ParquetParts, write_json
 from habla.params import Clean, load_params
+from habla.plots import reason_bars
 from habla.readers.files import discover, item_order, read_items
 from habla.readers.units import MESSAGES_SCHEMA, REJECTED_SCHEMA
 from habla.readers.whatsapp import check_header_format
@@ -32,9 +33,18 @@ OUT_DIR = paths.CLEANED
 REPORT = paths.report("clean")
 
 PARAMS = ["clean"]
-DEPS = [RAW_DIR, "stages/clean.py", "habla/readers", "habla/cleaning.py", "habla/text/redact.py", "habla/gates.py"]
+DEPS = [
+    RAW_DIR,
+    "stages/clean.py",
+    "habla/readers",
+    "habla/cleaning.py",
+    "habla/text/redact.py",
+    "habla/gates.py",
+    "habla/plots.py",
+]
 OUTS = [OUT_DIR]
 METRICS = [REPORT, paths.gate_report("clean")]
+PLOTS = [paths.CLEAN_OUTCOMES_PLOT]
 SOURCES = ["whatsapp", "transcript", "lyrics", "table"]
 
 
@@ -136,6 +146,7 @@ def main() -> None:
                     names[name],
                 )
         write_json(REPORT, {**summary, "files": {names[name]: entry for name, entry in summary["files"].items()}})
+        write_json(paths.CLEAN_OUTCOMES_PLOT, reason_bars(summary["totals"]))
         parts.flush()
         gate.close()
         parts.merge(

@@ -33,6 +33,7 @@ from habla.grouping import (
 )
 from habla.io import append_jsonl, read_jsonl_batches, write_json
 from habla.params import load_params
+from habla.plots import bin_width, histogram, monthly_messages
 from habla.text.keywords import document_frequencies, merge_frequencies
 
 log = logging.getLogger("group")
@@ -42,9 +43,10 @@ OUT_DIR = paths.GROUPED
 REPORT = paths.report("group")
 
 PARAMS = ["persona", "group"]
-DEPS = [MESSAGES, "stages/group.py", "habla/grouping.py", "habla/text/keywords.py", "habla/gates.py"]
-OUTS = [OUT_DIR]
+DEPS = [MESSAGES, "stages/group.py", "habla/grouping.py", "habla/text/keywords.py", "habla/gates.py", "habla/plots.py"]
+OUTS = [OUT_DIR, paths.MONTHLY_PLOT]
 METRICS = [REPORT, paths.gate_report("group")]
+PLOTS = [paths.TURNS_PLOT]
 
 
 GATE = [
@@ -129,6 +131,12 @@ def main() -> None:
     by_source = dict(sorted(messages.group_by("source").len().collect().iter_rows()))
     stats = summary.report(dict(dropped), by_source)
     write_json(REPORT, stats)
+    write_json(paths.MONTHLY_PLOT, monthly_messages(chats, persona.authors))
+    turn_counts = summary.turn_counts()
+    write_json(
+        paths.TURNS_PLOT,
+        histogram(turn_counts, bin_width(max(turn_counts, default=0)), "turns", "conversations"),
+    )
     log.info(
         "%d conversations, %d documents, %d keyword tasks, filtered %s",
         stats["conversations"],

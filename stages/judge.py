@@ -17,11 +17,12 @@ from pathlib import Path
 
 from habla import paths
 from habla.errors import UserError, run_stage
-from habla.io import read_jsonl, write_json
+from habla.io import read_jsonl, write_json, write_jsonl
 from habla.model.judge_backends import LocalJudge, OpenAIJudge
 from habla.model.judging import fill, rating_summary, summarise, verdict
 from habla.model.loading import load_tuned
 from habla.params import Judge, load_params
+from habla.plots import outcome_bars, rating_rows
 
 log = logging.getLogger("judge")
 
@@ -40,11 +41,15 @@ DEPS = [
     "stages/judge.py",
     "habla/model/judging.py",
     "habla/model/judge_backends.py",
+    "habla/llm.py",
+    "habla/plots.py",
     "habla/model/scoring.py",
     "habla/model/loading.py",
     paths.PRESETS,
 ]
+OUTS = [paths.JUDGMENTS, paths.JUDGE_RATINGS_PLOT]
 METRICS = [REPORT]
+PLOTS = [paths.JUDGE_OUTCOMES_PLOT]
 
 
 def template_path(settings: Judge) -> Path:
@@ -85,6 +90,23 @@ def main() -> None:
     report["cache_hits"] = getattr(judge, "cache_hits", 0)
     report["failed_by_reason"] = dict(sorted(judge.failures.items()))
     write_json(REPORT, report)
+    write_jsonl(
+        paths.JUDGMENTS,
+        (
+            {
+                "id": case["id"],
+                "pair": "tuned vs base",
+                "first_as_a": a,
+                "first_as_b": b,
+                "outcome": outcome,
+                "rating": {name: values[i] for name, values in grades.items()},
+            }
+            for i, (case, a, b, outcome) in enumerate(zip(cases, first, second, outcomes))
+        ),
+    )
+    counts = {"win": report["wins"], "tie": report["ties"], "loss": report["losses"], "failed": report["failed"]}
+    write_json(paths.JUDGE_OUTCOMES_PLOT, outcome_bars({"tuned vs base": counts}))
+    write_json(paths.JUDGE_RATINGS_PLOT, rating_rows(grades))
     log.info(
         "judge: %d wins, %d ties, %d losses for the fine-tuned model, %d failed (adjusted win rate %.2f)",
         report["wins"],

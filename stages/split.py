@@ -21,6 +21,7 @@ from habla.errors import run_stage
 from habla.gates import run_gate
 from habla.io import read_jsonl, write_frame_jsonl, write_json, write_jsonl
 from habla.params import Split, load_params
+from habla.plots import split_bars
 from habla.splitting import SPLITS, assign, check_sizes, leaking_ids, ratio_tolerance, split_conversations, stats
 
 log = logging.getLogger("split")
@@ -30,9 +31,10 @@ OUT_DIR = paths.SPLITS
 REPORT = paths.report("split")
 
 PARAMS = ["split"]
-DEPS = [IN_DIR, "stages/split.py", "habla/splitting.py", "habla/text/near_dups.py", "habla/gates.py"]
+DEPS = [IN_DIR, "stages/split.py", "habla/splitting.py", "habla/text/near_dups.py", "habla/gates.py", "habla/plots.py"]
 OUTS = [OUT_DIR]
 METRICS = [REPORT, paths.gate_report("split")]
+PLOTS = [paths.SPLIT_PLOT]
 
 
 def gate_frame(frame: pl.DataFrame, settings: Split) -> pl.DataFrame:
@@ -99,6 +101,7 @@ def main() -> None:
         "keyword_tasks": {name: task_splits.count(name) for name in SPLITS},
     }
     write_json(REPORT, report)
+    write_json(paths.SPLIT_PLOT, split_bars(report))
     log.info(
         "split: %s (test conversations moved to train: %d exact overlaps, %d near-duplicates)",
         counts,

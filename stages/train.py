@@ -41,8 +41,10 @@ DEPS = [
     "habla/model/training.py",
     "habla/model/loading.py",
     "habla/model/launch.py",
+    "habla/plots.py",
 ]
 OUTS = [paths.ADAPTER, LIVE_DIR / "plots" / "metrics", paths.TRAIN_STEPS, paths.EVAL_STEPS]
+PLOTS = [paths.TOKENS_PLOT]
 METRICS = [REPORT, LIVE_DIR / "metrics.json"]
 
 
@@ -56,6 +58,7 @@ def main() -> None:
     train_rows = read_jsonl(paths.split_file("train"))
     val_rows = read_jsonl(paths.split_file("val"))
     token_stats = check_masks(tokenizer, train_rows, params.train.max_length, end_ids(model, tokenizer))
+    token_histogram = token_stats.pop("histogram")
     trainer, adapter = build_trainer(params, model, tokenizer, train_rows, val_rows)
     # Only now is the process group up (the trainer's accelerator starts it; on CPU an earlier
     # PartialState() would see one process), so rank decisions come after the trainer exists.
@@ -82,6 +85,7 @@ def main() -> None:
         train_steps, eval_steps = step_history(trainer.state.log_history)
         write_json(paths.TRAIN_STEPS, train_steps)
         write_json(paths.EVAL_STEPS, eval_steps)
+        write_json(paths.TOKENS_PLOT, token_histogram)
         write_json(paths.ADAPTER / "training_params.json", {"params": select(params, PARAMS), "tokenizer": notes})
         write_json(
             REPORT,

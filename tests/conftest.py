@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,35 @@ def make_tiny_project(root: Path, overrides: dict | None = None) -> None:
         write_jsonl(Path("data/splits") / f"{name}.jsonl", conversations(count, seed))
     write_jsonl(Path("data/splits/documents/train.jsonl"), [{"id": "d0", "text": " ".join(REPLIES * 3)}])
     base.main()
+
+
+SCREENSHOTS = Path(os.environ.get("HABLA_SCREENSHOTS", REPO / "build" / "screenshots"))
+
+
+def chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver", path=f"{os.environ.get('PATH', '')}:/usr/bin:/usr/lib/chromium")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium driven by Selenium: pages are tested as a user's browser runs them, JS and all."""
+    found = chromium()
+    if not found:
+        pytest.skip("needs Debian's chromium and chromium-driver (scripts/install_test_tools.sh installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=430,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(found[1]), options=options)
+    yield driver
+    driver.quit()
+
+
+def shoot(driver, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOTS / name))

@@ -26,7 +26,9 @@ LAYERS = {
     "habla.paths": 0,
     "habla.params": 1,
     "habla.io": 1,
+    "habla.plots": 1,
     "habla.gates": 2,
+    "habla.llm": 2,
     "habla.readers": 3,
     "habla.text": 3,
     "habla.cleaning": 4,
@@ -160,6 +162,8 @@ def test_the_wheel_holds_the_habla_package_only(tmp_path):
         if not name.split("/")[0].endswith(".dist-info")
     }
     assert tops == {"habla"}
+    pages = {"habla/apps/static/chat.html", "habla/apps/static/generations.html"}
+    assert pages <= set(zipfile.ZipFile(wheel).namelist()), "the pages `habla serve` shows are package data"
     entry_points = next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("entry_points.txt"))
     assert "habla = habla.apps.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

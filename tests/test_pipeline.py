@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, chromium, shoot
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +68,8 @@ def build_project(root: Path, remote: Path) -> None:
     run(["git", "config", "user.name", "test"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "remote", "add", "-d", "local", str(remote)], root)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")
+    run(["dvc", "config", "plots.html_template", "../configs/dvc_plots/offline.html"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "base"], root)
 
@@ -288,6 +290,52 @@ def test_data_stages_give_byte_identical_outputs_when_rerun(reproduced, tmp_path
     assert "up to date" in run(["dvc", "status"], project)
 
 
+def declared_plots(project: Path) -> set[str]:
+    """Every plot dvc.yaml declares: the top-level ones by title, the stage ones by file."""
+    spec = yaml.safe_load((project / "dvc.yaml").read_text())
+    stage_plots = {next(iter(p)) for stage in spec["stages"].values() for p in stage.get("plots", [])}
+    return {next(iter(p)) for p in spec["plots"]} | stage_plots
+
+
+def test_dvc_plots_show_draws_every_declared_chart_offline_from_aggregates(reproduced, tmp_path, request):
+    project = reproduced.root
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], project))
+    assert not shown.get("errors"), shown.get("errors")
+    charts = shown["data"]
+    assert set(charts) == declared_plots(project)
+    for name, (chart,) in charts.items():
+        spec = chart["content"]
+        assert spec["data"]["values"], f"{name} has no data"
+        assert spec["title"]["text"] and spec["encoding"]["x"].get("title"), f"{name} needs a title and axis labels"
+    months = charts["Messages per month"][0]["content"]["data"]["values"]
+    assert {row["field"] for row in months} == {"persona", "others"}
+    clean = json.loads((project / "metrics/clean.json").read_text())["totals"]
+    kept_rejected = charts["metrics/plots/clean_outcomes.json"][0]["content"]["data"]["values"]
+    assert sum(row["units"] for row in kept_rejected) == clean["kept"] + clean["rejected"]
+    turns = charts["metrics/plots/conversation_turns.json"][0]["content"]["data"]["values"]
+    assert (
+        sum(row["conversations"] for row in turns)
+        == json.loads((project / "metrics/group.json").read_text())["conversations"]
+    )
+    for dropped in ("eval_runtime", "samples_per_second", "epoch"):
+        assert not any(dropped in name for name in charts), f"{dropped} is not a chart anyone reads"
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "page")], project)
+    html = (tmp_path / "page" / "index.html").read_text(encoding="utf-8")
+    assert "cdn.jsdelivr" not in html and "vegaEmbed" in html and "Chat messages per month" in html
+    if chromium():  # drawn by a real browser with no network: every chart renders, Vega reports no error
+        browser = request.getfixturevalue("browser")
+        browser.set_window_size(1400, 3000)
+        browser.get((tmp_path / "page" / "index.html").as_uri())
+        drawn = "return document.querySelectorAll('.vega-embed canvas, .vega-embed svg.marks').length"
+        wait_for = time.monotonic() + 60
+        while browser.execute_script(drawn) < len(charts) and time.monotonic() < wait_for:
+            time.sleep(0.5)
+        assert browser.execute_script(drawn) == len(charts)
+        errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        shoot(browser, "plots.png")
+
+
 def test_experiments_rerun_training_and_after_only_and_compare(reproduced, tmp_path):
     project = clone_of(reproduced.root, tmp_path)
     output = run(["dvc", "exp", "run", "-n", "rank4", "-S", "train.lora.r=4"], project)
@@ -304,6 +352,10 @@ def test_experiments_rerun_training_and_after_only_and_compare(reproduced, tmp_p
         assert params[key] == value if key != "r" else params["lora"]["r"] == value
         perplexity = data["metrics"]["metrics/perplexity.json"]["data"]
         assert perplexity["tuned"]["perplexity"] > 1
+    diff = json.loads(run(["dvc", "plots", "diff", "rank4", "slow-lr", "--json"], project))
+    (loss,) = diff["data"]["Training and validation loss"]
+    assert set(loss["revisions"]) == {"rank4", "slow-lr"}
+    assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"rank4", "slow-lr"}
 
 
 def test_training_under_dvc_exp_run_is_deterministic(reproduced, tmp_path):

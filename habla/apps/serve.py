@@ -21,15 +21,22 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
+from habla.apps.web import PAGES, generation_cases, is_local, page
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
-from habla.model.loading import load_tuned
+from habla.model.loading import load_tuned, special_separator
 from habla.params import Params, Serve, load_params
 
 log = logging.getLogger("serve")
 
 MODELS = ("tuned", "base")
 ROLES = {"system", "user", "assistant"}
+# The pages are inline HTML, CSS and JS that talk to this server only: nothing else may load.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 class ClientGone(Exception):
@@ -158,7 +165,9 @@ class Engine:
             max_new_tokens=request.max_tokens,
             seed=request.seed,
         )
-        return ReplyStream(self.model, self.tokenizer, request.messages, sampling, stop=request.stop)
+        separator = special_separator(self.params.group.separator)
+        keep = [separator] if separator else []  # a learned separator token stays in the text: it ends a message
+        return ReplyStream(self.model, self.tokenizer, request.messages, sampling, stop=request.stop, keep_tokens=keep)
 
     def run(self, request: Completion, consume) -> None:
         """Hold the model for one request; `consume` iterates the stream."""
@@ -244,18 +253,45 @@ class CompletionHandler(BaseHTTPRequestHandler):
         given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         return hmac.compare_digest(given.encode(), api_key.encode())
 
+    def send_page(self, name: str) -> None:
+        params = self.server.engine.params
+        config = {
+            "separator": special_separator(params.group.separator) or params.group.separator,
+            "key_required": bool(self.server.api_key),
+            "max_tokens_limit": params.serve.max_tokens_limit,
+        }
+        data = page(name, config)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Security-Policy", PAGE_POLICY)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_GET(self):  # noqa: N802 - http.server's naming
-        if self.path in ("/health", "/healthz"):
+        route = urlsplit(self.path).path
+        if route in ("/health", "/healthz"):
             self.send_json(200, {"status": "ok", "models": list(MODELS)})
+        elif route in PAGES:
+            self.send_page(PAGES[route])
         elif not self.authorised():
             self.send_json(401, RequestError(401, "Invalid API key.", kind="authentication_error").body())
-        elif self.path == "/v1/models":
+        elif route == "/v1/habla/generations":
+            if not is_local(self.client_address[0]):
+                message = "Held-out conversations are shown only to clients on this machine."
+                self.send_json(403, RequestError(403, message, kind="permission_error").body())
+            else:
+                self.send_json(200, generation_cases())
+        elif route == "/v1/models":
             data = [
                 {"id": m, "object": "model", "created": self.server.engine.created, "owned_by": "habla"} for m in MODELS
             ]
             self.send_json(200, {"object": "list", "data": data})
         else:
-            self.send_json(404, RequestError(404, f"No route {self.path}.", kind="not_found_error").body())
+            self.send_json(404, RequestError(404, f"No route {route}.", kind="not_found_error").body())
 
     def do_POST(self):  # noqa: N802
         try:

@@ -12,20 +12,15 @@ returned as None and counted as failed by reason, never as a loss for either mod
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import re
-import threading
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from habla.errors import UserError
+from habla.llm import ChatEndpoint, first_json_object
 from habla.model.generation import prompt_batches
 from habla.params import Judge
 
@@ -38,15 +33,9 @@ GRADE_FALLBACK = re.compile(r"\[\[\s*(10|[1-9])\s*\]\]")
 
 
 def json_field(text: str, keys: tuple[str, ...]):
-    """The first of `keys` in a JSON object answer (code fences allowed), or None."""
-    candidate = text.strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
-    try:
-        data = json.loads(candidate)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    return next((data[key] for key in keys if key in data), None)
+    """The first of `keys` in the answer's first JSON object (prose and code fences around it allowed), or None."""
+    data = first_json_object(text)
+    return next((data[key] for key in keys if key in data), None) if data else None
 
 
 def parse_choice(text: str) -> str | None:
@@ -114,94 +103,35 @@ class LocalJudge:
         return (weights @ torch.tensor(GRADES, dtype=weights.dtype)).tolist()
 
 
-class JudgmentCache:
-    """Answers received, by hash of (judge model, prompt), one JSON line each, appended as they come."""
-
-    def __init__(self, path: Path, judge_model: str):
-        self.path, self.judge_model = path, judge_model
-        self.entries: dict[str, str] = {}
-        self.lock = threading.Lock()
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = entry["answer"]
-
-    def key(self, prompt: str) -> str:
-        return hashlib.blake2b(f"{self.judge_model}\0{prompt}".encode(), digest_size=16).hexdigest()
-
-    def get(self, prompt: str) -> str | None:
-        return self.entries.get(self.key(prompt))
-
-    def put(self, prompt: str, answer: str) -> None:
-        key = self.key(prompt)
-        with self.lock:
-            self.entries[key] = answer
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"key": key, "answer": answer}, ensure_ascii=False) + "\n")
-
-
 class OpenAIJudge:
-    """An OpenAI-compatible chat endpoint, with bounded concurrency and a judgment cache.
-
-    The `openai` client already retries connection errors, 408/429/5xx with
-    exponential backoff and enforces the timeout; we only decide what a failure means.
-    """
+    """A judge behind any OpenAI-compatible endpoint (`habla.llm`: cache, retries, concurrency); this class only
+    decides what an answer means."""
 
     def __init__(self, settings: Judge, cache_path: Path):
-        from openai import OpenAI
+        self.endpoint = ChatEndpoint(settings, cache_path, "judge")
+        self.failures = self.endpoint.failures
 
-        key = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
-        if settings.api_key_env and not key:
-            raise UserError(
-                f"judge.api_key_env is `{settings.api_key_env}`, but that environment variable is empty. "
-                f"Export it (`export {settings.api_key_env}=...`); keys never go in params.yaml."
-            )
-        if not settings.base_url:
-            raise UserError(
-                "judge.backend is `openai` but judge.base_url is empty: set the endpoint, e.g. http://127.0.0.1:8000/v1."
-            )
-        self.settings = settings
-        self.client = OpenAI(
-            base_url=settings.base_url,
-            api_key=key or "none",
-            timeout=settings.timeout_s,
-            max_retries=settings.max_retries,
-        )
-        self.cache = JudgmentCache(cache_path, f"{settings.base_url}|{settings.model}")
-        self.calls = self.cache_hits = 0
-        self.failures: Counter = Counter()
+    @property
+    def calls(self) -> int:
+        return self.endpoint.calls
+
+    @property
+    def cache_hits(self) -> int:
+        return self.endpoint.cache_hits
 
     def ask(self, prompt: str, parse=parse_choice):
-        answer = self.cache.get(prompt)
-        if answer is not None:
-            self.cache_hits += 1
-        else:
-            self.calls += 1
-            try:
-                response = self.client.chat.completions.create(
-                    model=self.settings.model,
-                    messages=[{"role": "user", "content": prompt}],
-                    temperature=0,
-                    max_tokens=32,
-                )
-                answer = response.choices[0].message.content or ""
-            except Exception as err:  # noqa: BLE001 - every client error (HTTP, timeout, malformed body) is a failed judgment
-                log.warning("judge call failed: %s", type(err).__name__)
-                self.failures["no_answer"] += 1
-                return None
-            self.cache.put(prompt, answer)
+        answer = self.endpoint.complete([{"role": "user", "content": prompt}], max_tokens=32)
+        if answer is None:
+            return None
         parsed = parse(answer)
         if parsed is None:
             log.warning("judge answer not understood (%d characters)", len(answer))
-            self.failures["not_understood"] += 1
+            with self.endpoint.lock:
+                self.failures["not_understood"] += 1
         return parsed
 
     def choose(self, prompts: Sequence[str]) -> list[str | None]:
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            return list(pool.map(self.ask, prompts))
+        return self.endpoint.map(self.ask, prompts)
 
     def rate(self, prompts: Sequence[str]) -> list[float | None]:
-        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            return list(pool.map(lambda p: self.ask(p, parse_grade), prompts))
+        return self.endpoint.map(lambda p: self.ask(p, parse_grade), prompts)

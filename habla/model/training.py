@@ -30,6 +30,7 @@ from habla.model.loading import (
     special_separator,
 )
 from habla.params import Params, as_dict
+from habla.plots import bin_width, histogram
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def check_masks(tokenizer, conversations: list[dict], max_length: int, stop_ids:
             max_length,
         )
     return {
+        "histogram": histogram(lengths, bin_width(max(lengths)), "tokens", "conversations"),
         "truncated_share": share,
         "dropped_no_reply_in_window": unlearnable,
         "max_tokens": max(lengths),

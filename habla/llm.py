@@ -1,0 +1,172 @@
+"""Any OpenAI-compatible chat endpoint (Mistral's API, OpenAI, vLLM, Ollama, llama.cpp, or `habla serve`), asked
+the way every paid call in the pipeline must be asked: the judge, the opponent model and `curate`.
+
+- The key comes from the environment variable the params name, never from params, and is never written anywhere.
+- Every answer **received** is kept in a JSON-lines cache keyed by hash of (endpoint, model, messages), whether
+  it turns out usable or not, so a rerun or a filter change never buys it again. Only transport failures (HTTP
+  errors, timeouts, a body that is not a chat completion) leave nothing in the cache and are asked again next run.
+- Calls run with bounded concurrency; the `openai` client retries connection errors, 408/429/5xx with exponential
+  backoff and enforces the timeout.
+- Structured output (`response_format` with a JSON schema) is asked for where given; a server that refuses the
+  field (400/422) is asked again without it, and the caller parses the first JSON object of the answer instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+from habla.errors import UserError
+
+log = logging.getLogger("llm")
+
+
+class EndpointSettings(Protocol):
+    base_url: str
+    model: str
+    api_key_env: str
+    timeout_s: float
+    max_retries: int
+    concurrency: int
+
+
+def first_json_object(text: str):
+    """The first JSON object in an answer (after any prose or code fence), or None."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(value, dict):
+            return value
+        start = text.find("{", start + 1)
+    return None
+
+
+class AnswerCache:
+    """Answers received, one JSON line each (`key`, `answer`, `usage`), appended as they come; the file is git-ignored
+    because answers quote the prompts' text."""
+
+    def __init__(self, path: Path, endpoint: str):
+        self.path, self.endpoint = path, endpoint
+        self.entries: dict[str, dict] = {}
+        self.lock = threading.Lock()
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self.entries[entry["key"]] = entry
+
+    def key(self, messages: list[dict]) -> str:
+        """A lone user message is keyed by its text alone, as the judge's cache always was (old caches stay good)."""
+        lone = len(messages) == 1 and messages[0]["role"] == "user"
+        text = messages[0]["content"] if lone else json.dumps(messages, ensure_ascii=False, sort_keys=True)
+        return hashlib.blake2b(f"{self.endpoint}\0{text}".encode(), digest_size=16).hexdigest()
+
+    def get(self, messages: list[dict]) -> dict | None:
+        return self.entries.get(self.key(messages))
+
+    def put(self, messages: list[dict], answer: str, usage: dict) -> None:
+        entry = {"key": self.key(messages), "answer": answer, "usage": usage}
+        with self.lock:
+            self.entries[entry["key"]] = entry
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+
+class ChatEndpoint:
+    """One model behind an OpenAI-compatible URL, with its answer cache and counts of what each run cost."""
+
+    def __init__(self, settings: EndpointSettings, cache_path: Path, section: str):
+        from openai import OpenAI
+
+        key = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
+        if settings.api_key_env and not key:
+            raise UserError(
+                f"{section}.api_key_env is `{settings.api_key_env}`, but that environment variable is empty. "
+                f"Export it (`export {settings.api_key_env}=...`); keys never go in params.yaml."
+            )
+        for name in ("base_url", "model"):
+            if not getattr(settings, name):
+                raise UserError(
+                    f"{section}.{name} is empty: name an OpenAI-compatible endpoint and its model "
+                    "(e.g. base_url: http://127.0.0.1:8000/v1 and model: tuned for `habla serve`)."
+                )
+        self.settings = settings
+        self.client = OpenAI(
+            base_url=settings.base_url,
+            api_key=key or "none",
+            timeout=settings.timeout_s,
+            max_retries=settings.max_retries,
+        )
+        self.cache = AnswerCache(cache_path, f"{settings.base_url}|{settings.model}")
+        self.calls = self.cache_hits = 0
+        self.failures: Counter = Counter()
+        self.tokens: Counter = Counter()
+        self.structured = True
+        self.lock = threading.Lock()
+
+    def complete(self, messages: list[dict], max_tokens: int, schema: dict | None = None) -> str | None:
+        """The answer's text (from the cache when it was received before), or None when none arrived."""
+        cached = self.cache.get(messages)
+        if cached is not None:
+            with self.lock:
+                self.cache_hits += 1
+            return cached["answer"]
+        with self.lock:
+            self.calls += 1
+        try:
+            response = self._create(messages, max_tokens, schema)
+            answer = response.choices[0].message.content or ""
+        except Exception as err:  # noqa: BLE001 - every client error (HTTP, timeout, malformed body) is "no answer"
+            log.warning("%s call failed: %s", self.settings.model, type(err).__name__)
+            with self.lock:
+                self.failures["no_answer"] += 1
+            return None
+        usage = {
+            "prompt_tokens": getattr(response.usage, "prompt_tokens", 0) or 0,
+            "completion_tokens": getattr(response.usage, "completion_tokens", 0) or 0,
+        }
+        with self.lock:
+            self.tokens.update(usage)
+        self.cache.put(messages, answer, usage)
+        return answer
+
+    def _create(self, messages: list[dict], max_tokens: int, schema: dict | None):
+        import openai
+
+        options = {"model": self.settings.model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
+        if schema and self.structured:
+            try:
+                return self.client.chat.completions.create(
+                    **options,
+                    response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+                )
+            except (openai.BadRequestError, openai.UnprocessableEntityError):
+                log.info("%s refuses structured output: asking for JSON in the prompt only", self.settings.model)
+                self.structured = False
+        return self.client.chat.completions.create(**options)
+
+    def map(self, ask: Callable, items: Iterable) -> list:
+        """`ask` over `items`, `concurrency` at a time, results in order."""
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            return list(pool.map(ask, items))
+
+    def report(self) -> dict:
+        return {
+            "calls": self.calls,
+            "cache_hits": self.cache_hits,
+            "tokens": {"prompt": self.tokens["prompt_tokens"], "completion": self.tokens["completion_tokens"]},
+        }
