@@ -10,24 +10,16 @@ roles alternate. The persona's turns are `assistant`, everyone else is `user`
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterator
 
 import polars as pl
 
 from habla.errors import UserError
-from habla.params import Group, KeywordTasks, Persona
-from habla.text.keywords import keyword_prompt, top_keywords
+from habla.io import stable_id
+from habla.params import Group, Persona
 
 ROLES = ["system", "user", "assistant"]
 PLACEHOLDER_ONLY = r"^(?:\s*<(?:URL|EMAIL|TELEFONO|RUT|CURP|DNI|NIE)>\s*)+$"
-SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
-
-
-def stable_id(*parts: str) -> str:
-    """A short id that stays the same across runs, machines and library versions."""
-    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
 
 
 def check_persona(author_counts: pl.DataFrame, persona: Persona) -> None:
@@ -182,68 +174,27 @@ def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) ->
     ), dropped
 
 
-def passages(text: str, target_chars: int) -> list[str]:
-    """Cut text at sentence boundaries into passages of about `target_chars`."""
-    out, current = [], ""
-    for sentence in SENTENCE_END.split(text.strip()):
-        if current and len(current) + 1 + len(sentence) > target_chars:
-            out.append(current)
-            current = sentence
-        else:
-            current = f"{current} {sentence}".strip()
-    if current:
-        out.append(current)
-    return out
-
-
-def documents(messages: pl.DataFrame, settings: Group) -> list[dict]:
-    """One document per song; transcripts and table rows with the same title cut into passages."""
-    texts = messages.filter(pl.col("source").is_in(["transcript", "lyrics", "table"])).sort("file", "line")
-    by_document = texts.group_by("source", "file", "chat", maintain_order=True).agg(pl.col("text").str.join("\n"))
-    rows = []
-    for source, file, chat, text in by_document.iter_rows():
-        pieces = [text] if source == "lyrics" else passages(text.replace("\n", " "), settings.doc_chars)
-        rows += [
-            {"id": stable_id(file, chat, str(i)), "source": source, "file": file, "text": piece}
-            for i, piece in enumerate(pieces)
-        ]
-    return rows
-
-
-def keyword_tasks(
-    docs: list[dict], persona: Persona, settings: KeywordTasks, corpus: tuple[pl.DataFrame, int] | None = None
-) -> tuple[list[dict], int]:
-    """One instruction example per document: the user asks for a text about its keywords, the persona answers with it.
-
-    Returns the tasks and how many documents had no keyword left after stop words.
-    Each task keeps its `document` id, so `split` sends it where the document goes.
-    `corpus` (document frequencies, count) scores a batch of documents against all of them.
-    """
-    if not settings.enabled:
-        return [], 0
-    chosen = top_keywords([d["text"] for d in docs], settings.keywords, settings.extra_stop_words, corpus)
+def unit_tasks(units: list[dict], persona: Persona) -> tuple[list[dict], int]:
+    """One instruction example per curated unit that has a request (`task`): the user asks it, the persona answers
+    with the unit's text. Returns the tasks and how many units had no request (no keywords found).
+    Each task keeps its unit as `document`, so `split` sends it where the unit goes."""
     system = [{"role": "system", "content": persona.system_prompt}] if persona.system_prompt else []
     tasks = [
         {
-            "id": stable_id("keywords", doc["id"]),
+            "id": stable_id("keywords", unit["id"]),
             "source": "keywords",
-            "document": doc["id"],
-            "keywords": words,
+            "document": unit["id"],
+            "keywords": unit["keywords"],
             "messages": [
                 *system,
-                {
-                    "role": "user",
-                    "content": keyword_prompt(
-                        settings.song_prompt if doc["source"] == "lyrics" else settings.prompt, words
-                    ),
-                },
-                {"role": "assistant", "content": doc["text"]},
+                {"role": "user", "content": unit["task"]},
+                {"role": "assistant", "content": unit["text"]},
             ],
         }
-        for doc, words in zip(docs, chosen)
-        if words
+        for unit in units
+        if unit.get("task")
     ]
-    return tasks, len(docs) - len(tasks)
+    return tasks, sum(not unit.get("task") for unit in units)
 
 
 def flatten(examples: pl.DataFrame) -> pl.DataFrame:

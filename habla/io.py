@@ -7,6 +7,7 @@ DVC sees no spurious change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -14,6 +15,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import polars as pl
+
+
+def stable_id(*parts: str) -> str:
+    """A short id that stays the same across runs, machines and library versions."""
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
 
 
 def _clean_floats(value: Any) -> Any:

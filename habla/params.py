@@ -115,12 +115,6 @@ class Resources(_Section):
 @dataclass(frozen=True)
 class KeywordTasks(_Section):
     enabled: bool = True
-    keywords: int = 3
-    prompt: str = "Escribe un texto sobre: {keywords}."
-    song_prompt: str = "Escribe una canción sobre: {keywords}."
-    extra_stop_words: list[str] = field(
-        default_factory=lambda: ["po", "pos", "ya", "oye", "oigan", "weón", "weon", "cachai", "jaja"]
-    )
 
 
 @dataclass(frozen=True)
@@ -138,8 +132,33 @@ class Group(_Section):
     max_message_chars: int = 1500
     min_turn_chars: int = 1
     max_turn_chars: int = 3000
-    doc_chars: int = 600
     keyword_tasks: KeywordTasks = field(default_factory=KeywordTasks)
+
+
+@dataclass(frozen=True)
+class Curate(_Section):
+    backend: Literal["passages", "openai"] = "passages"
+    prompt_set: str = "texts"
+    passage_chars: int = 600
+    keywords: int = 3
+    extra_stop_words: list[str] = field(
+        default_factory=lambda: ["po", "pos", "ya", "oye", "oigan", "weón", "weon", "cachai", "jaja"]
+    )
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = ""
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    concurrency: int = 4
+    max_tokens: int = 4096
+    chunk_chars: int = 3000
+    overlap_chars: int = 400
+    min_similarity: float = 90.0
+    min_words: int = 1
+    max_words: int = 0
+    min_score: int = 0
+    field_bounds: dict = field(default_factory=dict)
+    near_duplicate_threshold: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -229,6 +248,17 @@ class Evaluate(_Section):
 
 
 @dataclass(frozen=True)
+class Opponent(_Section):
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = ""
+    timeout_s: float = 120.0
+    max_retries: int = 3
+    concurrency: int = 4
+    max_tokens: int = 256
+
+
+@dataclass(frozen=True)
 class Judge(_Section):
     backend: Literal["local", "openai"] = "local"
     model: str = "base"
@@ -238,6 +268,7 @@ class Judge(_Section):
     timeout_s: float = 60.0
     max_retries: int = 3
     concurrency: int = 4
+    opponent: Opponent = field(default_factory=Opponent)
 
 
 @dataclass(frozen=True)
@@ -257,6 +288,7 @@ class Params(_Section):
     preset: str = ""
     persona: Persona = field(default_factory=Persona)
     clean: Clean = field(default_factory=Clean)
+    curate: Curate = field(default_factory=Curate)
     group: Group = field(default_factory=Group)
     split: Split = field(default_factory=Split)
     model: Model = field(default_factory=Model)
@@ -339,13 +371,7 @@ def _check(params: Params) -> None:
         )
     if params.group.min_turn_chars > params.group.max_turn_chars:
         raise UserError("params: `group.min_turn_chars` must not exceed `group.max_turn_chars`.")
-    tasks = params.group.keyword_tasks
-    if tasks.keywords < 1:
-        raise UserError("params: `group.keyword_tasks.keywords` must be at least 1 (or set `enabled: false`).")
-    if "{keywords}" not in tasks.prompt or "{keywords}" not in tasks.song_prompt:
-        raise UserError(
-            "params: `group.keyword_tasks.prompt` and `song_prompt` must contain `{keywords}` where the words go."
-        )
+    _check_curate(params.curate)
     if not 0 < params.evaluate.stride < params.train.max_length:
         raise UserError(
             f"params: `evaluate.stride` ({params.evaluate.stride}) must be positive and below `train.max_length` "
@@ -353,6 +379,24 @@ def _check(params: Params) -> None:
         )
     if params.builtin.hidden_size % params.builtin.heads:
         raise UserError("params: `builtin.hidden_size` must be divisible by `builtin.heads`.")
+
+
+def _check_curate(curate: Curate) -> None:
+    if curate.keywords < 1:
+        raise UserError("params: `curate.keywords` must be at least 1.")
+    if not 0 <= curate.overlap_chars < curate.chunk_chars // 2:
+        raise UserError(
+            "params: `curate.overlap_chars` must be at least 0 and under half of `curate.chunk_chars` "
+            f"(got {curate.overlap_chars} and {curate.chunk_chars}): the overlap must hold the longest unit you expect."
+        )
+    if curate.max_words and curate.max_words < curate.min_words:
+        raise UserError("params: `curate.max_words` must be 0 (no bound) or at least `curate.min_words`.")
+    for name, bounds in curate.field_bounds.items():
+        numbers = isinstance(bounds, list) and len(bounds) == 2
+        if not numbers or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+            raise UserError(f"params: `curate.field_bounds.{name}` must be [low, high], e.g. [3, 6].")
+        if bounds[0] > bounds[1]:
+            raise UserError(f"params: `curate.field_bounds.{name}` is {bounds}: low must not exceed high.")
 
 
 def _read_yaml(path: Path) -> dict:

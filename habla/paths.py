@@ -14,6 +14,10 @@ RAW = Path("data/raw")
 CLEANED = Path("data/cleaned")
 MESSAGES = CLEANED / "messages.parquet"
 REJECTED = CLEANED / "rejected.parquet"
+CURATED = Path("data/curated")
+UNITS = CURATED / "units.jsonl"  # transcript, lyrics and table units: source text at a span, keywords, request
+CURATE_REJECTED = CURATED / "rejected.jsonl"  # proposals left out, each with its reason
+CURATE_CACHE = Path("data/cache/curate.jsonl")  # answers already paid for: git-ignored, survives reruns
 GROUPED = Path("data/grouped")
 CONVERSATIONS = GROUPED / "conversations.jsonl"
 DOCUMENTS = GROUPED / "documents.jsonl"
@@ -43,8 +47,10 @@ JUDGE_RATINGS_PLOT = METRICS / "plots" / "judge_ratings.json"
 JUDGMENTS = METRICS / "judgments.jsonl"  # verdicts and ratings per held-out prompt, read by /generations
 GENERATIONS = METRICS / "generations.jsonl"  # held-out text: a DVC-cached output, never committed to git
 JUDGE_CACHE = Path("data/cache/judge.jsonl")  # answers already paid for: git-ignored, survives reruns
+OPPONENT_CACHE = Path("data/cache/opponent.jsonl")  # the opponent model's replies, the same way
 
 PROMPTS = Path("prompts")
+PROMPT_SETS = PROMPTS / "sets"
 PRESETS = Path("configs/presets")
 ACCELERATE = Path("configs/accelerate")
 

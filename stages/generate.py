@@ -1,7 +1,10 @@
-"""`generate` stage: replies of the base and the fine-tuned model to held-out prompts.
+"""`generate` stage: replies of the base and the fine-tuned model (and an opponent's) to held-out prompts.
 
 Each test conversation is cut before one persona reply (the last, or a seeded
 random one); both models answer the same prompt with the same sampling settings.
+With `judge.opponent` set, a third model behind an OpenAI-compatible endpoint answers
+the same prompts at temperature 0 (each reply received is cached, as the judge's are);
+a prompt it never answered has `opponent: null` and its judgments count as failed.
 The replies are the input of `judge` and `reference`, and they hold test-set
 text, so `metrics/generations.jsonl` is a DVC-cached output (pushed to the DVC
 remote), never a file committed to git.
@@ -14,9 +17,10 @@ import logging
 from habla import paths
 from habla.errors import UserError, run_stage
 from habla.io import read_jsonl, write_jsonl
+from habla.llm import ChatEndpoint
 from habla.model.generation import cut_before_reply, generate_replies
 from habla.model.loading import load_tuned
-from habla.params import load_params
+from habla.params import Opponent, load_params
 
 log = logging.getLogger("generate")
 
@@ -30,6 +34,7 @@ PARAMS = [
     "evaluate.cut",
     "evaluate.cut_seed",
     "evaluate.sampling",
+    "judge.opponent",
 ]
 DEPS = [
     paths.BASE_MODEL,
@@ -38,9 +43,25 @@ DEPS = [
     "stages/generate.py",
     "habla/model/generation.py",
     "habla/model/loading.py",
+    "habla/llm.py",
     paths.PRESETS,
 ]
 OUTS = [GENERATIONS]
+
+
+def opponent_replies(cases: list[dict], opponent: Opponent) -> list[str | None]:
+    """The opponent's reply to each held-out prompt, at temperature 0; None where none arrived."""
+    endpoint = ChatEndpoint(opponent, paths.OPPONENT_CACHE, "judge.opponent")
+    replies = endpoint.map(lambda case: endpoint.complete(case["prompt"], opponent.max_tokens), cases)
+    log.info(
+        "generate: opponent %s answered %d of %d prompts (%d calls, %d from its cache)",
+        opponent.model,
+        sum(r is not None for r in replies),
+        len(cases),
+        endpoint.calls,
+        endpoint.cache_hits,
+    )
+    return [r.strip() if r is not None else None for r in replies]
 
 
 def main() -> None:
@@ -62,6 +83,9 @@ def main() -> None:
     tuned_replies = generate_replies(model, tokenizer, prompts, evaluate.sampling, evaluate.batch_size)
     for case, base, tuned in zip(cases, base_replies, tuned_replies):
         case.update(base=base, tuned=tuned)
+    if params.judge.opponent.model:
+        for case, reply in zip(cases, opponent_replies(cases, params.judge.opponent)):
+            case["opponent"] = reply
     write_jsonl(GENERATIONS, cases)
     log.info("generate: %d held-out prompts answered by the base and the fine-tuned model", len(cases))
 

@@ -1,9 +1,10 @@
-"""`group` stage: cleaned messages → conversations (chat examples), documents and keyword tasks.
+"""`group` stage: cleaned chat messages → conversations; curated units → documents and keyword tasks.
 
 Chats go through `habla.grouping` (sessions, bursts, turns, persona = `assistant`)
-batch by batch; transcripts and lyrics become plain-text passages for language
-modelling, and each passage an instruction example ("write about <its keywords>")
-when `group.keyword_tasks.enabled`, with keywords scored against the whole corpus.
+batch by batch. Each unit `curate` kept (a transcript passage, a song, a joke) is a
+plain-text document for language modelling and, when `group.keyword_tasks.enabled`,
+an instruction example: the request its prompt set words ("write a joke about …")
+answered by the unit's own text.
 """
 
 from __future__ import annotations
@@ -25,16 +26,14 @@ from habla.grouping import (
     batches,
     check_persona,
     conversations,
-    documents,
     filter_messages,
     flatten,
-    keyword_tasks,
     turns,
+    unit_tasks,
 )
-from habla.io import append_jsonl, read_jsonl_batches, write_json
+from habla.io import read_jsonl, write_json, write_jsonl
 from habla.params import load_params
 from habla.plots import bin_width, histogram, monthly_messages
-from habla.text.keywords import document_frequencies, merge_frequencies
 
 log = logging.getLogger("group")
 
@@ -43,7 +42,7 @@ OUT_DIR = paths.GROUPED
 REPORT = paths.report("group")
 
 PARAMS = ["persona", "group"]
-DEPS = [MESSAGES, "stages/group.py", "habla/grouping.py", "habla/text/keywords.py", "habla/gates.py", "habla/plots.py"]
+DEPS = [MESSAGES, paths.UNITS, "stages/group.py", "habla/grouping.py", "habla/gates.py", "habla/plots.py"]
 OUTS = [OUT_DIR, paths.MONTHLY_PLOT]
 METRICS = [REPORT, paths.gate_report("group")]
 PLOTS = [paths.TURNS_PLOT]
@@ -104,26 +103,16 @@ def main() -> None:
                 gate.check(gate_frame(flat))
                 summary.add_conversations(examples, flat)
                 examples.write_ndjson(out)
-        tasks_wanted, frequencies = settings.keyword_tasks.enabled, []
-        with (spill / "documents.jsonl").open("w", encoding="utf-8") as out:
-            texts = messages.filter(pl.col("source").is_in(["transcript", "lyrics", "table"]))
-            for batch in batches(texts, "file", batch_rows):
-                docs = documents(batch, settings)
-                summary.documents += append_jsonl(out, docs)
-                if tasks_wanted:
-                    frequencies.append(
-                        document_frequencies([d["text"] for d in docs], settings.keyword_tasks.extra_stop_words)
-                    )
-        corpus = (merge_frequencies(frequencies), summary.documents) if frequencies else None
-        dropped["documents_without_keywords"] = 0
-        with (spill / "keyword_tasks.jsonl").open("w", encoding="utf-8") as out:
-            for batch in read_jsonl_batches(spill / "documents.jsonl", batch_rows) if tasks_wanted else ():
-                tasks, without = keyword_tasks(batch, persona, settings.keyword_tasks, corpus)
-                dropped["documents_without_keywords"] += without
-                gate.check(
-                    gate_frame(flatten(pl.DataFrame(tasks, schema={"id": pl.String, "messages": MESSAGES_DTYPE})))
-                )
-                summary.tasks += append_jsonl(out, tasks)
+        units = read_jsonl(paths.UNITS)
+        summary.documents = write_jsonl(
+            spill / "documents.jsonl",
+            ({"id": u["id"], "source": u["source"], "file": u["file"], "text": u["text"]} for u in units),
+        )
+        tasks, dropped["documents_without_keywords"] = (
+            unit_tasks(units, persona) if settings.keyword_tasks.enabled else ([], 0)
+        )
+        gate.check(gate_frame(flatten(pl.DataFrame(tasks, schema={"id": pl.String, "messages": MESSAGES_DTYPE}))))
+        summary.tasks = write_jsonl(spill / "keyword_tasks.jsonl", tasks)
         gate.close()
         OUT_DIR.mkdir(parents=True, exist_ok=True)
         for name in ("conversations.jsonl", "documents.jsonl", "keyword_tasks.jsonl"):

@@ -19,7 +19,7 @@ from habla import paths
 from habla.errors import UserError, run_stage
 from habla.io import read_jsonl, write_json, write_jsonl
 from habla.model.judge_backends import LocalJudge, OpenAIJudge
-from habla.model.judging import fill, rating_summary, summarise, verdict
+from habla.model.judging import fill, paired_difference, rating_summary, scores, summarise, verdict
 from habla.model.loading import load_tuned
 from habla.params import Judge, load_params
 from habla.plots import outcome_bars, rating_rows
@@ -59,9 +59,35 @@ def template_path(settings: Judge) -> Path:
     return path
 
 
+def judged_pair(judge, template: str, cases: list[dict], pair: tuple[str, str]) -> dict:
+    """Both orders of `pair` on every case: the letters, and the outcome (a model, `tie` or `failed`) per case.
+
+    A case where either model has no reply (an opponent that never answered) is failed without asking the judge.
+    """
+    one, other = pair
+    usable = [i for i, case in enumerate(cases) if case.get(one) is not None and case.get(other) is not None]
+    first = judge.choose([fill(template, cases[i], cases[i][one], cases[i][other]) for i in usable])
+    second = judge.choose([fill(template, cases[i], cases[i][other], cases[i][one]) for i in usable])
+    as_a, as_b = [None] * len(cases), [None] * len(cases)
+    for i, a, b in zip(usable, first, second):
+        as_a[i], as_b[i] = a, b
+    if len(usable) < len(cases):
+        judge.failures["no_reply"] += len(cases) - len(usable)
+    return {"as_a": as_a, "as_b": as_b, "outcomes": [verdict(a, b, pair) for a, b in zip(as_a, as_b)]}
+
+
+def ratings(judge, template: str, cases: list[dict], model: str) -> list[float | None]:
+    usable = [i for i, case in enumerate(cases) if case.get(model) is not None]
+    grades = judge.rate([fill(template, cases[i], cases[i][model]) for i in usable])
+    out: list[float | None] = [None] * len(cases)
+    for i, grade in zip(usable, grades):
+        out[i] = grade
+    return out
+
+
 def main() -> None:
     params = load_params()
-    settings = params.judge
+    settings, resamples = params.judge, params.evaluate.bootstrap
     if settings.backend == "local" and settings.model != "base":
         raise UserError(
             "judge.model: the local backend judges with `base`; for another judge serve it and use backend `openai`."
@@ -70,22 +96,29 @@ def main() -> None:
     cases = read_jsonl(GENERATIONS)
     if not cases:
         raise UserError(f"{GENERATIONS} is empty: the generate stage wrote no replies.")
-    tuned_as_a = [fill(template, c, c["tuned"], c["base"]) for c in cases]
-    tuned_as_b = [fill(template, c, c["base"], c["tuned"]) for c in cases]
+    against_opponent = any("opponent" in case for case in cases)
+    models = ["base", "tuned", *(["opponent"] if against_opponent else [])]
+    pairs = [("tuned", "base"), *([("tuned", "opponent"), ("base", "opponent")] if against_opponent else [])]
     rating = RATING_PROMPTS[settings.backend].read_text(encoding="utf-8")
-    rate_base = [fill(rating, c, c["base"]) for c in cases]
-    rate_tuned = [fill(rating, c, c["tuned"]) for c in cases]
     if settings.backend == "local":
         model, tokenizer = load_tuned()
         judge, as_judge = LocalJudge(model, tokenizer, params.evaluate.batch_size), model.disable_adapter()
     else:
         judge, as_judge = OpenAIJudge(settings, CACHE), contextlib.nullcontext()
     with as_judge:  # the local judge is the base model
-        first, second = judge.choose(tuned_as_a), judge.choose(tuned_as_b)
-        grades = {"base": judge.rate(rate_base), "tuned": judge.rate(rate_tuned)}
-    outcomes = [verdict(a, b) for a, b in zip(first, second)]
-    report = summarise(outcomes, settings, params.evaluate.bootstrap)
-    report["rating"] = {name: rating_summary(values, params.evaluate.bootstrap) for name, values in grades.items()}
+        judged = {pair: judged_pair(judge, template, cases, pair) for pair in pairs}
+        grades = {name: ratings(judge, rating, cases, name) for name in models}
+    report = summarise(judged["tuned", "base"]["outcomes"], settings, resamples)
+    if against_opponent:
+        against = {name: judged[name, "opponent"]["outcomes"] for name in ("tuned", "base")}
+        report["opponent"] = {
+            "model": settings.opponent.model,
+            **{name: summarise(outcomes, settings, resamples, name) for name, outcomes in against.items()},
+            "tuned_minus_base": paired_difference(
+                scores(against["tuned"], "tuned"), scores(against["base"], "base"), resamples
+            ),
+        }
+    report["rating"] = {name: rating_summary(values, resamples) for name, values in grades.items()}
     report["calls"] = judge.calls
     report["cache_hits"] = getattr(judge, "cache_hits", 0)
     report["failed_by_reason"] = dict(sorted(judge.failures.items()))
@@ -95,17 +128,26 @@ def main() -> None:
         (
             {
                 "id": case["id"],
-                "pair": "tuned vs base",
-                "first_as_a": a,
-                "first_as_b": b,
-                "outcome": outcome,
-                "rating": {name: values[i] for name, values in grades.items()},
+                "pair": f"{pair[0]} vs {pair[1]}",
+                "first_as_a": result["as_a"][i],
+                "first_as_b": result["as_b"][i],
+                "outcome": result["outcomes"][i],
+                "rating": {name: grades[name][i] for name in pair},
             }
-            for i, (case, a, b, outcome) in enumerate(zip(cases, first, second, outcomes))
+            for pair, result in judged.items()
+            for i, case in enumerate(cases)
         ),
     )
-    counts = {"win": report["wins"], "tie": report["ties"], "loss": report["losses"], "failed": report["failed"]}
-    write_json(paths.JUDGE_OUTCOMES_PLOT, outcome_bars({"tuned vs base": counts}))
+    counts = {
+        f"{one} vs {other}": {
+            "win": result["outcomes"].count(one),
+            "tie": result["outcomes"].count("tie"),
+            "loss": result["outcomes"].count(other),
+            "failed": result["outcomes"].count("failed"),
+        }
+        for (one, other), result in judged.items()
+    }
+    write_json(paths.JUDGE_OUTCOMES_PLOT, outcome_bars(counts))
     write_json(paths.JUDGE_RATINGS_PLOT, rating_rows(grades))
     log.info(
         "judge: %d wins, %d ties, %d losses for the fine-tuned model, %d failed (adjusted win rate %.2f)",
@@ -115,6 +157,17 @@ def main() -> None:
         report["failed"],
         report["adjusted_win_rate"],
     )
+    if against_opponent:
+        versus = report["opponent"]
+        log.info(
+            "judge: against %s, adjusted win rate base %.3f, tuned %.3f; tuned − base %+.3f (95%% CI %s, sign p=%.3g)",
+            settings.opponent.model,
+            versus["base"]["adjusted_win_rate"],
+            versus["tuned"]["adjusted_win_rate"],
+            versus["tuned_minus_base"]["mean"],
+            versus["tuned_minus_base"]["ci95"],
+            versus["tuned_minus_base"]["sign_test_p"],
+        )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,8 +26,9 @@ FIXTURES = REPO / "tests" / "fixtures"  # copies of ../shared/fixtures, with the
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
-    """Run a stage in an empty working folder with the repository's params.yaml."""
+    """Run a stage in an empty working folder with the repository's params.yaml and prompts."""
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    shutil.copytree(REPO / "prompts", tmp_path / "prompts")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -149,3 +153,29 @@ def browser():
 def shoot(driver, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SCREENSHOTS / name))
+
+
+class FakeChatHandler(BaseHTTPRequestHandler):
+    """Base of the tests' fake OpenAI-compatible endpoints: quiet, answering raw bytes or a chat completion."""
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status: int, data: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def complete(self, content: str, model: str = "fake", usage: dict | None = None) -> None:
+        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        body = {"id": "x", "object": "chat.completion", "created": 0, "model": model, "choices": [choice]}
+        self.reply(200, json.dumps({**body, **({"usage": usage} if usage else {})}, ensure_ascii=False).encode())
+
+
+def serve_on_localhost(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A threaded server on a free local port, and its OpenAI-style base URL (`…/v1`)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -3,9 +3,11 @@ from datetime import datetime, timedelta
 import polars as pl
 import pytest
 
+from habla.curation import passage_spans
 from habla.errors import UserError
-from habla.grouping import check_persona, conversations, flatten, passages, turns
+from habla.grouping import check_persona, conversations, flatten, turns
 from habla.params import Group, Persona, Ratios, Split
+from habla.readers.units import with_message_columns
 from habla.splitting import assign, leaking_ids, move_overlaps, split_conversations
 from tests.conftest import update_params
 
@@ -142,9 +144,14 @@ def test_unknown_persona_lists_the_authors_found():
     assert "Nico (2)" in str(err.value) and "Cami (1)" in str(err.value)
 
 
-def test_passages_cut_at_sentence_boundaries():
-    text = "Uno dos tres. Cuatro cinco seis. Siete ocho nueve. Diez."
-    assert passages(text, 30) == ["Uno dos tres.", "Cuatro cinco seis.", "Siete ocho nueve. Diez."]
+def test_passages_cut_at_sentence_ends_and_cover_the_text():
+    text = "Uno dos tres. Cuatro cinco seis.\nSiete ocho nueve. Diez."
+    spans = passage_spans(text, 14)
+    assert [text[a:b] for a, b in spans] == ["Uno dos tres. ", "Cuatro cinco seis.\n", "Siete ocho nueve. ", "Diez."]
+    assert [text[a:b] for a, b in passage_spans(text, 30)] == [
+        "Uno dos tres. Cuatro cinco seis.\n",
+        "Siete ocho nueve. Diez.",
+    ]
 
 
 def conversation(i, reply):
@@ -366,11 +373,11 @@ def test_near_duplicates_with_many_repeated_texts_match_a_brute_force_search():
 
 
 def test_group_in_small_batches_writes_what_one_batch_writes(in_tmp):
-    """`group` works a few chats and files at a time (`resources.batch_rows`); keywords still see the whole corpus."""
+    """`group` works a few chats at a time (`resources.batch_rows`) and gives what it gives in one batch."""
     import random
 
     from habla.io import read_json
-    from stages import group
+    from stages import curate, group
 
     rng = random.Random(7)
     words = "completo palta micro estadio carrete playa cerro feria once sopaipilla terremoto cueca".split()
@@ -392,7 +399,8 @@ def test_group_in_small_batches_writes_what_one_batch_writes(in_tmp):
     ]
     path = in_tmp / "data/cleaned/messages.parquet"
     path.parent.mkdir(parents=True)
-    pl.concat([*chats, *texts]).write_parquet(path)
+    with_message_columns(pl.concat([*chats, *texts]).with_columns(lines=pl.lit(1))).write_parquet(path)
+    curate.main()
 
     produced = {}
     for batch_rows in (1000, 1_000_000):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
+import re
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -17,7 +15,7 @@ from habla.errors import UserError
 from habla.model.judge_backends import OpenAIJudge, parse_choice
 from habla.model.judging import fill, summarise, verdict, win_rate
 from habla.params import Judge
-from tests.conftest import REPO, update_params
+from tests.conftest import FakeChatHandler, serve_on_localhost, update_params
 
 
 @pytest.mark.parametrize(
@@ -83,10 +81,7 @@ class FakeEndpoint:
         self.script = None  # prompt → answer, replacing the marker words
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(FakeChatHandler):
             def do_POST(self):  # noqa: N802
                 outer.calls += 1
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -104,27 +99,9 @@ class FakeEndpoint:
                     if outer.script
                     else next((v for k, v in content.items() if k in prompt), "[[C]]")
                 )
-                payload = {
-                    "id": "x",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
-                    ],
-                }
-                self.reply(200, json.dumps(payload).encode())
+                self.complete(answer, body["model"])
 
-            def reply(self, status, data):
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.server, self.url = serve_on_localhost(Handler)
 
 
 @pytest.fixture
@@ -257,8 +234,6 @@ def scripted_judge_run(in_tmp, endpoint, script) -> dict:
 
     update_params(in_tmp, "judge", backend="openai", model="juez", base_url=endpoint.url, max_retries=0, timeout_s=5)
     update_params(in_tmp, "evaluate", bootstrap=200)
-    prompts = Path(REPO / "prompts")
-    (in_tmp / "prompts").symlink_to(prompts, target_is_directory=True)
     cases = [
         {
             "id": f"c{i}",
@@ -304,3 +279,81 @@ def test_judge_stage_counts_an_endpoint_that_fails_as_failed_never_as_losses(in_
     report = scripted_judge_run(in_tmp, endpoint, lambda prompt: "no sé")
     assert (report["wins"], report["ties"], report["losses"], report["failed"]) == (0, 0, 0, 12)
     assert report["failed_by_reason"] == {"not_understood": 48}
+
+
+def opponent_cases(missing: set[int]) -> list[dict]:
+    return [
+        {
+            "id": f"c{i}",
+            "source": "keywords",
+            "prompt": [{"role": "user", "content": f"Escribe un chiste en español chileno sobre: el metro {i}."}],
+            "reference": "ya po",
+            "base": f"respuesta genérica número {i}",
+            "tuned": f"wena po, de una {i}",
+            "opponent": None if i in missing else f"chiste del rival {i}",
+        }
+        for i in range(20)
+    ]
+
+
+def test_against_an_opponent_each_model_is_judged_in_both_orders_and_tuned_minus_base_is_paired(in_tmp, endpoint):
+    """The seed's measurement done right: base and tuned each against a stronger third model, with intervals,
+    the paired difference over the same prompts, and prompts the opponent never answered counted as failed."""
+    from habla.io import read_json, read_jsonl, write_jsonl
+    from stages import judge
+
+    def prefers(prompt: str, better: str, worse: str) -> str:
+        return "A" if prompt.index(better) < prompt.index(worse) else "B"
+
+    def script(prompt: str) -> str:
+        number = int(re.search(r"el metro (\d+)", prompt).group(1))
+        if "califica" in prompt:  # a rating prompt
+            return '{"nota": 6}'
+        if "rival" in prompt and "wena po" in prompt:  # tuned vs opponent: tuned wins on prompts 0–13
+            winner = ("wena po", "chiste del rival") if number < 14 else ("chiste del rival", "wena po")
+            return json.dumps({"veredicto": prefers(prompt, *winner)})
+        if "rival" in prompt and "genérica" in prompt:  # base vs opponent: base wins on prompts 0–4 only
+            winner = (
+                ("respuesta genérica", "chiste del rival") if number < 5 else ("chiste del rival", "respuesta genérica")
+            )
+            return json.dumps({"veredicto": prefers(prompt, *winner)})
+        return '{"veredicto": "C"}'
+
+    update_params(in_tmp, "judge", backend="openai", model="juez", base_url=endpoint.url, max_retries=0, timeout_s=5)
+    update_params(in_tmp, "evaluate", bootstrap=500)
+    write_jsonl(judge.GENERATIONS, opponent_cases(missing={18, 19}))
+    endpoint.script = script
+    judge.main()
+    report = read_json(judge.REPORT)
+    versus = report["opponent"]
+    assert (versus["tuned"]["wins"], versus["tuned"]["losses"], versus["tuned"]["failed"]) == (14, 4, 2)
+    assert (versus["base"]["wins"], versus["base"]["losses"], versus["base"]["failed"]) == (5, 13, 2)
+    assert versus["tuned"]["adjusted_win_rate"] == pytest.approx(14 / 18)
+    low, high = versus["tuned"]["adjusted_win_rate_ci95"]
+    assert low < 14 / 18 < high
+    paired = versus["tuned_minus_base"]
+    assert paired["n"] == 18 and paired["left_out"] == 2
+    assert paired["mean"] == pytest.approx((14 - 5) / 18) and (paired["tuned_better"], paired["base_better"]) == (9, 0)
+    assert paired["sign_test_p"] == pytest.approx(2 / 2**9, abs=1e-6)
+    assert paired["ci95"][0] > 0, "nine prompts where only the tuned model beat the opponent: an interval above zero"
+    assert report["failed_by_reason"] == {"no_reply": 4} and report["rating"]["opponent"]["failed"] == 2
+    assert (report["wins"], report["ties"], report["losses"]) == (0, 20, 0)
+    assert report["calls"] == 2 * 20 + 2 * 18 * 2 + 20 + 20 + 18  # pairs in both orders, then the ratings
+    judgments = read_jsonl("metrics/judgments.jsonl")
+    assert {j["pair"] for j in judgments} == {"tuned vs base", "tuned vs opponent", "base vs opponent"}
+    assert len(judgments) == 60
+
+
+def test_the_opponent_answers_each_prompt_once_and_only_failures_are_asked_again(in_tmp, endpoint):
+    from habla.params import Opponent
+    from stages.generate import opponent_replies
+
+    cases = opponent_cases(missing=set())
+    cases[3]["prompt"][0]["content"] += " ERROR"
+    endpoint.script = lambda prompt: f"  respuesta del rival a: {prompt[-12:]}  "
+    settings = Opponent(base_url=endpoint.url, model="rival", timeout_s=5, max_retries=0)
+    replies = opponent_replies(cases, settings)
+    assert replies[3] is None and all(r.startswith("respuesta del rival") for i, r in enumerate(replies) if i != 3)
+    calls = endpoint.calls
+    assert opponent_replies(cases, settings) == replies
+    assert endpoint.calls - calls == 1, "answers received are reused; the HTTP 500 is asked again"

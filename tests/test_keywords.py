@@ -1,12 +1,13 @@
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from habla.grouping import keyword_tasks
+from habla.grouping import unit_tasks
 from habla.io import read_jsonl, write_jsonl
-from habla.params import KeywordTasks, Persona
-from habla.text.keywords import document_frequencies, merge_frequencies, spanish_stop_words, top_keywords
+from habla.params import Persona
+from habla.text.keywords import keyphrases, looks_verbal
 from stages import split
 
 SONG = "La micro va llena, la micro no para. La micro me deja en la esquina de siempre."
@@ -14,63 +15,72 @@ ROUTINE = "El completo con palta es sagrado. El completo italiano, el completo c
 STORY = "Mi mamá me manda audios. Audios de siete minutos, y la cazuela se enfría esperando."
 
 
-def test_tfidf_prefers_words_frequent_here_and_rare_elsewhere():
-    # "micro" appears 3 times in the first text only; "completo" 4 times in the second only;
-    # "la" and "el" are stop words; the filler "weón" is removed only when the user lists it.
-    result = top_keywords([SONG, ROUTINE, STORY], 2)
-    assert result[0][0] == "micro" and result[1][0] == "completo" and result[2][0] == "audios"
-    assert not any(word in spanish_stop_words() for words in result for word in words)
-    assert "weón" in top_keywords([ROUTINE], 30)[0] and "weón" not in top_keywords([ROUTINE], 30, ["Weón"])[0]
-
-
-def test_idf_breaks_ties_between_equally_frequent_words():
-    shared = "palta palta tomate tomate"
-    result = top_keywords([shared + " cebolla", "tomate pan", "tomate queso"], 1)
-    # palta and tomate occur twice in the first text, but tomate is in every text: palta wins
-    assert result[0] == ["palta"]
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(alphabet="abcdeñáé ,.!¿?xyzNOP", max_size=80), min_size=1, max_size=6), st.integers(1, 4))
-def test_keywords_are_words_of_their_text_best_first_and_deterministic(texts, count):
-    result = top_keywords(texts, count)
-    assert len(result) == len(texts)
-    for text, words in zip(texts, result):
-        assert len(words) <= count
-        assert all(len(w) >= 3 and w in text.lower() for w in words)
-        assert len(set(words)) == len(words)
-    assert top_keywords(texts, count) == result
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(st.text(alphabet="abcdeñáé ,.!¿?xyzNOP", max_size=80), min_size=2, max_size=8),
-    st.integers(1, 4),
-    st.data(),
-)
-def test_keywords_of_a_batch_scored_against_the_whole_corpus_match_the_whole_run(texts, count, data):
-    cut = data.draw(st.integers(1, len(texts) - 1))
-    batches = [texts[:cut], texts[cut:]]
-    corpus = (merge_frequencies([document_frequencies(batch) for batch in batches]), len(texts))
-    assert [w for batch in batches for w in top_keywords(batch, count, corpus=corpus)] == top_keywords(texts, count)
-
-
-def test_one_task_per_document_with_the_song_prompt_for_lyrics_and_the_system_prompt_first():
-    docs = [
-        {"id": "d1", "source": "lyrics", "file": "a.txt", "text": SONG},
-        {"id": "d2", "source": "transcript", "file": "b.txt", "text": ROUTINE},
-        {"id": "d3", "source": "transcript", "file": "b.txt", "text": "y la de él"},
-    ]
-    tasks, without = keyword_tasks(
-        docs, Persona(authors=["Nico"], system_prompt="Eres Nico."), KeywordTasks(keywords=2)
+def test_keyphrases_prefer_noun_phrases_and_multi_word_terms_over_verbs():
+    # From a Somos NLP keynote passage: TF-IDF used to give "ponerlo, hora, correglos"
+    text = (
+        "A mí lo que estamos viendo es que hay otras tendencias como a la creación de modelos más pequeños más "
+        "especializados en determinados ámbitos o en resolver determinadas tareas, porque ponerlo en producción "
+        "cuesta mucho. Los modelos pequeños especializados son más baratos de poner en inferencia."
     )
-    assert without == 1 and [t["document"] for t in tasks] == ["d1", "d2"]
+    phrases = keyphrases(text, 3)
+    assert len(phrases) == 3 and all(p == p.lower() and p in text.lower() for p in phrases)
+    assert not any(looks_verbal(p) for p in phrases), phrases
+    assert any(" " in p for p in phrases), "multi-word terms are kept whole"
+
+
+@pytest.mark.parametrize(
+    "phrase, verbal",
+    [
+        ("resolver determinadas tareas", True),
+        ("ponerlo en producción", True),
+        ("palabra afectaría completamente", True),
+        ("jacatón es crear", True),
+        ("estilo Cephir", False),
+        ("el lugar de siempre", False),
+        ("final de secuencia", False),
+        ("la micro", False),
+        ("el completo italiano", False),
+    ],
+)
+def test_what_looks_verbal(phrase, verbal):
+    assert looks_verbal(phrase) is verbal
+
+
+def test_fillers_listed_by_the_user_never_become_keyphrases():
+    assert any("weón" in p for p in keyphrases(ROUTINE, 10))
+    assert not any("weón" in p for p in keyphrases(ROUTINE, 10, ["Weón"]))
+    assert keyphrases("", 3) == [] and keyphrases("   ", 3) == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet="abcdeñáé ,.!¿?xyzNOP", max_size=120), st.integers(1, 4))
+def test_keyphrases_come_from_their_text_without_repeats_and_deterministically(text, count):
+    phrases = keyphrases(text, count)
+    assert len(phrases) <= count and len(set(phrases)) == len(phrases)
+    assert all(p in " ".join(text.lower().split()) for p in phrases)
+    assert keyphrases(text, count) == phrases
+
+
+def unit(ident: str, source: str, text: str, task: str | None) -> dict:
+    keywords = ["micro"] if task else []
+    return {"id": ident, "source": source, "file": "a.txt", "text": text, "keywords": keywords, "task": task}
+
+
+def test_one_task_per_unit_with_a_request_and_the_system_prompt_first():
+    units = [
+        unit("u1", "lyrics", SONG, "Escribe una canción sobre: micro."),
+        unit("u2", "transcript", ROUTINE, "Escribe un chiste en español chileno sobre: el completo."),
+        unit("u3", "transcript", "y la de él", None),
+    ]
+    tasks, without = unit_tasks(units, Persona(authors=["Nico"], system_prompt="Eres Nico."))
+    assert without == 1 and [t["document"] for t in tasks] == ["u1", "u2"]
     song = tasks[0]
-    assert song["messages"][0] == {"role": "system", "content": "Eres Nico."}
-    assert song["messages"][1]["content"].startswith("Escribe una canción sobre: micro, ")
-    assert song["messages"][2] == {"role": "assistant", "content": SONG}
-    assert tasks[1]["messages"][1]["content"].startswith("Escribe un texto sobre: completo, ")
-    assert keyword_tasks(docs, Persona(), KeywordTasks(enabled=False)) == ([], 0)
+    assert song["messages"] == [
+        {"role": "system", "content": "Eres Nico."},
+        {"role": "user", "content": "Escribe una canción sobre: micro."},
+        {"role": "assistant", "content": SONG},
+    ]
+    assert unit_tasks(units, Persona())[0][1]["messages"][0]["role"] == "user"
 
 
 def test_keyword_tasks_go_to_the_split_of_their_document(in_tmp):
@@ -97,7 +107,7 @@ def test_keyword_tasks_go_to_the_split_of_their_document(in_tmp):
         }
         for i in range(40)
     ]
-    tasks, _ = keyword_tasks(docs, Persona(), KeywordTasks())
+    tasks, _ = unit_tasks([{**d, "keywords": ["palta"], "task": "Escribe sobre: palta."} for d in docs], Persona())
     write_jsonl(grouped / "conversations.jsonl", chats)
     write_jsonl(grouped / "documents.jsonl", docs)
     write_jsonl(grouped / "keyword_tasks.jsonl", tasks)

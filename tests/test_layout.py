@@ -32,6 +32,7 @@ LAYERS = {
     "habla.readers": 3,
     "habla.text": 3,
     "habla.cleaning": 4,
+    "habla.curation": 4,
     "habla.grouping": 4,
     "habla.splitting": 4,
     "habla.model": 5,

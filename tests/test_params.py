@@ -85,8 +85,12 @@ def test_cross_field_mistakes_say_what_to_change(tmp_path):
         UserError, match=r"`evaluate.stride` \(256\) must be positive and below `train.max_length` \(256\)"
     ):
         load_params(write(tmp_path, "evaluate:\n  stride: 256\ntrain:\n  max_length: 256\n"))
-    with pytest.raises(UserError, match=r"must contain `\{keywords\}`"):
-        load_params(write(tmp_path, "group:\n  keyword_tasks:\n    prompt: 'Escribe algo.'\n"))
+    with pytest.raises(UserError, match=r"`curate.overlap_chars` must be at least 0 and under half"):
+        load_params(write(tmp_path, "curate:\n  chunk_chars: 600\n  overlap_chars: 400\n"))
+    with pytest.raises(UserError, match=r"`curate.field_bounds.mind_states` must be \[low, high\]"):
+        load_params(write(tmp_path, "curate:\n  field_bounds: {mind_states: 3}\n"))
+    with pytest.raises(UserError, match=r"low must not exceed high"):
+        load_params(write(tmp_path, "curate:\n  field_bounds: {mind_states: [6, 3]}\n"))
     with pytest.raises(UserError, match="min_turn_chars"):
         load_params(write(tmp_path, "group:\n  min_turn_chars: 50\n  max_turn_chars: 10\n"))
     with pytest.raises(UserError, match=r"one of 'hash', 'time'"):

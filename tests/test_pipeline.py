@@ -114,12 +114,13 @@ def clone_of(project: Path, where: Path) -> Path:
 
 def test_repro_runs_every_stage_and_writes_the_contracted_outputs(reproduced):
     project = reproduced.root
-    for stage in ("clean", "group", "split", "base", "train", "perplexity", "generate", "judge", "reference"):
+    for stage in ("clean", "curate", "group", "split", "base", "train", "perplexity", "generate", "judge", "reference"):
         assert f"Running stage '{stage}'" in reproduced.output
     for path in (
         "data/cleaned/messages.parquet",
         "data/cleaned/rejected.parquet",
         "data/grouped/conversations.jsonl",
+        "data/curated/units.jsonl",
         "data/grouped/documents.jsonl",
         "data/splits/test.jsonl",
         "models/base/model.safetensors",
@@ -279,11 +280,14 @@ def test_data_stages_give_byte_identical_outputs_when_rerun(reproduced, tmp_path
         for p in (
             "data/cleaned/messages.parquet",
             "data/cleaned/rejected.parquet",
+            "data/curated/units.jsonl",
             "data/grouped/conversations.jsonl",
+            "data/grouped/keyword_tasks.jsonl",
             "data/splits/train.jsonl",
         )
     }
     run(["dvc", "repro", "--force", "--single-item", "clean"], project)
+    run(["dvc", "repro", "--force", "--single-item", "curate"], project)
     run(["dvc", "repro", "--force", "--single-item", "group"], project)
     run(["dvc", "repro", "--force", "--single-item", "split"], project)
     assert {p: digest(project / p) for p in before} == before
@@ -340,7 +344,7 @@ def test_experiments_rerun_training_and_after_only_and_compare(reproduced, tmp_p
     project = clone_of(reproduced.root, tmp_path)
     output = run(["dvc", "exp", "run", "-n", "rank4", "-S", "train.lora.r=4"], project)
     assert "Running stage 'train'" in output and "Running stage 'perplexity'" in output
-    for stage in ("clean", "group", "split", "base"):
+    for stage in ("clean", "curate", "group", "split", "base"):
         assert f"Running stage '{stage}'" not in output
     run(["dvc", "exp", "run", "-n", "slow-lr", "-S", "train.learning_rate=0.0005"], project)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))

@@ -6,6 +6,8 @@ is a tie (position bias is not a preference). A failed judgment is `failed`, nev
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from habla.model.scoring import bootstrap_interval
@@ -33,40 +35,75 @@ def fill(template: str, case: dict, answer_a: str, answer_b: str = "") -> str:
     return template
 
 
-def verdict(first: str | None, second: str | None) -> str:
-    """Combine the two orders. `first`: choice with tuned as A; `second`: choice with tuned as B.
+def verdict(first: str | None, second: str | None, pair: tuple[str, str] = ("tuned", "base")) -> str:
+    """Combine the two orders. `first`: choice with pair[0] as A; `second`: choice with pair[0] as B.
 
-    Either order failing makes the pair `failed`; orders that disagree make a tie.
+    Returns the model preferred in both orders; either order failing makes the pair `failed`; orders that
+    disagree make a tie.
     """
     if first is None or second is None:
         return "failed"
-    tuned_first = {"A": "tuned", "B": "base", "C": "tie"}[first]
-    tuned_second = {"A": "base", "B": "tuned", "C": "tie"}[second]
-    return tuned_first if tuned_first == tuned_second else "tie"
+    one, other = pair
+    in_first = {"A": one, "B": other, "C": "tie"}[first]
+    in_second = {"A": other, "B": one, "C": "tie"}[second]
+    return in_first if in_first == in_second else "tie"
 
 
-def win_rate(outcomes: list[str]) -> float:
-    judged = [o for o in outcomes if o != "failed"]
-    if not judged:
-        return float("nan")
-    return (judged.count("tuned") + 0.5 * judged.count("tie")) / len(judged)
+def scores(outcomes: list[str], model: str = "tuned") -> list[float | None]:
+    """Per prompt: 1 when `model` won, ½ for a tie, 0 when it lost, None when the judgment failed."""
+    return [None if o == "failed" else 1.0 if o == model else 0.5 if o == "tie" else 0.0 for o in outcomes]
 
 
-def summarise(outcomes: list[str], settings: Judge, resamples: int) -> dict:
-    judged = [o for o in outcomes if o != "failed"]
-    scores = np.array([{"tuned": 1.0, "tie": 0.5, "base": 0.0}[o] for o in judged])
-    low, high = bootstrap_interval(len(scores), lambda idx: float(scores[idx].mean()), resamples)
+def win_rate(outcomes: list[str], model: str = "tuned") -> float:
+    judged = [s for s in scores(outcomes, model) if s is not None]
+    return sum(judged) / len(judged) if judged else float("nan")
+
+
+def summarise(outcomes: list[str], settings: Judge, resamples: int, model: str = "tuned") -> dict:
+    """Wins, ties and losses of `model` over the judged prompts, its adjusted win rate (win + ½ tie) with a
+    bootstrap interval; failed judgments are counted apart, never as losses."""
+    judged = np.array([s for s in scores(outcomes, model) if s is not None])
+    low, high = bootstrap_interval(len(judged), lambda idx: float(judged[idx].mean()), resamples)
     return {
         "backend": settings.backend,
         "judge_model": settings.model,
         "n": len(judged),
         "failed": outcomes.count("failed"),
-        "wins": judged.count("tuned"),
-        "ties": judged.count("tie"),
-        "losses": judged.count("base"),
-        "adjusted_win_rate": win_rate(outcomes),
+        "wins": int((judged == 1.0).sum()),
+        "ties": int((judged == 0.5).sum()),
+        "losses": int((judged == 0.0).sum()),
+        "adjusted_win_rate": win_rate(outcomes, model),
         "adjusted_win_rate_ci95": [low, high],
-        "position_consistency": sum(o != "tie" for o in judged) / len(judged) if judged else float("nan"),
+        "position_consistency": float((judged != 0.5).mean()) if len(judged) else float("nan"),
+    }
+
+
+def sign_test(positive: int, negative: int) -> float:
+    """Two-sided exact binomial test of `positive` vs `negative` (ties left out) under no difference."""
+    n = positive + negative
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(positive, negative) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_difference(tuned: list[float | None], base: list[float | None], resamples: int) -> dict:
+    """How much more often the tuned model than the base beats the same opponent on the same prompts:
+    the mean per-prompt difference of scores with a paired bootstrap interval (prompts resampled, pairs kept
+    together) and a sign-test p-value; prompts where either judgment failed are left out and counted."""
+    pairs = [(t, b) for t, b in zip(tuned, base) if t is not None and b is not None]
+    differences = np.array([t - b for t, b in pairs])
+    low, high = bootstrap_interval(len(differences), lambda idx: float(differences[idx].mean()), resamples)
+    positive, negative = int((differences > 0).sum()), int((differences < 0).sum())
+    return {
+        "n": len(pairs),
+        "left_out": len(tuned) - len(pairs),
+        "mean": float(differences.mean()) if len(pairs) else float("nan"),
+        "ci95": [low, high],
+        "tuned_better": positive,
+        "base_better": negative,
+        "same": len(pairs) - positive - negative,
+        "sign_test_p": sign_test(positive, negative),
     }
 
 

@@ -18,7 +18,7 @@ from habla.readers import transcripts
 from habla.readers.archives import zip_members
 from habla.readers.decoding import UnreadableFile, decode, split_lines
 from habla.readers.tables import table_slices
-from habla.readers.units import MESSAGES_SCHEMA, REJECTED_SCHEMA, split_units
+from habla.readers.units import MESSAGES_SCHEMA, REJECTED_SCHEMA, split_units, with_message_columns
 from habla.readers.whatsapp import chat_like_share, detect_format, header_shapes, parse_whatsapp
 
 IGNORED_NAMES = {".gitkeep", "README.md", ".DS_Store"}
@@ -163,8 +163,8 @@ def _finish_item(name: str, source: str, kept: pl.DataFrame, rejected: pl.DataFr
     columns = {"source": pl.lit(source), "file": pl.lit(name)}
     if "chat" not in kept.columns:
         columns["chat"] = pl.lit(name)
-    kept = kept.with_columns(**columns).with_columns(pl.col("chat").fill_null(name)).select(list(MESSAGES_SCHEMA))
-    return name, source, kept.cast(MESSAGES_SCHEMA), _tag(rejected, source, name), info
+    kept = with_message_columns(kept.with_columns(**columns).with_columns(pl.col("chat").fill_null(name)))
+    return name, source, kept, _tag(rejected, source, name), info
 
 
 def _unreadable(name: str, path: Path, err: Exception):

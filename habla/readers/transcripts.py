@@ -28,10 +28,12 @@ HALLUCINATED = (
 )
 ROLLING_SHARE = 0.3
 UNIT_SCHEMA = {"line": pl.UInt32, "lines": pl.UInt32, "text": pl.String, "reason": pl.String, "raw": pl.String}
+TIMES = {"start_s": pl.Float64, "end_s": pl.Float64}  # where the format has them: seconds into the recording
 
 
 def _units(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.with_columns(lines=pl.lit(1, dtype=pl.UInt32)).select(list(UNIT_SCHEMA)).cast(UNIT_SCHEMA)
+    schema = UNIT_SCHEMA | {name: dtype for name, dtype in TIMES.items() if name in frame.columns}
+    return frame.with_columns(lines=pl.lit(1, dtype=pl.UInt32)).select(list(schema)).cast(schema)
 
 
 def plain_text(lines: list[str] | pl.Series, lyrics: bool = False) -> pl.DataFrame:
@@ -66,8 +68,13 @@ def subtitles(text: str, srt: bool) -> pl.DataFrame:
 
     captions = webvtt.WebVTT.from_buffer(io.StringIO(text), format="srt" if srt else "vtt").captions
     frame = pl.DataFrame(
-        {"line": list(range(1, len(captions) + 1)), "raw": [c.text for c in captions]},
-        schema={"line": pl.UInt32, "raw": pl.String},
+        {
+            "line": list(range(1, len(captions) + 1)),
+            "raw": [c.text for c in captions],
+            "start_s": [c.start_time.in_milliseconds() / 1000 for c in captions],
+            "end_s": [c.end_time.in_milliseconds() / 1000 for c in captions],
+        },
+        schema={"line": pl.UInt32, "raw": pl.String, **TIMES},
     )
     return _one_item_per_cue(_spoken_lines(frame.with_columns(pl.col("raw").str.split("\n")).explode("raw")))
 
@@ -82,9 +89,11 @@ def _one_item_per_cue(units: pl.DataFrame) -> pl.DataFrame:
             text=pl.col("text").str.join("\n"),
             reason=pl.col("reason").first(),
             raw=pl.col("raw").str.join("\n"),
+            start_s=pl.col("start_s").first(),
+            end_s=pl.col("end_s").first(),
         )
     )
-    return pl.concat([kept.select(list(UNIT_SCHEMA)), units.filter(pl.col("reason").is_not_null())]).sort(
+    return pl.concat([kept.select(units.columns), units.filter(pl.col("reason").is_not_null())]).sort(
         "line", maintain_order=True
     )
 
@@ -123,8 +132,15 @@ def json_transcript(text: str, max_no_speech: float, max_compression: float) -> 
     if isinstance(data, dict) and isinstance(data.get("events"), list):
         events = [e for e in data["events"] if e.get("segs")]
         texts = ["".join(s.get("utf8", "") for s in e["segs"]) for e in events]
+        starts = [float(e.get("tStartMs", 0)) / 1000 for e in events]
         frame = pl.DataFrame(
-            {"line": list(range(1, len(texts) + 1)), "raw": texts}, schema={"line": pl.UInt32, "raw": pl.String}
+            {
+                "line": list(range(1, len(texts) + 1)),
+                "raw": texts,
+                "start_s": starts,
+                "end_s": [start + float(e.get("dDurationMs", 0)) / 1000 for start, e in zip(starts, events)],
+            },
+            schema={"line": pl.UInt32, "raw": pl.String, **TIMES},
         )
         return _spoken_lines(frame), "yt-dlp json3"
     if isinstance(data, dict) and isinstance(data.get("segments"), list):
@@ -135,8 +151,16 @@ def json_transcript(text: str, max_no_speech: float, max_compression: float) -> 
                 "raw": [str(s.get("text", "")) for s in segments],
                 "no_speech": [float(s.get("no_speech_prob", 0.0)) for s in segments],
                 "compression": [float(s.get("compression_ratio", 0.0)) for s in segments],
+                "start_s": [float(s.get("start", 0.0)) for s in segments],
+                "end_s": [float(s.get("end", 0.0)) for s in segments],
             },
-            schema={"line": pl.UInt32, "raw": pl.String, "no_speech": pl.Float64, "compression": pl.Float64},
+            schema={
+                "line": pl.UInt32,
+                "raw": pl.String,
+                "no_speech": pl.Float64,
+                "compression": pl.Float64,
+                **TIMES,
+            },
         ).with_columns(text=pl.col("raw").str.replace_all(SOUND_CUE, "").str.strip_chars())
         reason = (
             pl.when(pl.col("raw").str.strip_chars() == "")

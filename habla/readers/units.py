@@ -13,6 +13,9 @@ MESSAGES_SCHEMA = {
     "ts": pl.Datetime("us"),
     "author": pl.String,
     "text": pl.String,
+    # seconds into the recording where the source is timed (subtitles, json3, Whisper); null elsewhere
+    "start_s": pl.Float64,
+    "end_s": pl.Float64,
 }
 
 REJECTED_SCHEMA = {
@@ -25,9 +28,15 @@ REJECTED_SCHEMA = {
 }
 
 
+def with_message_columns(kept: pl.DataFrame) -> pl.DataFrame:
+    """Every `MESSAGES_SCHEMA` column, in order and type; those a format lacks (a chat's cue times, a transcript's
+    author) are null."""
+    absent = {name: pl.lit(None, dtype=dtype) for name, dtype in MESSAGES_SCHEMA.items() if name not in kept.columns}
+    return kept.with_columns(**absent).select(list(MESSAGES_SCHEMA)).cast(MESSAGES_SCHEMA)
+
+
 def split_units(units: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Reader units (line, lines, text, reason, raw, optional author/chat/ts) → kept items and rejected units."""
+    """Reader units (line, lines, text, reason, raw, and any other `MESSAGES_SCHEMA` columns the format has) → kept
+    items and rejected units; `with_message_columns` fills in the columns a format does not have."""
     kept = units.filter(pl.col("reason").is_null()).drop("reason", "raw")
-    absent = {"ts": pl.lit(None, dtype=pl.Datetime("us")), "author": pl.lit(None, dtype=pl.String)}
-    kept = kept.with_columns(**{name: value for name, value in absent.items() if name not in kept.columns})
     return kept, units.filter(pl.col("reason").is_not_null()).select("line", "lines", "reason", "raw")

@@ -1,75 +1,63 @@
-"""Keyword tasks: "write something about X, Y, Z" → a passage of the corpus.
+"""Keyphrases for "write about X, Y" tasks: what a passage is about, as a person would name it.
 
-The seed notebooks built "a joke from a keyword" by hand-picking words. Here the
-keywords of each passage are its highest TF-IDF words against the whole corpus of
-passages (smoothed idf as in scikit-learn), with Spanish stop words from the
-`stop-words` package plus the user's own (fillers such as "po" or "weón" are
-style, not topic). Ties are broken alphabetically, so the same corpus always
-gives the same tasks. Scores are computed with polars expressions over one row
-per (passage, word), not a Python loop over passages.
+The seed notebooks hand-picked a keyword per joke; TF-IDF words (what this module did before) came out as rare
+verbs rather than topics on real transcripts ("fenómenos, afectan, pidiera"). YAKE (a maintained, offline,
+unsupervised extractor: statistics of one text, Spanish stop words built in) proposes one- to three-word
+phrases; we then prefer the ones that look like noun phrases. Without a part-of-speech tagger (spaCy's Spanish
+models are a download, which the default pipeline may not need), a phrase "looks verbal" when one of its words
+has an infinitive, gerund or conditional ending, optionally with clitics, or is one of the commonest finite verbs.
+Such phrases are used only when too few others remain. Ties keep YAKE's order, which is deterministic.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
-import polars as pl
-from stop_words import get_stop_words
+MAX_WORDS = 3
+VERB_ENDING = re.compile(
+    r"(?:[aei]r|ando|[iy]endo|[aei]rían?|aban?|íamos|ábamos)(?:l[oa]s?|les?|se|me|te|nos)?$", re.IGNORECASE
+)
+COMMON_VERBS = frozenset(
+    "es son era eran fue fueron está están estaba estaban hay había tiene tienen tenemos tengo hace hacen hacemos "
+    "puede pueden podemos quiere quieren dice dicen digo va van vamos voy sé sabe creo cree veo vemos ves ven "
+    "importa parece sirve funciona queda pasa pasó llega sale tiro cacha cachai".split()
+)
 
-MIN_WORD_CHARS = 3
+
+# Common nouns with an infinitive's ending.
+NOUNS_LIKE_VERBS = frozenset("lugar mujer hogar mar bar par collar dólar taller poder placer deber altar pilar".split())
+
+
+def looks_verbal(phrase: str) -> bool:
+    """A word with a verb's ending or one of the commonest verbs; capitalised words are names, never verbs."""
+    return any(
+        not word[:1].isupper()
+        and word.lower() not in NOUNS_LIKE_VERBS
+        and (VERB_ENDING.search(word) or word.lower() in COMMON_VERBS)
+        for word in phrase.split()
+    )
 
 
 @cache
-def spanish_stop_words() -> frozenset[str]:
-    return frozenset(get_stop_words("es"))
+def _extractor(count: int, stop_words: frozenset[str]):
+    import yake
+
+    extractor = yake.KeywordExtractor(lan="es", n=MAX_WORDS, top=count * 4, dedupLim=0.7)
+    if stop_words:
+        extractor.stopword_set = extractor.stopword_set | stop_words
+    return extractor
 
 
-def _words(texts: list[str], extra_stop_words: list[str]) -> pl.DataFrame:
-    """One row per (text index, word) occurrence, stop words and short words left out."""
-    stop = sorted(spanish_stop_words() | {w.lower() for w in extra_stop_words})
-    return (
-        pl.DataFrame({"doc": range(len(texts)), "text": texts}, schema={"doc": pl.Int64, "text": pl.String})
-        .select("doc", word=pl.col("text").str.to_lowercase().str.extract_all(r"\p{L}+"))
-        .explode("word")
-        .filter(pl.col("word").str.len_chars() >= MIN_WORD_CHARS, ~pl.col("word").is_in(stop))
-    )
-
-
-def document_frequencies(texts: list[str], extra_stop_words: list[str] = ()) -> pl.DataFrame:
-    """How many texts hold each word (`word`, `df`): add up over batches with `merge_frequencies`."""
-    return _words(texts, extra_stop_words).unique(["doc", "word"]).group_by("word").agg(df=pl.len())
-
-
-def merge_frequencies(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    return pl.concat(parts).group_by("word").agg(pl.col("df").sum())
-
-
-def top_keywords(
-    texts: list[str], count: int, extra_stop_words: list[str] = (), corpus: tuple[pl.DataFrame, int] | None = None
-) -> list[list[str]]:
-    """The `count` most distinctive words of each text (lowercase), best first; [] when a text has none.
-
-    `corpus` is (document frequencies, number of texts) of the whole corpus when
-    `texts` is one batch of it; without it the texts are the corpus.
-    """
-    if not texts:
+def keyphrases(text: str, count: int, extra_stop_words: list[str] = ()) -> list[str]:
+    """The `count` best keyphrases of `text` (lowercase), noun-like ones first; [] when it has none."""
+    if not text.strip():
         return []
-    frequencies, corpus_size = (
-        corpus if corpus is not None else (document_frequencies(texts, extra_stop_words), len(texts))
-    )
-    scored = (
-        _words(texts, extra_stop_words)
-        .group_by("doc", "word")
-        .agg(tf=pl.len())
-        .join(frequencies, on="word", how="left")
-        .with_columns(doc_words=pl.col("tf").sum().over("doc"))
-        .with_columns(score=pl.col("tf") / pl.col("doc_words") * (((1 + corpus_size) / (1 + pl.col("df"))).log() + 1))
-        .sort(["doc", "score", "word"], descending=[False, True, False])
-        .group_by("doc", maintain_order=True)
-        .agg(pl.col("word").head(count))
-    )
-    by_doc = dict(scored.iter_rows())
-    return [by_doc.get(i, []) for i in range(len(texts))]
+    extractor = _extractor(count, frozenset(w.lower() for w in extra_stop_words))
+    stop = {w.lower() for w in extra_stop_words}
+    found = [p for p, _ in extractor.extract_keywords(text) if not stop & set(p.lower().split())]
+    ranked = [p for p in found if not looks_verbal(p)] + [p for p in found if looks_verbal(p)]
+    return list(dict.fromkeys(p.lower() for p in ranked))[:count]
 
 
 def keyword_prompt(template: str, keywords: list[str]) -> str:
