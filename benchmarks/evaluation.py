@@ -12,7 +12,8 @@ the same inputs:
   replies only);
 - perplexity: `score_windowed` (length-sorted batches) against one conversation per
   forward pass;
-- serve: requests per second and latency with a bounded number of concurrent clients.
+- serve: requests per second and latency with a bounded number of concurrent clients;
+- prefer: pairs sampled per second and DPO training tokens per second (no peer: none builds these pairs).
 
     python -m benchmarks.evaluation
 """
@@ -36,6 +37,8 @@ SPEC = {"hidden": 192, "layers": 4, "max_length": 256}
 JUDGE_PROMPTS = 32
 SERVE_REQUESTS = 24
 SERVE_CLIENTS = 4
+PREFER_PAIRS = 64
+PREFER_STEPS = 8
 
 
 def median_rate(job, amount: float, repeats: int) -> float:
@@ -177,6 +180,39 @@ def serve_rows(model, tokenizer, conversations: list[dict], params) -> list[dict
     ]
 
 
+def preference_rows(model, tokenizer, conversations: list[dict], params, repeats: int) -> list[dict]:
+    """`prefer`'s two costs: sampling the SFT model's reply for each pair, and DPO steps on the pairs (each step runs
+    the policy and the frozen reference copy of the adapter over both replies). Last: training changes the model."""
+    from habla.model.generation import generate_replies
+    from habla.model.preference import build_dpo_trainer, pair_up, preference_prompts, trained_tokens
+
+    settings = params.prefer
+    prompts = preference_prompts(conversations, 1, PREFER_PAIRS, 0)
+    contexts = [p["prompt"] for p in prompts]
+
+    def sample():
+        return generate_replies(model, tokenizer, contexts, settings.sampling, params.evaluate.batch_size)
+
+    pairs_per_second = median_rate(sample, len(prompts), repeats)
+    pairs, _ = pair_up(prompts, sample(), settings.max_similarity)
+    short = dataclasses.replace(params, prefer=dataclasses.replace(settings, max_steps=PREFER_STEPS, save_steps=10**6))
+    trainer = build_dpo_trainer(short, model, tokenizer, pairs, Path("prefer-benchmark"))
+    result = trainer.train()
+    return [
+        {
+            "figure": f"`prefer`: sample the SFT model's reply for {len(prompts)} pairs "
+            f"(up to {settings.sampling.max_new_tokens} new tokens, batch {params.evaluate.batch_size})",
+            "ours": pairs_per_second,
+            "unit": "pairs/s",
+        },
+        {
+            "figure": f"`prefer`: {PREFER_STEPS} DPO steps of batch {settings.batch_size} (policy + reference forward)",
+            "ours": trained_tokens(trainer.state.log_history) / result.metrics["train_runtime"],
+            "unit": "tokens/s",
+        },
+    ]
+
+
 def measure(repeats: int = 3) -> list[dict]:
     from peft import get_peft_model
 
@@ -200,6 +236,7 @@ def measure(repeats: int = 3) -> list[dict]:
             *perplexity_rows(model, tokenizer, held_out, repeats),
             *judge_rows(model, tokenizer, held_out, repeats),
             *serve_rows(model, tokenizer, held_out, params),
+            *preference_rows(model, tokenizer, train, params, repeats),
         ]
 
 

@@ -237,6 +237,29 @@ class Sampling(_Section):
 
 
 @dataclass(frozen=True)
+class Prefer(_Section):
+    enabled: bool = True
+    pairs_per_conversation: int = 1
+    max_pairs: int = 128
+    seed: int = 0
+    sampling: Sampling = field(default_factory=lambda: Sampling(max_new_tokens=40, temperature=1.0, top_p=0.95))
+    max_similarity: float = 90.0
+    filter: Literal["none", "judge"] = "none"
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "sigmoid_norm", "apo_zero", "apo_down"] = "sigmoid"
+    learning_rate: float = 5e-4
+    max_steps: int = 32
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    max_length: int = 256
+    save_steps: int = 20
+    resume: Literal["auto", "never"] = "auto"
+
+
+@dataclass(frozen=True)
 class Evaluate(_Section):
     batch_size: int = 16
     bootstrap: int = 1000
@@ -294,6 +317,7 @@ class Params(_Section):
     model: Model = field(default_factory=Model)
     builtin: Builtin = field(default_factory=Builtin)
     train: Train = field(default_factory=Train)
+    prefer: Prefer = field(default_factory=Prefer)
     evaluate: Evaluate = field(default_factory=Evaluate)
     judge: Judge = field(default_factory=Judge)
     serve: Serve = field(default_factory=Serve)

@@ -19,7 +19,7 @@ from habla.errors import UserError, run_stage
 from habla.io import read_jsonl, write_jsonl
 from habla.llm import ChatEndpoint
 from habla.model.generation import cut_before_reply, generate_replies
-from habla.model.loading import load_tuned
+from habla.model.loading import as_model, has_preferred, load_tuned
 from habla.params import Opponent, load_params
 
 log = logging.getLogger("generate")
@@ -39,6 +39,7 @@ PARAMS = [
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
+    paths.PREFERRED,
     TEST,
     "stages/generate.py",
     "habla/model/generation.py",
@@ -76,13 +77,13 @@ def main() -> None:
             )
     if not cases:
         raise UserError("no test conversation has a persona reply to answer: check data/splits/test.jsonl.")
-    model, tokenizer = load_tuned()
+    model, tokenizer = load_tuned(preferred=True)
     prompts = [c["prompt"] for c in cases]
-    with model.disable_adapter():
-        base_replies = generate_replies(model, tokenizer, prompts, evaluate.sampling, evaluate.batch_size)
-    tuned_replies = generate_replies(model, tokenizer, prompts, evaluate.sampling, evaluate.batch_size)
-    for case, base, tuned in zip(cases, base_replies, tuned_replies):
-        case.update(base=base, tuned=tuned)
+    for name in ["base", "tuned", *(["preferred"] if has_preferred() else [])]:
+        with as_model(model, name):
+            replies = generate_replies(model, tokenizer, prompts, evaluate.sampling, evaluate.batch_size)
+        for case, reply in zip(cases, replies):
+            case[name] = reply
     if params.judge.opponent.model:
         for case, reply in zip(cases, opponent_replies(cases, params.judge.opponent)):
             case["opponent"] = reply

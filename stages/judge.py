@@ -36,6 +36,7 @@ PARAMS = ["preset", "evaluate.batch_size", "evaluate.bootstrap", "judge"]
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
+    paths.PREFERRED,
     GENERATIONS,
     paths.PROMPTS,
     "stages/judge.py",
@@ -97,8 +98,14 @@ def main() -> None:
     if not cases:
         raise UserError(f"{GENERATIONS} is empty: the generate stage wrote no replies.")
     against_opponent = any("opponent" in case for case in cases)
-    models = ["base", "tuned", *(["opponent"] if against_opponent else [])]
-    pairs = [("tuned", "base"), *([("tuned", "opponent"), ("base", "opponent")] if against_opponent else [])]
+    preferred = any("preferred" in case for case in cases)
+    models = ["base", "tuned", *(["preferred"] if preferred else []), *(["opponent"] if against_opponent else [])]
+    pairs = [
+        ("tuned", "base"),
+        *([("preferred", "tuned")] if preferred else []),
+        *([("tuned", "opponent"), ("base", "opponent")] if against_opponent else []),
+        *([("preferred", "opponent")] if preferred and against_opponent else []),
+    ]
     rating = RATING_PROMPTS[settings.backend].read_text(encoding="utf-8")
     if settings.backend == "local":
         model, tokenizer = load_tuned()
@@ -109,8 +116,12 @@ def main() -> None:
         judged = {pair: judged_pair(judge, template, cases, pair) for pair in pairs}
         grades = {name: ratings(judge, rating, cases, name) for name in models}
     report = summarise(judged["tuned", "base"]["outcomes"], settings, resamples)
+    if preferred:
+        report["preferred_vs_tuned"] = summarise(
+            judged["preferred", "tuned"]["outcomes"], settings, resamples, "preferred"
+        )
     if against_opponent:
-        against = {name: judged[name, "opponent"]["outcomes"] for name in ("tuned", "base")}
+        against = {name: judged[name, "opponent"]["outcomes"] for name in models if name != "opponent"}
         report["opponent"] = {
             "model": settings.opponent.model,
             **{name: summarise(outcomes, settings, resamples, name) for name, outcomes in against.items()},

@@ -18,7 +18,7 @@ import time
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
-from habla.model.loading import load_tuned
+from habla.model.loading import as_model, has_preferred, load_tuned
 from habla.model.perplexity import by_source, encode_conversations, encode_documents, score_windowed, summarise
 from habla.params import load_params
 
@@ -33,6 +33,7 @@ PARAMS = ["preset", "evaluate.batch_size", "evaluate.bootstrap", "evaluate.strid
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
+    paths.PREFERRED,
     TEST,
     TEST_DOCUMENTS,
     "stages/perplexity.py",
@@ -48,42 +49,43 @@ PLOTS = [PLOT]
 def main() -> None:
     params = load_params()
     window, stride = params.train.max_length, params.evaluate.stride
-    model, tokenizer = load_tuned()
+    model, tokenizer = load_tuned(preferred=True)
     rows = encode_conversations(tokenizer, read_jsonl(TEST))
     documents = encode_documents(tokenizer, read_jsonl(TEST_DOCUMENTS)) if TEST_DOCUMENTS.exists() else []
     everything = rows + documents
+    models = ["base", "tuned", *(["preferred"] if has_preferred() else [])]
 
-    def score_all():
-        return score_windowed(model, everything, tokenizer.pad_token_id, params.evaluate.batch_size, window, stride)
+    def score_as(name: str):
+        with as_model(model, name):
+            return score_windowed(model, everything, tokenizer.pad_token_id, params.evaluate.batch_size, window, stride)
 
     start = time.perf_counter()
-    with model.disable_adapter():
-        base_all = score_all()
-    tuned_all = score_all()
+    scored = {name: score_as(name) for name in models}
     seconds = time.perf_counter() - start
-    base_scores, tuned_scores = base_all[: len(rows)], tuned_all[: len(rows)]
+    chats = {name: values[: len(rows)] for name, values in scored.items()}
     report = {
-        "base": summarise(rows, base_scores, params.evaluate.bootstrap),
-        "tuned": summarise(rows, tuned_scores, params.evaluate.bootstrap),
+        **{name: summarise(rows, chats[name], params.evaluate.bootstrap) for name in models},
         "conversations": len(rows),
         "windowed_conversations": sum(len(r["input_ids"]) > window for r in rows),
-        "tokens_per_second": 2 * sum(s[1] for s in base_all) / seconds if seconds else None,
+        "tokens_per_second": len(models) * sum(s[1] for s in scored["base"]) / seconds if seconds else None,
     }
     if documents:
         report["documents"] = {
             "count": len(documents),
             "windowed": sum(len(d["input_ids"]) > window for d in documents),
-            "base": summarise(documents, base_all[len(rows) :], params.evaluate.bootstrap),
-            "tuned": summarise(documents, tuned_all[len(rows) :], params.evaluate.bootstrap),
+            **{
+                name: summarise(documents, values[len(rows) :], params.evaluate.bootstrap)
+                for name, values in scored.items()
+            },
         }
     if len({r["source"] for r in rows}) > 1:
-        report["by_source"] = by_source(rows, {"base": base_scores, "tuned": tuned_scores})
+        report["by_source"] = by_source(rows, chats)
     write_json(REPORT, report)
     write_json(
         PLOT,
         [
-            {"id": r["id"], "base": math.exp(b[0] / max(b[1], 1)), "tuned": math.exp(t[0] / max(t[1], 1))}
-            for r, b, t in zip(rows, base_scores, tuned_scores)
+            {"id": r["id"], **{name: math.exp(chats[name][i][0] / max(chats[name][i][1], 1)) for name in models}}
+            for i, r in enumerate(rows)
         ],
     )
     log.info(

@@ -40,8 +40,10 @@ def main() -> None:
     characteristic = characteristic_ngrams(persona, others)
     references = [c["reference"] for c in cases]
     report: dict = {"prompts": len(cases), "characteristic_ngrams": len(characteristic)}
-    for model in ("base", "tuned"):
-        replies = [c[model] for c in cases]
+    for model in ("base", "tuned", "preferred", "opponent"):
+        replies = [c[model] for c in cases if c.get(model) is not None]
+        if len(replies) < len(cases):  # no such model in this run (or an opponent that did not answer every prompt)
+            continue
         report[model] = {
             "chrf": sacrebleu.corpus_chrf(replies, [references]).score,
             "bleu": sacrebleu.corpus_bleu(replies, [references]).score,

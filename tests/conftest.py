@@ -114,8 +114,8 @@ def make_tiny_project(root: Path, overrides: dict | None = None) -> None:
     from stages import base
 
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    for section, values in SMALL.items():
-        params[section].update({**values, **(overrides or {}).get(section, {})})
+    for section in {**SMALL, **(overrides or {})}:
+        params[section].update({**SMALL.get(section, {}), **(overrides or {}).get(section, {})})
     (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
     for name, count, seed in (("train", 48, 1), ("val", 8, 2), ("test", 8, 3)):
         write_jsonl(Path("data/splits") / f"{name}.jsonl", conversations(count, seed))

@@ -23,6 +23,7 @@ FAST_PARAMS = {
     "builtin": {"max_steps": 12, "batch_size": 4, "hidden_size": 64, "layers": 2, "heads": 2, "vocab_size": 512},
     "train": {"max_steps": 6, "eval_steps": 3, "batch_size": 4, "max_length": 128},
     "split": {"min_test": 2},
+    "prefer": {"max_steps": 4, "max_pairs": 16, "batch_size": 4, "max_length": 128, "sampling": {"max_new_tokens": 8}},
     "evaluate": {"max_prompts": 3, "bootstrap": 50, "batch_size": 8, "stride": 64, "sampling": {"max_new_tokens": 6}},
 }
 
@@ -114,7 +115,20 @@ def clone_of(project: Path, where: Path) -> Path:
 
 def test_repro_runs_every_stage_and_writes_the_contracted_outputs(reproduced):
     project = reproduced.root
-    for stage in ("clean", "curate", "group", "split", "base", "train", "perplexity", "generate", "judge", "reference"):
+    stages = (
+        "clean",
+        "curate",
+        "group",
+        "split",
+        "base",
+        "train",
+        "prefer",
+        "perplexity",
+        "generate",
+        "judge",
+        "reference",
+    )
+    for stage in stages:
         assert f"Running stage '{stage}'" in reproduced.output
     for path in (
         "data/cleaned/messages.parquet",
@@ -132,8 +146,15 @@ def test_repro_runs_every_stage_and_writes_the_contracted_outputs(reproduced):
     perplexity = json.loads((project / "metrics/perplexity.json").read_text())
     assert perplexity["base"]["tokens"] == perplexity["tuned"]["tokens"] > 0
     assert perplexity["tuned"]["perplexity"] > 1
+    assert perplexity["preferred"]["tokens"] == perplexity["tuned"]["tokens"]
     judge = json.loads((project / "metrics/judge.json").read_text())
     assert judge["wins"] + judge["ties"] + judge["losses"] == judge["n"] > 0
+    preferred = judge["preferred_vs_tuned"]
+    assert (
+        preferred["wins"] + preferred["ties"] + preferred["losses"] + preferred["failed"]
+        == judge["n"] + judge["failed"]
+    )
+    assert "preferred" in json.loads((project / "metrics/reference.json").read_text())
     assert "metrics:" not in (project / "dvc.yaml").read_text().split("stages:")[0], "dvclive must not rewrite dvc.yaml"
 
 
@@ -347,6 +368,11 @@ def test_experiments_rerun_training_and_after_only_and_compare(reproduced, tmp_p
     for stage in ("clean", "curate", "group", "split", "base"):
         assert f"Running stage '{stage}'" not in output
     run(["dvc", "exp", "run", "-n", "slow-lr", "-S", "train.learning_rate=0.0005"], project)
+    output = run(["dvc", "exp", "run", "-n", "beta02", "-S", "prefer.beta=0.2"], project)
+    for stage in ("prefer", "perplexity", "generate", "judge"):
+        assert f"Running stage '{stage}'" in output
+    for stage in ("clean", "curate", "group", "split", "base", "train"):
+        assert f"Running stage '{stage}'" not in output
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project))
     experiments = {exp["name"]: exp for row in shown for exp in row.get("experiments") or [] for exp in exp["revs"]}
     assert {"rank4", "slow-lr"} <= set(experiments)

@@ -16,25 +16,24 @@ from collections.abc import Iterator
 from habla import paths
 from habla.errors import UserError
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
-from habla.model.loading import load_base, load_tuned, special_separator
+from habla.model.loading import as_model, load_base, load_tuned, special_separator
 from habla.params import Params, Sampling, load_params
 
-HELP = "/reset empieza de nuevo · /base o /tuned cambia de modelo · /exit sale"
+HELP = "/reset empieza de nuevo · /base, /tuned o /preferred cambia de modelo · /exit sale"
 
 
 class Session:
-    """A multi-turn chat with base+adapter, switchable between the fine-tuned and the base model."""
+    """A multi-turn chat with base+adapters, switchable between the base, the fine-tuned (SFT) and the
+    preference-tuned model (where `prefer` made one)."""
 
     def __init__(self, model, tokenizer, params: Params, sampling: Sampling, tuned: bool = True):
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
         self.system_prompt = params.persona.system_prompt
         self.separator = params.group.separator
-        self.tuned = tuned and hasattr(model, "disable_adapter")
+        adapters = getattr(model, "peft_config", {})
+        self.available = ["base", *(["tuned"] if adapters else []), *(["preferred"] if "preferred" in adapters else [])]
+        self.name = "tuned" if tuned and adapters else "base"
         self.history: list[dict] = []
-
-    @property
-    def name(self) -> str:
-        return "tuned" if self.tuned else "base"
 
     def reset(self) -> None:
         self.history = []
@@ -55,10 +54,10 @@ class Session:
         )
         sampling = dataclasses.replace(self.sampling, max_new_tokens=max_new_tokens)
         stream = ReplyStream(self.model, self.tokenizer, messages, sampling, keep_tokens=keep)
-        if self.tuned:
+        if self.name == "base" and "tuned" not in self.available:  # the base alone, without adapters
             yield from stream
         else:
-            with self.model.disable_adapter():
+            with as_model(self.model, self.name):
                 yield from stream
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": stream.text.strip()}]
 
@@ -68,7 +67,7 @@ def load_session(params: Params, sampling: Sampling, base_only: bool) -> Session
         model, tokenizer = load_base()
         model.eval()
     else:
-        model, tokenizer = load_tuned()
+        model, tokenizer = load_tuned(preferred=True)
     return Session(model, tokenizer, params, sampling, tuned=not base_only)
 
 
@@ -96,16 +95,17 @@ def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> N
         if command == "/reset":
             session.reset()
             print("(conversación nueva)", file=out)
-        elif command in ("/base", "/tuned"):
-            if command == "/tuned" and not hasattr(session.model, "disable_adapter"):
-                print("(no hay adaptador entrenado: corre `dvc repro train`)", file=out)
+        elif command in ("/base", "/tuned", "/preferred"):
+            if command[1:] not in session.available:
+                stage = "train" if command == "/tuned" else "prefer"
+                print(f"(no hay adaptador {command[1:]}: corre `dvc repro {stage}`)", file=out)
             else:
-                session.tuned = command == "/tuned"
+                session.name = command[1:]
                 print(f"(modelo: {session.name})", file=out)
         elif command.startswith("/"):
             print(HELP, file=out)
         else:
-            answer(session, text, persona if session.tuned else "base", out)
+            answer(session, text, {"tuned": persona}.get(session.name, session.name), out)
 
 
 def answer(session: Session, text: str, label: str, out) -> None:

@@ -15,25 +15,29 @@ import shutil
 from pathlib import Path
 
 from habla import paths
-from habla.errors import run_stage
+from habla.errors import UserError, run_stage
 from habla.io import read_json, write_json
-from habla.model.loading import load_tuned
+from habla.model.loading import ADAPTER_NAMES, has_preferred, load_tuned
 
 log = logging.getLogger("export")
 
 
-def export(out: Path) -> dict:
-    model, tokenizer = load_tuned(dtype="auto")
-    merged = model.merge_and_unload()
+def export(out: Path, adapter: str = "tuned") -> dict:
+    """Merge the `tuned` (SFT) or the `preferred` (preference-tuned) adapter into the base."""
+    folder = {"tuned": paths.ADAPTER, "preferred": paths.PREFERRED}[adapter]
+    if adapter == "preferred" and not has_preferred():
+        raise UserError(f"{paths.PREFERRED} has no adapter: run the `prefer` stage (with prefer.enabled: true).")
+    model, tokenizer = load_tuned(dtype="auto", preferred=adapter == "preferred")
+    merged = model.merge_and_unload(adapter_names=[ADAPTER_NAMES[adapter]])
     if out.exists():
         shutil.rmtree(out)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     record = {
-        "adapter": str(paths.ADAPTER),
+        "adapter": str(folder),
         "dtype": str(merged.dtype).removeprefix("torch."),
         "parameters": merged.num_parameters(),
-        "trained_with": read_json(paths.ADAPTER / "training_params.json")["params"],
+        "trained_with": read_json(folder / "training_params.json")["params"],
     }
     write_json(out / "export.json", record)
     return record
@@ -44,8 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=paths.MERGED, help=f"folder for the merged model (default {paths.MERGED})"
     )
+    parser.add_argument(
+        "--adapter", choices=["tuned", "preferred"], default="tuned", help="which adapter to merge (default tuned)"
+    )
     args = parser.parse_args(argv)
-    record = export(args.out)
+    record = export(args.out, args.adapter)
     log.info("merged %s parameters (%s) into %s", f"{record['parameters']:,}", record["dtype"], args.out)
 
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from habla.apps.web import PAGES, generation_cases, is_local, page
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
-from habla.model.loading import load_tuned, special_separator
+from habla.model.loading import as_model, load_tuned, special_separator
 from habla.params import Params, Serve, load_params
 
 log = logging.getLogger("serve")
@@ -80,14 +80,14 @@ def _number(body: dict, name: str, default, low: float, high: float, kind=float)
     return kind(value)
 
 
-def parse_completion(body: object, params: Params) -> Completion:
+def parse_completion(body: object, params: Params, models: tuple[str, ...] = MODELS) -> Completion:
     """Check a request body the way the OpenAI API does, with a message that names the field."""
     if not isinstance(body, dict):
         raise RequestError(400, "The request body must be a JSON object.")
     model = body.get("model")
-    if model not in MODELS:
+    if model not in models:
         raise RequestError(
-            404, f"The model `{model}` does not exist. Available: {', '.join(MODELS)}.", "model", "not_found_error"
+            404, f"The model `{model}` does not exist. Available: {', '.join(models)}.", "model", "not_found_error"
         )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -137,6 +137,7 @@ class Engine:
         self.lock = threading.Lock()
         self.waiting = threading.BoundedSemaphore(params.serve.queue_limit + 1)
         self.created = int(time.time())
+        self.models = MODELS + (("preferred",) if "preferred" in getattr(model, "peft_config", {}) else ())
 
     def fit(self, request: Completion) -> Completion:
         """The request within the model's context, checked before it waits for the model: a prompt that cannot fit
@@ -176,10 +177,7 @@ class Engine:
         try:
             with self.lock:
                 stream = self.stream(request)
-                if request.model == "base":
-                    with self.model.disable_adapter():
-                        consume(stream)
-                else:
+                with as_model(self.model, request.model):
                     consume(stream)
         finally:
             self.waiting.release()
@@ -274,7 +272,7 @@ class CompletionHandler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
         route = urlsplit(self.path).path
         if route in ("/health", "/healthz"):
-            self.send_json(200, {"status": "ok", "models": list(MODELS)})
+            self.send_json(200, {"status": "ok", "models": list(self.server.engine.models)})
         elif route in PAGES:
             self.send_page(PAGES[route])
         elif not self.authorised():
@@ -287,7 +285,8 @@ class CompletionHandler(BaseHTTPRequestHandler):
                 self.send_json(200, generation_cases())
         elif route == "/v1/models":
             data = [
-                {"id": m, "object": "model", "created": self.server.engine.created, "owned_by": "habla"} for m in MODELS
+                {"id": m, "object": "model", "created": self.server.engine.created, "owned_by": "habla"}
+                for m in self.server.engine.models
             ]
             self.send_json(200, {"object": "list", "data": data})
         else:
@@ -304,7 +303,8 @@ class CompletionHandler(BaseHTTPRequestHandler):
                 body = json.loads(raw or b"null")
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise RequestError(400, "The request body is not valid JSON.") from None
-            request = self.server.engine.fit(parse_completion(body, self.server.engine.params))
+            engine = self.server.engine
+            request = engine.fit(parse_completion(body, engine.params, engine.models))
             ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
             self.server.engine.run(
                 request, (self.stream_reply if request.stream else self.whole_reply)(request, ident, created)
@@ -407,10 +407,11 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     params = dataclasses.replace(params, serve=dataclasses.replace(params.serve, **overrides))
-    model, tokenizer = load_tuned()
-    server = make_server(Engine(model, tokenizer, params), params.serve)
+    model, tokenizer = load_tuned(preferred=True)
+    engine = Engine(model, tokenizer, params)
+    server = make_server(engine, params.serve)
     host, port = server.server_address[:2]
-    log.info("serving models %s on http://%s:%d/v1 (Ctrl-C stops)", ", ".join(MODELS), host, port)
+    log.info("serving models %s on http://%s:%d/v1 (Ctrl-C stops)", ", ".join(engine.models), host, port)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

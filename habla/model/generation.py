@@ -52,8 +52,13 @@ def sampling_kwargs(sampling: Sampling) -> dict:
 
 
 @torch.inference_mode()
-def generate_replies(model, tokenizer, prompts: list[list[dict]], sampling: Sampling, batch_size: int) -> list[str]:
+def generate_replies(
+    model, tokenizer, prompts: list[list[dict]], sampling: Sampling, batch_size: int, keep_tokens: Sequence[str] = ()
+) -> list[str]:
+    """Replies to `prompts`, seeded; special tokens are dropped from the text except `keep_tokens` (a learned
+    message separator, which is part of what the persona writes)."""
     torch.manual_seed(sampling.seed)
+    hidden = [t for t in tokenizer.all_special_tokens if t not in keep_tokens]
     replies: list[str] = []
     for batch in prompt_batches(tokenizer, prompts, batch_size):
         output = model.generate(
@@ -63,7 +68,10 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], sampling: Samp
             eos_token_id=end_ids(model, tokenizer),
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
-        replies += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=not keep_tokens):
+            for token in hidden if keep_tokens else ():
+                text = text.replace(token, "")
+            replies.append(text.strip())
     return replies
 
 

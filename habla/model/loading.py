@@ -8,6 +8,7 @@ plus adapter live here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -106,19 +107,51 @@ def load_base(quantization: str = "none", dtype: torch.dtype | str | None = None
     return model, load_tokenizer(location, revision)
 
 
-def load_tuned(dtype: torch.dtype | str | None = None):
-    """Base model with the trained adapter, and the tokenizer saved with the adapter."""
+def has_preferred() -> bool:
+    """Whether `prefer` left an adapter (it leaves only a note when `prefer.enabled` is false)."""
+    return (paths.PREFERRED / "adapter_config.json").exists()
+
+
+def load_tuned(
+    dtype: torch.dtype | str | None = None, preferred: bool = False, trainable: bool = False, quantization: str = "none"
+):
+    """Base model with the SFT adapter (PEFT's `default`), with `preferred` also the preference-tuned adapter
+    (`preferred`, when `prefer` made one), and the tokenizer saved with the adapter. Switch with `as_model`.
+
+    `trainable` (the `prefer` stage) keeps the SFT adapter's weights trainable and leaves placement to the trainer.
+    """
     from peft import PeftModel
 
     if not (paths.ADAPTER / "adapter_config.json").exists():
         raise UserError(f"{paths.ADAPTER} has no adapter: run the `train` stage first (`dvc repro train`).")
-    base, _ = load_base(dtype=dtype)
+    base, _ = load_base(quantization, dtype=dtype)
     tokenizer = load_tokenizer(paths.ADAPTER)
     if base.get_input_embeddings().num_embeddings != len(tokenizer):
         base.resize_token_embeddings(len(tokenizer))
-    model = PeftModel.from_pretrained(base, str(paths.ADAPTER))
-    model.to(device()).eval()
+    model = PeftModel.from_pretrained(base, str(paths.ADAPTER), is_trainable=trainable)
+    if preferred and has_preferred():
+        model.load_adapter(str(paths.PREFERRED), adapter_name="preferred")
+    if not trainable:
+        model.to(device()).eval()
     return model, tokenizer
+
+
+ADAPTER_NAMES = {"tuned": "default", "preferred": "preferred"}
+
+
+@contextlib.contextmanager
+def as_model(model, name: str):
+    """Run as `base` (adapters off), `tuned` (SFT) or `preferred` (preference-tuned) within the block."""
+    if name == "base":
+        with model.disable_adapter():
+            yield
+        return
+    previous = model.active_adapter
+    model.set_adapter(ADAPTER_NAMES[name])
+    try:
+        yield
+    finally:
+        model.set_adapter(previous)
 
 
 def offline_hint(location: str, err: Exception) -> str:

@@ -242,23 +242,27 @@ def finished(checkpoint: str | None) -> bool:
 
 
 def resumable_checkpoint(params: Params) -> str | None:
-    """The last checkpoint of an interrupted run with the same fingerprint; stale checkpoints are removed.
+    """`train`'s checkpoint to resume, if any (see `resumable_in`)."""
+    return resumable_in(paths.CHECKPOINTS, run_fingerprint(params), params.train.resume)
+
+
+def resumable_in(folder: Path, fingerprint: str, resume: str) -> str | None:
+    """The last checkpoint in `folder` of an interrupted run with the same fingerprint; stale checkpoints are removed.
 
     Without the fingerprint, `-S train.lora.r=4` would try to resume a rank-8 checkpoint.
-    A finished run is not resumed either: DVC reruns `train` with unchanged params
+    A finished run is not resumed either: DVC reruns a stage with unchanged params
     only when its code changed, and "resuming" at the last step would train nothing
     and report a meaningless loss.
     """
     from transformers.trainer_utils import get_last_checkpoint
 
-    fingerprint = run_fingerprint(params)
-    marker = paths.CHECKPOINTS / "run.json"
-    stale = params.train.resume != "auto" or not marker.exists() or read_json(marker).get("fingerprint") != fingerprint
-    if paths.CHECKPOINTS.is_dir() and (stale or finished(get_last_checkpoint(str(paths.CHECKPOINTS)))):
-        shutil.rmtree(paths.CHECKPOINTS)
-    paths.CHECKPOINTS.mkdir(parents=True, exist_ok=True)
+    marker = folder / "run.json"
+    stale = resume != "auto" or not marker.exists() or read_json(marker).get("fingerprint") != fingerprint
+    if folder.is_dir() and (stale or finished(get_last_checkpoint(str(folder)))):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"fingerprint": fingerprint})
-    checkpoint = get_last_checkpoint(str(paths.CHECKPOINTS))
+    checkpoint = get_last_checkpoint(str(folder))
     if checkpoint:
         log.info("resuming the interrupted run from %s", checkpoint)
     return checkpoint

@@ -1,0 +1,180 @@
+"""Preference pairs for persona DPO, and the TRL settings that train on them.
+
+Self-play preference tuning (SPIN, Chen et al. 2024) on the pairs we get for free: for a persona reply in the
+training split, the real reply is chosen and the SFT model's own sample for the same context is rejected. The
+reference model is the SFT model itself: the trainer gets base + SFT adapter, with the adapter trainable and no
+new adapter config, so TRL copies the adapter as a frozen `ref` adapter. (Passing a fresh LoRA config, or a
+reference with adapters disabled, makes the base model the reference: the trap behind many SFT → DPO chains
+whose margins start far from zero or whose loss never leaves 0.693.) `check_reference` proves it before a step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from habla import paths
+from habla.io import stable_id
+from habla.model.loading import compute_dtype
+from habla.params import Params, as_dict
+
+HISTORY_KEYS = {
+    "loss": "loss",
+    "rewards/chosen": "rewards_chosen",
+    "rewards/rejected": "rewards_rejected",
+    "rewards/margins": "margins",
+    "rewards/accuracies": "accuracy",
+}
+
+
+def preference_prompts(rows: list[dict], per_conversation: int, max_pairs: int, seed: int) -> list[dict]:
+    """Contexts cut before persona replies: up to `per_conversation` per conversation (seeded by its id), at most
+    `max_pairs` in all (a seeded choice). Each has the prompt messages, the real reply, and where it came from."""
+    prompts = []
+    for row in rows:
+        messages = row["messages"]
+        replies = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i > 0 and m["content"].strip()]
+        chosen = random.Random(f"{seed}\x1f{row['id']}").sample(replies, min(per_conversation, len(replies)))
+        prompts += [
+            {
+                "id": stable_id(row["id"], str(i)),
+                "conversation": row["id"],
+                "source": row.get("source", ""),
+                "prompt": messages[:i],
+                "chosen": messages[i]["content"],
+            }
+            for i in sorted(chosen)
+        ]
+    if len(prompts) > max_pairs:
+        prompts = sorted(random.Random(seed).sample(prompts, max_pairs), key=lambda p: p["id"])
+    return prompts
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def pair_up(prompts: list[dict], samples: list[str], max_similarity: float) -> tuple[list[dict], Counter]:
+    """Pairs of (real reply, model sample); a sample that is empty, identical or nearly identical to the real reply
+    teaches nothing (and an identical one would push the real reply down), so it is dropped and counted."""
+    from rapidfuzz import fuzz
+
+    pairs, dropped = [], Counter()
+    for prompt, sample in zip(prompts, samples):
+        real, model = _normalised(prompt["chosen"]), _normalised(sample)
+        if not model:
+            dropped["empty_sample"] += 1
+        elif real == model:
+            dropped["identical"] += 1
+        elif fuzz.ratio(real, model) >= max_similarity:
+            dropped["near_identical"] += 1
+        else:
+            pairs.append({**prompt, "rejected": sample})
+    return pairs, dropped
+
+
+def as_dataset_rows(pairs: list[dict]) -> list[dict]:
+    """TRL's conversational preference format: the prompt's turns, then one assistant turn per side."""
+    return [
+        {
+            "prompt": pair["prompt"],
+            "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+            "rejected": [{"role": "assistant", "content": pair["rejected"]}],
+        }
+        for pair in pairs
+    ]
+
+
+def fingerprint(params: Params) -> str:
+    """What a preference checkpoint must match to be resumed: its params, the SFT adapter and the train split."""
+    settings = {k: v for k, v in as_dict(params.prefer).items() if k != "resume"}
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([settings, as_dict(params.model), as_dict(params.builtin)], sort_keys=True).encode())
+    for path in (paths.split_file("train"), paths.ADAPTER / "adapter_model.safetensors", paths.SOURCE_FILE):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def dpo_config(params: Params, output_dir: Path = paths.PREFER_CHECKPOINTS):
+    from trl import DPOConfig
+
+    settings = params.prefer
+    return DPOConfig(
+        output_dir=str(output_dir),
+        seed=settings.seed,
+        max_steps=settings.max_steps,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=settings.warmup_ratio,  # below 1: a share of the steps (transformers 5), as in `sft_config`
+        beta=settings.beta,
+        loss_type=[settings.loss_type],
+        max_length=settings.max_length,
+        activation_checkpointing=params.train.gradient_checkpointing,
+        bf16=compute_dtype() == torch.bfloat16,
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def build_dpo_trainer(params: Params, model, tokenizer, pairs: list[dict], output_dir: Path = paths.PREFER_CHECKPOINTS):
+    """The one DPOTrainer construction: `model` is base + the SFT adapter, trainable, and no PEFT config is passed,
+    so TRL continues that adapter and keeps a frozen copy of it (`ref`) as the reference."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    model.train()
+    return DPOTrainer(
+        model=model,
+        args=dpo_config(params, output_dir),
+        train_dataset=Dataset.from_list(as_dataset_rows(pairs)),
+        processing_class=tokenizer,
+    )
+
+
+def check_reference(trainer, rows: int = 4) -> dict:
+    """Before any step the policy and the reference must be the same model (the SFT model): equal log-probabilities
+    on the first pairs, so every reward and margin starts at 0. Returns the largest difference seen."""
+    from trl.trainer.utils import use_adapter
+
+    model = trainer.model
+    if "ref" not in getattr(model, "peft_config", {}):
+        raise RuntimeError("the DPO trainer made no `ref` adapter: its reference would be the base model, not SFT")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(min(rows, len(trainer.train_dataset)))])
+    inputs = {k: v.to(model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    with torch.inference_mode():
+        policy = model(**inputs).logits
+        with use_adapter(model, "ref"):
+            reference = model(**inputs).logits
+    difference = float((policy - reference).abs().max())
+    if difference > 1e-5:
+        raise RuntimeError(f"the reference is not the SFT model: logits differ by {difference:.3g} before training")
+    return {"max_logit_difference": difference}
+
+
+def history(log_history: list[dict]) -> list[dict]:
+    """DPO loss, rewards, margins and accuracy per optimizer step, for the plots."""
+    rows = []
+    for entry in log_history:
+        if "loss" in entry and "rewards/margins" in entry:
+            rows.append(
+                {"step": entry["step"], **{name: round(float(entry[key]), 6) for key, name in HISTORY_KEYS.items()}}
+            )
+    return rows
+
+
+def trained_tokens(log_history: list[dict]) -> float:
+    """Tokens (prompt and both replies, padding excluded) the trainer went through, from its last log entry."""
+    return max((float(entry["num_tokens"]) for entry in log_history if "num_tokens" in entry), default=0.0)
