@@ -44,7 +44,7 @@ def data_rows(lines: int, repeats: int, scales: list[int]) -> list[dict]:
             {
                 "figure": f"`group` stage, {size:,} lines in chats of {chats:,}",
                 "ours": data_stages.measure(
-                    {"lines": size, "per_export": chats, "after": ["clean"], "tasks": ["group"]}, repeats
+                    {"lines": size, "per_export": chats, "after": ["clean", "curate"], "tasks": ["group"]}, repeats
                 ),
             }
         )
@@ -53,7 +53,8 @@ def data_rows(lines: int, repeats: int, scales: list[int]) -> list[dict]:
         {
             "figure": f"`split` stage, {largest:,} lines in chats of {chats:,} (holds every conversation)",
             "ours": data_stages.measure(
-                {"lines": largest, "per_export": chats, "after": ["clean", "group"], "tasks": ["split"]}, repeats
+                {"lines": largest, "per_export": chats, "after": ["clean", "curate", "group"], "tasks": ["split"]},
+                repeats,
             ),
         }
     )

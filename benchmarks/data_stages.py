@@ -32,6 +32,7 @@ def prepare(work: Path, lines: int, per_export: int | None) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["split"]["min_test"] = 1
     (work / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    shutil.copytree(REPO / "prompts", work / "prompts")  # `curate` reads its prompt set
     if per_export:
         write_exports(work / EXPORT.parent, lines, per_export)
     else:
