@@ -110,16 +110,15 @@ def perplexity_rows(model, tokenizer, conversations: list[dict], repeats: int) -
 
 def judge_rows(model, tokenizer, conversations: list[dict], repeats: int) -> list[dict]:
     from habla.model.generation import cut_before_reply
-    from habla.model.judge_backends import LocalJudge
+    from habla.model.judge_backends import PAIRWISE_PROMPTS, RATING_PROMPTS, LocalJudge
     from habla.model.judging import fill
-    from stages.judge import PROMPTS, RATING_PROMPTS
 
     cases = []
     for conversation in conversations:
         cut = cut_before_reply(conversation)
         if cut and len(cases) < JUDGE_PROMPTS:
             cases.append({"prompt": cut[0], "reference": cut[1]})
-    pairwise = (REPO / PROMPTS["local"]).read_text(encoding="utf-8")
+    pairwise = (REPO / PAIRWISE_PROMPTS["local"]).read_text(encoding="utf-8")
     rating = (REPO / RATING_PROMPTS["local"]).read_text(encoding="utf-8")
     choose = [fill(pairwise, c, c["reference"], "ya po") for c in cases]
     rate = [fill(rating, c, c["reference"]) for c in cases]

@@ -396,6 +396,11 @@ def _check(params: Params) -> None:
     if params.group.min_turn_chars > params.group.max_turn_chars:
         raise UserError("params: `group.min_turn_chars` must not exceed `group.max_turn_chars`.")
     _check_curate(params.curate)
+    if params.judge.backend == "local" and params.judge.model != "base":
+        raise UserError(
+            "params: `judge.model` must be `base` with the local backend, which judges with the base model; "
+            "for another judge, serve it and use `judge.backend: openai`."
+        )
     if not 0 < params.evaluate.stride < params.train.max_length:
         raise UserError(
             f"params: `evaluate.stride` ({params.evaluate.stride}) must be positive and below `train.max_length` "

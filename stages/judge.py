@@ -11,26 +11,21 @@ plumbing; for conclusions serve a strong model and use the `openai` backend
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from pathlib import Path
 
 from habla import paths
 from habla.errors import UserError, run_stage
 from habla.io import read_jsonl, write_json, write_jsonl
-from habla.model.judge_backends import LocalJudge, OpenAIJudge
+from habla.model.judge_backends import RATING_PROMPTS, make_judge, pairwise_template
 from habla.model.judging import fill, paired_difference, rating_summary, scores, summarise, verdict
 from habla.model.loading import load_tuned
-from habla.params import Judge, load_params
+from habla.params import load_params
 from habla.plots import outcome_bars, rating_rows
 
 log = logging.getLogger("judge")
 
 GENERATIONS = paths.GENERATIONS
 REPORT = paths.report("judge")
-CACHE = paths.JUDGE_CACHE
-PROMPTS = {"local": paths.PROMPTS / "judge_pairwise.es.txt", "openai": paths.PROMPTS / "judge_pairwise_json.es.txt"}
-RATING_PROMPTS = {"local": paths.PROMPTS / "judge_rating.es.txt", "openai": paths.PROMPTS / "judge_rating_json.es.txt"}
 
 PARAMS = ["preset", "evaluate.batch_size", "evaluate.bootstrap", "judge"]
 DEPS = [
@@ -53,47 +48,35 @@ METRICS = [REPORT]
 PLOTS = [paths.JUDGE_OUTCOMES_PLOT]
 
 
-def template_path(settings: Judge) -> Path:
-    path = PROMPTS[settings.backend] if settings.prompt == "auto" else Path(settings.prompt)
-    if not path.exists():
-        raise UserError(f"judge.prompt: {path} does not exist.")
-    return path
+def where_answered(cases: list[dict], models: tuple[str, ...], ask) -> list:
+    """`ask(prompts built from cases)` for the cases where every one of `models` has a reply, None for the others
+    (an opponent that never answered): those are failed without asking the judge."""
+    usable = [i for i, case in enumerate(cases) if all(case.get(m) is not None for m in models)]
+    out: list = [None] * len(cases)
+    for i, answer in zip(usable, ask([cases[i] for i in usable])):
+        out[i] = answer
+    return out
 
 
 def judged_pair(judge, template: str, cases: list[dict], pair: tuple[str, str]) -> dict:
-    """Both orders of `pair` on every case: the letters, and the outcome (a model, `tie` or `failed`) per case.
-
-    A case where either model has no reply (an opponent that never answered) is failed without asking the judge.
-    """
+    """Both orders of `pair` on every case: the letters, and the outcome (a model, `tie` or `failed`) per case."""
     one, other = pair
-    usable = [i for i, case in enumerate(cases) if case.get(one) is not None and case.get(other) is not None]
-    first = judge.choose([fill(template, cases[i], cases[i][one], cases[i][other]) for i in usable])
-    second = judge.choose([fill(template, cases[i], cases[i][other], cases[i][one]) for i in usable])
-    as_a, as_b = [None] * len(cases), [None] * len(cases)
-    for i, a, b in zip(usable, first, second):
-        as_a[i], as_b[i] = a, b
-    if len(usable) < len(cases):
-        judge.failures["no_reply"] += len(cases) - len(usable)
+    as_a = where_answered(cases, pair, lambda cs: judge.choose([fill(template, c, c[one], c[other]) for c in cs]))
+    as_b = where_answered(cases, pair, lambda cs: judge.choose([fill(template, c, c[other], c[one]) for c in cs]))
+    missing = sum(not all(case.get(m) is not None for m in pair) for case in cases)
+    if missing:
+        judge.failures["no_reply"] += missing
     return {"as_a": as_a, "as_b": as_b, "outcomes": [verdict(a, b, pair) for a, b in zip(as_a, as_b)]}
 
 
 def ratings(judge, template: str, cases: list[dict], model: str) -> list[float | None]:
-    usable = [i for i, case in enumerate(cases) if case.get(model) is not None]
-    grades = judge.rate([fill(template, cases[i], cases[i][model]) for i in usable])
-    out: list[float | None] = [None] * len(cases)
-    for i, grade in zip(usable, grades):
-        out[i] = grade
-    return out
+    return where_answered(cases, (model,), lambda cs: judge.rate([fill(template, c, c[model]) for c in cs]))
 
 
 def main() -> None:
     params = load_params()
     settings, resamples = params.judge, params.evaluate.bootstrap
-    if settings.backend == "local" and settings.model != "base":
-        raise UserError(
-            "judge.model: the local backend judges with `base`; for another judge serve it and use backend `openai`."
-        )
-    template = template_path(settings).read_text(encoding="utf-8")
+    template = pairwise_template(settings)
     cases = read_jsonl(GENERATIONS)
     if not cases:
         raise UserError(f"{GENERATIONS} is empty: the generate stage wrote no replies.")
@@ -107,11 +90,8 @@ def main() -> None:
         *([("preferred", "opponent")] if preferred and against_opponent else []),
     ]
     rating = RATING_PROMPTS[settings.backend].read_text(encoding="utf-8")
-    if settings.backend == "local":
-        model, tokenizer = load_tuned()
-        judge, as_judge = LocalJudge(model, tokenizer, params.evaluate.batch_size), model.disable_adapter()
-    else:
-        judge, as_judge = OpenAIJudge(settings, CACHE), contextlib.nullcontext()
+    model, tokenizer = load_tuned() if settings.backend == "local" else (None, None)
+    judge, as_judge = make_judge(settings, model, tokenizer, params.evaluate.batch_size)
     with as_judge:  # the local judge is the base model
         judged = {pair: judged_pair(judge, template, cases, pair) for pair in pairs}
         grades = {name: ratings(judge, rating, cases, name) for name in models}

@@ -10,7 +10,6 @@ evaluation compares base and tuned only, so `dvc repro` still runs end to end.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
@@ -19,6 +18,7 @@ from habla import paths
 from habla.errors import UserError, run_stage
 from habla.io import read_jsonl, write_json, write_jsonl
 from habla.model.generation import generate_replies
+from habla.model.judge_backends import make_judge, pairwise_template
 from habla.model.judging import fill, verdict
 from habla.model.launch import accelerate_launch, check_before_launch, is_worker
 from habla.model.loading import load_tuned, special_separator
@@ -31,17 +31,13 @@ from habla.model.preference import (
     preference_prompts,
     trained_tokens,
 )
-from habla.model.training import resumable_in, sort_target_modules
+from habla.model.training import resume_and_log, sort_target_modules
 from habla.params import Params, load_params, select
 
 log = logging.getLogger("prefer")
 
 LIVE_DIR = paths.PREFER_LIVE
 REPORT = paths.report("prefer")
-JUDGE_PROMPTS = {
-    "local": paths.PROMPTS / "judge_pairwise.es.txt",
-    "openai": paths.PROMPTS / "judge_pairwise_json.es.txt",
-}
 
 # the judge's keys matter only with `prefer.filter: judge`, but DVC cannot make a dependency conditional
 PARAMS = [
@@ -56,6 +52,7 @@ PARAMS = [
     "evaluate.batch_size",
     "judge.backend",
     "judge.model",
+    "judge.prompt",
     "judge.base_url",
     "judge.api_key_env",
     "judge.timeout_s",
@@ -75,6 +72,7 @@ DEPS = [
     "habla/model/judge_backends.py",
     "habla/model/loading.py",
     "habla/model/launch.py",
+    "habla/model/training.py",
     "habla/llm.py",
 ]
 OUTS = [paths.PREFERRED, paths.PREFERENCE_PAIRS, LIVE_DIR / "plots" / "metrics", paths.PREFER_STEPS]
@@ -84,15 +82,9 @@ METRICS = [REPORT, LIVE_DIR / "metrics.json"]
 def judged_by_real_preference(params: Params, model, tokenizer, pairs: list[dict]) -> tuple[list[dict], int]:
     """`prefer.filter: judge`: the pairs where the judge prefers the real reply in both orders (failed and flipped
     verdicts are left out); the judge is the one `judge.*` configures, with its cache."""
-    from habla.model.judge_backends import LocalJudge, OpenAIJudge
-
-    settings = params.judge
-    template = JUDGE_PROMPTS[settings.backend].read_text(encoding="utf-8")
+    template = pairwise_template(params.judge)
     cases = [{"prompt": p["prompt"], "reference": "(sin referencia)"} for p in pairs]
-    if settings.backend == "local":
-        judge, as_judge = LocalJudge(model, tokenizer, params.evaluate.batch_size), model.disable_adapter()
-    else:
-        judge, as_judge = OpenAIJudge(settings, paths.JUDGE_CACHE), contextlib.nullcontext()
+    judge, as_judge = make_judge(params.judge, model, tokenizer, params.evaluate.batch_size)
     with as_judge:
         first = judge.choose([fill(template, c, p["chosen"], p["rejected"]) for c, p in zip(cases, pairs)])
         second = judge.choose([fill(template, c, p["rejected"], p["chosen"]) for c, p in zip(cases, pairs)])
@@ -149,17 +141,8 @@ def main() -> None:
         )
     trainer = build_dpo_trainer(params, model, tokenizer, pairs)
     reference = check_reference(trainer)
+    checkpoint = resume_and_log(trainer, paths.PREFER_CHECKPOINTS, fingerprint(params), settings.resume, LIVE_DIR)
     state = PartialState()
-    checkpoint = (
-        resumable_in(paths.PREFER_CHECKPOINTS, fingerprint(params), settings.resume) if state.is_main_process else None
-    )
-    state.wait_for_everyone()
-    if state.is_main_process:
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
-
-        live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, resume=checkpoint is not None)
-        trainer.add_callback(DVCLiveCallback(live=live, log_model=None))
     result = trainer.train(resume_from_checkpoint=checkpoint)
     if state.is_main_process:
         shutil.rmtree(paths.PREFERRED, ignore_errors=True)

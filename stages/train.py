@@ -20,7 +20,8 @@ from habla.model.training import (
     build_trainer,
     check_masks,
     prepare_model,
-    resumable_checkpoint,
+    resume_and_log,
+    run_fingerprint,
     sort_target_modules,
     step_history,
 )
@@ -60,22 +61,8 @@ def main() -> None:
     token_stats = check_masks(tokenizer, train_rows, params.train.max_length, end_ids(model, tokenizer))
     token_histogram = token_stats.pop("histogram")
     trainer, adapter = build_trainer(params, model, tokenizer, train_rows, val_rows)
-    # Only now is the process group up (the trainer's accelerator starts it; on CPU an earlier
-    # PartialState() would see one process), so rank decisions come after the trainer exists.
+    checkpoint = resume_and_log(trainer, paths.CHECKPOINTS, run_fingerprint(params), params.train.resume, LIVE_DIR)
     state = PartialState()
-    checkpoint = resumable_checkpoint(params) if state.is_main_process else None
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        checkpoint = get_last_checkpoint(str(paths.CHECKPOINTS))
-    if state.is_main_process:
-        from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
-
-        # dvcyaml=None: by default dvclive rewrites our dvc.yaml.
-        live = Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, resume=checkpoint is not None)
-        trainer.add_callback(DVCLiveCallback(live=live, log_model=None))
     result = trainer.train(resume_from_checkpoint=checkpoint)
     evaluation = trainer.evaluate()
     if state.is_main_process:

@@ -91,6 +91,8 @@ def test_cross_field_mistakes_say_what_to_change(tmp_path):
         load_params(write(tmp_path, "curate:\n  field_bounds: {mind_states: 3}\n"))
     with pytest.raises(UserError, match=r"low must not exceed high"):
         load_params(write(tmp_path, "curate:\n  field_bounds: {mind_states: [6, 3]}\n"))
+    with pytest.raises(UserError, match=r"`judge.model` must be `base` with the local backend"):
+        load_params(write(tmp_path, "judge:\n  model: juez\n"))
     with pytest.raises(UserError, match="min_turn_chars"):
         load_params(write(tmp_path, "group:\n  min_turn_chars: 50\n  max_turn_chars: 10\n"))
     with pytest.raises(UserError, match=r"one of 'hash', 'time'"):

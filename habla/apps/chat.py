@@ -54,11 +54,8 @@ class Session:
         )
         sampling = dataclasses.replace(self.sampling, max_new_tokens=max_new_tokens)
         stream = ReplyStream(self.model, self.tokenizer, messages, sampling, keep_tokens=keep)
-        if self.name == "base" and "tuned" not in self.available:  # the base alone, without adapters
+        with as_model(self.model, self.name):
             yield from stream
-        else:
-            with as_model(self.model, self.name):
-                yield from stream
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": stream.text.strip()}]
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from habla import paths
 from habla.io import read_jsonl
+from habla.model.judging import chosen_model
 
 PAGES = {"/": "chat.html", "/generations": "generations.html"}
 NOT_A_REPLY = {"id", "prompt", "reference", "source"}
-CHOICE_POSITION = {"A": 0, "B": 1}
 
 
 def page(name: str, config: dict) -> bytes:
@@ -37,11 +37,7 @@ def is_local(host: str) -> bool:
 
 def picked(choice: str | None, shown_first: str, shown_second: str) -> str | None:
     """The model the judge chose when `shown_first` was answer A; `tie` for C, None when the judgment failed."""
-    if choice is None:
-        return None
-    if choice == "C":
-        return "tie"
-    return (shown_first, shown_second)[CHOICE_POSITION[choice]]
+    return None if choice is None else chosen_model(choice, shown_first, shown_second)
 
 
 def judged_orders(judgment: dict) -> dict:

@@ -52,13 +52,24 @@ def sampling_kwargs(sampling: Sampling) -> dict:
 
 
 @torch.inference_mode()
+def hidden_tokens(tokenizer, keep_tokens: Sequence[str]) -> list[str]:
+    """Special tokens a reply's text must not show: all but `keep_tokens` (a learned message separator)."""
+    return [t for t in tokenizer.all_special_tokens if t not in keep_tokens]
+
+
+def without(text: str, tokens: Sequence[str]) -> str:
+    for token in tokens:
+        text = text.replace(token, "")
+    return text
+
+
 def generate_replies(
     model, tokenizer, prompts: list[list[dict]], sampling: Sampling, batch_size: int, keep_tokens: Sequence[str] = ()
 ) -> list[str]:
     """Replies to `prompts`, seeded; special tokens are dropped from the text except `keep_tokens` (a learned
     message separator, which is part of what the persona writes)."""
     torch.manual_seed(sampling.seed)
-    hidden = [t for t in tokenizer.all_special_tokens if t not in keep_tokens]
+    hidden = hidden_tokens(tokenizer, keep_tokens)
     replies: list[str] = []
     for batch in prompt_batches(tokenizer, prompts, batch_size):
         output = model.generate(
@@ -69,9 +80,7 @@ def generate_replies(
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=not keep_tokens):
-            for token in hidden if keep_tokens else ():
-                text = text.replace(token, "")
-            replies.append(text.strip())
+            replies.append(without(text, hidden).strip())
     return replies
 
 
@@ -180,7 +189,7 @@ class ReplyStream:
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         tokenizer = self.tokenizer
-        self._hidden = [t for t in tokenizer.all_special_tokens if t not in self.keep_tokens]
+        self._hidden = hidden_tokens(tokenizer, self.keep_tokens)
         prompt = tokenizer.apply_chat_template(
             self.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
@@ -241,9 +250,7 @@ class ReplyStream:
         self.finish_reason = "stop" if ended or cut is not None else "length"
 
     def _clean(self, piece: str) -> str:
-        for token in self._hidden:
-            piece = piece.replace(token, "")
-        return piece
+        return without(piece, self._hidden)
 
     def _stop_at(self, text: str) -> int | None:
         hits = [text.find(s) for s in self.stop if s and s in text]

@@ -12,6 +12,7 @@ returned as None and counted as failed by reason, never as a loss for either mod
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections import Counter
@@ -20,12 +21,19 @@ from pathlib import Path
 
 import torch
 
+from habla import paths
+from habla.errors import UserError
 from habla.llm import ChatEndpoint, first_json_object
 from habla.model.generation import prompt_batches
 from habla.params import Judge
 
 log = logging.getLogger("judge")
 
+PAIRWISE_PROMPTS = {
+    "local": paths.PROMPTS / "judge_pairwise.es.txt",
+    "openai": paths.PROMPTS / "judge_pairwise_json.es.txt",
+}
+RATING_PROMPTS = {"local": paths.PROMPTS / "judge_rating.es.txt", "openai": paths.PROMPTS / "judge_rating_json.es.txt"}
 CHOICES = ("A", "B", "C")
 GRADES = tuple(range(1, 11))
 FALLBACK = re.compile(r"\[\[\s*([ABC])\s*\]\]")
@@ -135,3 +143,19 @@ class OpenAIJudge:
 
     def rate(self, prompts: Sequence[str]) -> list[float | None]:
         return self.endpoint.map(lambda p: self.ask(p, parse_grade), prompts)
+
+
+def pairwise_template(settings: Judge) -> str:
+    """The pairwise prompt: the backend's own (`judge.prompt: auto`) or the file `judge.prompt` names."""
+    path = PAIRWISE_PROMPTS[settings.backend] if settings.prompt == "auto" else Path(settings.prompt)
+    if not path.exists():
+        raise UserError(f"judge.prompt: {path} does not exist.")
+    return path.read_text(encoding="utf-8")
+
+
+def make_judge(settings: Judge, model, tokenizer, batch_size: int):
+    """The judge `judge.*` configures, and the context to judge in: the local judge is the base model (the adapter
+    switched off), the `openai` judge any endpoint, its answers cached in `data/cache/judge.jsonl`."""
+    if settings.backend == "local":
+        return LocalJudge(model, tokenizer, batch_size), model.disable_adapter()
+    return OpenAIJudge(settings, paths.JUDGE_CACHE), contextlib.nullcontext()

@@ -44,9 +44,13 @@ def verdict(first: str | None, second: str | None, pair: tuple[str, str] = ("tun
     if first is None or second is None:
         return "failed"
     one, other = pair
-    in_first = {"A": one, "B": other, "C": "tie"}[first]
-    in_second = {"A": other, "B": one, "C": "tie"}[second]
+    in_first, in_second = chosen_model(first, one, other), chosen_model(second, other, one)
     return in_first if in_first == in_second else "tie"
+
+
+def chosen_model(letter: str, shown_as_a: str, shown_as_b: str) -> str:
+    """The model a judge's letter names: A, B, or `tie` for C."""
+    return {"A": shown_as_a, "B": shown_as_b, "C": "tie"}[letter]
 
 
 def scores(outcomes: list[str], model: str = "tuned") -> list[float | None]:

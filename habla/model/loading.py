@@ -141,9 +141,10 @@ ADAPTER_NAMES = {"tuned": "default", "preferred": "preferred"}
 
 @contextlib.contextmanager
 def as_model(model, name: str):
-    """Run as `base` (adapters off), `tuned` (SFT) or `preferred` (preference-tuned) within the block."""
+    """Run as `base` (adapters off; a model loaded without adapters is the base already), `tuned` (SFT) or
+    `preferred` (preference-tuned) within the block."""
     if name == "base":
-        with model.disable_adapter():
+        with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
             yield
         return
     previous = model.active_adapter

@@ -20,7 +20,7 @@ import torch
 
 from habla import paths
 from habla.io import stable_id
-from habla.model.loading import compute_dtype
+from habla.model.training import runtime_args
 from habla.params import Params, as_dict
 
 HISTORY_KEYS = {
@@ -118,14 +118,11 @@ def dpo_config(params: Params, output_dir: Path = paths.PREFER_CHECKPOINTS):
         loss_type=[settings.loss_type],
         max_length=settings.max_length,
         activation_checkpointing=params.train.gradient_checkpointing,
-        bf16=compute_dtype() == torch.bfloat16,
-        use_cpu=not torch.cuda.is_available(),
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=2,
         logging_steps=1,
-        report_to="none",
-        disable_tqdm=True,
+        **runtime_args(),
     )
 
 

@@ -166,6 +166,17 @@ def check_masks(tokenizer, conversations: list[dict], max_length: int, stop_ids:
     }
 
 
+def runtime_args() -> dict:
+    """What both trainers (SFT and DPO) take from the machine rather than from params: bf16 where the GPU has it,
+    the CPU where there is no GPU, no third-party reporting (dvclive is added by the stages), no progress bars."""
+    return {
+        "bf16": compute_dtype() == torch.bfloat16,
+        "use_cpu": not torch.cuda.is_available(),
+        "report_to": "none",
+        "disable_tqdm": True,
+    }
+
+
 def sft_config(params: Params, output_dir: Path = paths.CHECKPOINTS, evaluate: bool = True):
     """TRL settings from params; `evaluate=False` (benchmarks) trains without evaluation or checkpoints."""
     from trl import SFTConfig
@@ -189,8 +200,6 @@ def sft_config(params: Params, output_dir: Path = paths.CHECKPOINTS, evaluate: b
         assistant_only_loss=True,
         activation_checkpointing=settings.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
-        bf16=compute_dtype() == torch.bfloat16,
-        use_cpu=not torch.cuda.is_available(),
         eval_strategy=every,
         eval_steps=settings.eval_steps,
         save_strategy=every,
@@ -198,8 +207,7 @@ def sft_config(params: Params, output_dir: Path = paths.CHECKPOINTS, evaluate: b
         save_total_limit=2,
         logging_steps=min(10, settings.eval_steps),  # a short run still gets a training curve
         include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=True,
+        **runtime_args(),
     )
 
 
@@ -265,6 +273,30 @@ def resumable_in(folder: Path, fingerprint: str, resume: str) -> str | None:
     checkpoint = get_last_checkpoint(str(folder))
     if checkpoint:
         log.info("resuming the interrupted run from %s", checkpoint)
+    return checkpoint
+
+
+def resume_and_log(trainer, folder: Path, fingerprint: str, resume: str, live_dir: Path) -> str | None:
+    """The checkpoint every process resumes from, and dvclive logging on the main process.
+
+    Call it once the trainer exists: its accelerator starts the process group (on CPU an earlier PartialState() would
+    see one process). The main process decides (`resumable_in` removes stale checkpoints); the others wait for it
+    and read what it left, so every rank resumes from the same step.
+    """
+    from accelerate import PartialState
+    from transformers.trainer_utils import get_last_checkpoint
+
+    state = PartialState()
+    checkpoint = resumable_in(folder, fingerprint, resume) if state.is_main_process else None
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return get_last_checkpoint(str(folder))
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    # dvcyaml=None: by default dvclive rewrites our dvc.yaml.
+    live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=checkpoint is not None)
+    trainer.add_callback(DVCLiveCallback(live=live, log_model=None))
     return checkpoint
 
 
