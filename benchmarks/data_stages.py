@@ -56,14 +56,24 @@ def load(name: str, work: Path):
 
 
 def timed(tasks: list[str], work: Path) -> dict:
+    """Wall time and peak memory of the tasks, and where the last gate's seconds went (`Gate.timings`)."""
+    from habla.gates import Gate
+
+    gate_timings: dict = {}
+    close = Gate.close
+
+    def close_and_keep_timings(gate):
+        try:
+            return close(gate)
+        finally:
+            gate_timings.update(gate.timings)
+
+    Gate.close = close_and_keep_timings
     jobs = [load(name, work) for name in tasks]
     start = time.perf_counter()
     for job in jobs:
         job()
-    return {
-        "seconds": time.perf_counter() - start,
-        "peak_mib": peak_resident_mib(),
-    }
+    return {"seconds": time.perf_counter() - start, "peak_mib": peak_resident_mib(), **gate_timings}
 
 
 def prepare_work(spec: dict, work: Path) -> None:
@@ -109,11 +119,20 @@ def measure(spec: dict, repeats: int) -> dict:
                 return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
             runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
             shutil.rmtree(work)
-    return {
-        "seconds": statistics.median(r["seconds"] for r in runs),
-        "peak_mib": statistics.median(r["peak_mib"] for r in runs),
-        "runs": len(runs),
-    }
+    figures = [key for key in runs[0] if isinstance(runs[0][key], (int, float))]
+    return {**{key: statistics.median(r[key] for r in runs) for key in figures}, "runs": len(runs)}
+
+
+def gx_startup(repeats: int) -> float:
+    """Seconds to import GX and make its first context, alone in a fresh interpreter (median)."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from habla.gates import _import_gx; print(_import_gx())"
+    runs = [
+        float(
+            subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, check=True).stdout
+        )
+        for _ in range(repeats)
+    ]
+    return statistics.median(runs)
 
 
 if __name__ == "__main__":

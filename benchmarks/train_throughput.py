@@ -27,100 +27,96 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN_SPLIT = REPO / "data" / "splits" / "train.jsonl"
 WARMUP_STEPS = 3
 
+CPU_SHAPE = {"hidden": 192, "layers": 4, "steps": 20, "batch": 8, "max_length": 256}
+GPU_SHAPE = {"hidden": 1024, "layers": 16, "steps": 40, "batch": 16, "max_length": 1024}
+GPU_WIDE = {**GPU_SHAPE, "hidden": 2048, "steps": 30}
 SUITES = {
     "cpu": [
+        {"name": "TRL SFTTrainer as shipped, no packing", "runner": "trl", **CPU_SHAPE},
         {
-            "name": "sft, no packing",
-            "runner": "sft",
-            "hidden": 192,
-            "layers": 4,
-            "steps": 20,
-            "batch": 8,
-            "max_length": 256,
-        },
-        {
-            "name": "sft, packing",
-            "runner": "sft",
+            "name": "TRL SFTTrainer as shipped, packing (one flattened row per batch)",
+            "runner": "trl",
             "packing": True,
-            "hidden": 192,
-            "layers": 4,
-            "steps": 20,
-            "batch": 8,
-            "max_length": 256,
+            **CPU_SHAPE,
+        },
+        {"name": "habla, no packing", "runner": "sft", **CPU_SHAPE},
+        {"name": "habla, packing (bins as rows, position ids restart)", "runner": "sft", "packing": True, **CPU_SHAPE},
+        {
+            "name": "habla, `token_metrics: true` (entropy and accuracy every step)",
+            "runner": "sft",
+            "settings": {"token_metrics": True},
+            **CPU_SHAPE,
         },
         {
-            "name": "plain transformers.Trainer",
-            "runner": "plain",
-            "hidden": 192,
-            "layers": 4,
-            "steps": 20,
-            "batch": 8,
-            "max_length": 256,
+            "name": "habla, `fused_loss: false` (full logits)",
+            "runner": "sft",
+            "settings": {"fused_loss": False},
+            **CPU_SHAPE,
         },
+        {"name": "habla, `attention: eager`", "runner": "sft", "settings": {"attention": "eager"}, **CPU_SHAPE},
+        {"name": "habla, `lora.dropout: 0` (no dropout masks to draw)", "runner": "sft", "dropout": 0.0, **CPU_SHAPE},
+        {"name": "plain transformers.Trainer", "runner": "plain", **CPU_SHAPE},
     ],
     "gpu": [
+        {"name": "TRL SFTTrainer as shipped, bf16 LoRA, packing", "runner": "trl", "packing": True, **GPU_SHAPE},
+        {"name": "sft bf16 LoRA, no packing", "runner": "sft", **GPU_SHAPE},
+        {"name": "sft bf16 LoRA, packing", "runner": "sft", "packing": True, **GPU_SHAPE},
         {
-            "name": "sft bf16 LoRA, no packing",
-            "runner": "sft",
-            "hidden": 1024,
-            "layers": 16,
-            "steps": 40,
-            "batch": 16,
-            "max_length": 1024,
-        },
-        {
-            "name": "sft bf16 LoRA, packing",
+            "name": "sft bf16 LoRA, packing, compile",
             "runner": "sft",
             "packing": True,
-            "hidden": 1024,
-            "layers": 16,
-            "steps": 40,
-            "batch": 16,
-            "max_length": 1024,
+            "settings": {"compile": True},
+            **GPU_SHAPE,
         },
-        {
-            "name": "plain transformers.Trainer bf16 LoRA",
-            "runner": "plain",
-            "hidden": 1024,
-            "layers": 16,
-            "steps": 40,
-            "batch": 16,
-            "max_length": 1024,
-        },
-        {
-            "name": "sft QLoRA 4-bit, packing",
-            "runner": "sft",
-            "packing": True,
-            "quantization": "4bit",
-            "hidden": 1024,
-            "layers": 16,
-            "steps": 40,
-            "batch": 16,
-            "max_length": 1024,
-        },
-        {
-            "name": "sft bf16 LoRA, packing, 2048 wide",
-            "runner": "sft",
-            "packing": True,
-            "hidden": 2048,
-            "layers": 16,
-            "steps": 30,
-            "batch": 16,
-            "max_length": 1024,
-        },
+        {"name": "plain transformers.Trainer bf16 LoRA", "runner": "plain", **GPU_SHAPE},
+        {"name": "sft QLoRA 4-bit, packing", "runner": "sft", "packing": True, "quantization": "4bit", **GPU_SHAPE},
+        {"name": "sft bf16 LoRA, packing, 2048 wide", "runner": "sft", "packing": True, **GPU_WIDE},
         {
             "name": "sft QLoRA 4-bit, packing, 2048 wide",
             "runner": "sft",
             "packing": True,
             "quantization": "4bit",
-            "hidden": 2048,
-            "layers": 16,
-            "steps": 30,
-            "batch": 16,
-            "max_length": 1024,
+            **GPU_WIDE,
         },
     ],
 }
+
+
+PROFILE_STEPS = (4, 12)
+# Self CPU time of torch ops, by what they do in a LoRA step (first match wins).
+OP_GROUPS = [
+    ("dropout masks", ("bernoulli", "randint", "random_")),
+    ("attention", ("scaled_dot_product", "softmax_backward", "_softmax")),
+    ("loss kernels", ("ChunkedLogProb", "log_softmax", "nll_loss", "cross_entropy")),
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+]
+
+
+def profiled_callback():
+    """Profiles the steps between PROFILE_STEPS; `split()` gives each op group's share of the self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    class Profiled(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == PROFILE_STEPS[0]:
+                self.profiler = profile(activities=[ProfilerActivity.CPU])
+                self.profiler.__enter__()
+            if state.global_step == PROFILE_STEPS[1]:
+                self.profiler.__exit__(None, None, None)
+
+        def split(self) -> dict[str, float]:
+            """Shares of self CPU time by op group, plus TRL's fused head whole (its own products included)."""
+            totals: dict[str, float] = {}
+            events = self.profiler.key_averages()
+            for event in events:
+                group = next((g for g, keys in OP_GROUPS if any(k in event.key for k in keys)), "everything else")
+                totals[group] = totals.get(group, 0.0) + event.self_cpu_time_total
+            whole = sum(totals.values()) or 1.0
+            head = sum(e.cpu_time_total for e in events if e.key.startswith("ChunkedLogProbFunction"))
+            return {**{g: round(t / whole, 3) for g, t in totals.items()}, "fused head, whole": round(head / whole, 3)}
+
+    return Profiled()
 
 
 def timing_callback():
@@ -186,22 +182,47 @@ def bench_params(spec: dict):
         packing=spec.get("packing", False),
         quantization=spec.get("quantization", "none"),
         grad_accum=1,
+        lora=dataclasses.replace(params.train.lora, dropout=spec.get("dropout", params.train.lora.dropout)),
+        **spec.get("settings", {}),
     )
     return dataclasses.replace(params, train=train)
 
 
-def run_sft(rows: list[dict], spec: dict, work: Path) -> tuple[object, object]:
+def run_sft(rows: list[dict], spec: dict, work: Path, callback=None) -> tuple[object, object]:
     from habla.model.training import build_trainer, prepare_model
 
     params = bench_params(spec)
-    model, tokenizer, _ = prepare_model(params)
-    timing = timing_callback()
-    trainer, _ = build_trainer(params, model, tokenizer, rows, None, [timing], work / "out")
+    model, tokenizer, _, fast = prepare_model(params)
+    timing = callback or timing_callback()
+    trainer, _ = build_trainer(params, model, tokenizer, fast, rows, None, [timing], work / "out")
     trainer.train()
     return trainer, timing
 
 
-def run_plain(rows: list[dict], spec: dict, work: Path) -> tuple[object, object]:
+def run_trl(rows: list[dict], spec: dict, work: Path, callback=None) -> tuple[object, object]:
+    """The "before": TRL's SFTTrainer with the same config, LoRA and guards, none of habla's fast paths."""
+    from trl import SFTTrainer
+
+    from habla.model.training import lora_config, messages_dataset, prepare_model, sft_config
+
+    params = bench_params(spec)
+    model, tokenizer, _, fast = prepare_model(params)
+    timing = callback or timing_callback()
+    config = sft_config(params, fast, work / "out", evaluate=False)
+    config.padding_free = False  # TRL turns it on for packing itself, as it always did
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=messages_dataset(rows),
+        processing_class=tokenizer,
+        peft_config=lora_config(params, []),
+        callbacks=[timing],
+    )
+    trainer.train()
+    return trainer, timing
+
+
+def run_plain(rows: list[dict], spec: dict, work: Path, callback=None) -> tuple[object, object]:
     """What a notebook does: render the chat text, loss on every token, pad each batch, LoRA via PEFT."""
     from datasets import Dataset
     from peft import get_peft_model
@@ -234,7 +255,7 @@ def run_plain(rows: list[dict], spec: dict, work: Path) -> tuple[object, object]
         logging_steps=1000,
         include_num_input_tokens_seen="non_padding",
     )
-    timing = timing_callback()
+    timing = callback or timing_callback()
     trainer = Trainer(
         model=model,
         args=args,
@@ -247,7 +268,7 @@ def run_plain(rows: list[dict], spec: dict, work: Path) -> tuple[object, object]
 
 
 def measure(spec: dict) -> dict:
-    """One configuration, in this process."""
+    """One configuration, in this process (with `"profile": true`, the op split of a few steps instead)."""
     from benchmarks.machine import peak_flops, peak_memory_mib
     from habla.io import read_jsonl
 
@@ -257,7 +278,12 @@ def measure(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         work = Path(tmp)
         build_base(work, rows, spec)
-        trainer, timing = (run_sft if spec["runner"] == "sft" else run_plain)(rows, spec, work)
+        runner = {"sft": run_sft, "trl": run_trl, "plain": run_plain}[spec["runner"]]
+        if spec.get("profile"):
+            profiled = profiled_callback()
+            runner(rows, {**spec, "steps": PROFILE_STEPS[1]}, work, profiled)
+            return {"name": spec["name"], "split": profiled.split()}
+        trainer, timing = runner(rows, spec, work)
         seconds, tokens = timing.result(trainer.state)
         config = trainer.model.config
         flops_per_token = (
@@ -282,10 +308,17 @@ def dense_parameters(config) -> int:
     return layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * config.intermediate_size)
 
 
-def run_suite(suite: str) -> list[dict]:
-    """Every configuration of the suite, each in a fresh interpreter."""
+PROFILED = [
+    {**SUITES["cpu"][0], "profile": True},
+    {**SUITES["cpu"][2], "profile": True},
+    {**SUITES["cpu"][-1], "profile": True},
+]
+
+
+def run_suite(suite: str, specs: list[dict] | None = None) -> list[dict]:
+    """Every configuration of the suite (or `specs`), each in a fresh interpreter."""
     rows = []
-    for spec in SUITES[suite]:
+    for spec in specs or SUITES[suite]:
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.train_throughput", "--one", json.dumps(spec)],
             cwd=REPO,

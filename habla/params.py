@@ -225,6 +225,11 @@ class Train(_Section):
     gradient_checkpointing: bool = False
     quantization: Literal["none", "4bit"] = "none"
     resume: Literal["auto", "never"] = "auto"
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "auto"
+    padding_free: Literal["auto"] | bool = "auto"
+    fused_loss: Literal["auto"] | bool = "auto"
+    token_metrics: bool = False
+    compile: bool = False
     lora: Lora = field(default_factory=Lora)
 
 
@@ -345,6 +350,10 @@ def _matches(value: Any, annotation: Any) -> bool:
 def _describe(annotation: Any) -> str:
     if typing.get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
+    if annotation is bool:
+        return "true or false"
     return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
 
 
@@ -406,6 +415,8 @@ def _check(params: Params) -> None:
             f"params: `evaluate.stride` ({params.evaluate.stride}) must be positive and below `train.max_length` "
             f"({params.train.max_length}): windows overlap by max_length − stride tokens of context (e.g. half of it)."
         )
+    if not 0 <= params.train.lora.dropout < 1:
+        raise UserError(f"params: `train.lora.dropout` is {params.train.lora.dropout}: it must be in [0, 1).")
     if params.builtin.hidden_size % params.builtin.heads:
         raise UserError("params: `builtin.hidden_size` must be divisible by `builtin.heads`.")
 

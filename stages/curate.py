@@ -27,7 +27,7 @@ from habla.curation import (
     source_documents,
 )
 from habla.errors import run_stage
-from habla.gates import run_gate
+from habla.gates import run_gate, warm_up
 from habla.io import write_json, write_jsonl
 from habla.llm import ChatEndpoint
 from habla.params import Curate, load_params
@@ -51,7 +51,7 @@ OUTS = [paths.CURATED]
 METRICS = [REPORT, paths.gate_report("curate")]
 
 GATE = [
-    ("ExpectColumnValueLengthsToBeBetween", {"column": "text", "min_value": 1, "description": "no empty unit"}),
+    ("ExpectColumnValuesToBeBetween", {"column": "text_chars", "min_value": 1, "description": "no empty unit"}),
     (
         "ExpectColumnValuesToBeInSet",
         {
@@ -68,10 +68,10 @@ def gate_frame(units: list[dict], documents: dict[str, str]) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "id": [u["id"] for u in units],
-            "text": [u["text"] for u in units],
+            "text_chars": [len(u["text"]) for u in units],
             "verbatim": [documents[u["document"]][u["span"][0] : u["span"][1]] == u["text"] for u in units],
         },
-        schema={"id": pl.String, "text": pl.String, "verbatim": pl.Boolean},
+        schema={"id": pl.Categorical, "text_chars": pl.Int64, "verbatim": pl.Boolean},
     )
 
 
@@ -103,6 +103,7 @@ def proposed_units(documents: list[dict], settings: Curate, prompt: str, tally: 
 
 
 def main() -> None:
+    warm_up()  # GX's import runs while the stage works
     params = load_params()
     settings = params.curate
     prompt_set = load_prompt_set(settings.prompt_set)

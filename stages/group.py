@@ -50,8 +50,8 @@ PLOTS = [paths.TURNS_PLOT]
 
 GATE = [
     ("ExpectTableRowCountToBeBetween", {"min_value": 1, "description": "at least one example"}),
-    ("ExpectColumnValuesToNotBeNull", {"column": "content", "description": "every turn has content"}),
-    ("ExpectColumnValueLengthsToBeBetween", {"column": "content", "min_value": 1, "description": "no empty turn"}),
+    ("ExpectColumnValuesToNotBeNull", {"column": "content_chars", "description": "every turn has content"}),
+    ("ExpectColumnValuesToBeBetween", {"column": "content_chars", "min_value": 1, "description": "no empty turn"}),
     (
         "ExpectColumnValuesToBeInSet",
         {"column": "role", "value_set": ROLES, "description": "roles are system, user or assistant"},
@@ -76,8 +76,14 @@ GATE = [
 
 
 def gate_frame(flat: pl.DataFrame) -> pl.DataFrame:
-    """The gate's columns of `flatten(examples)`."""
-    return flat.select("role", "content", "assistant_turns", "role_repeats", "system_not_first")
+    """The gate's columns of `flatten(examples)`: each turn's role and length, never its words."""
+    return flat.select(
+        pl.col("role").cast(pl.Categorical),
+        pl.col("assistant_turns").cast(pl.Int64),
+        "role_repeats",
+        "system_not_first",
+        content_chars=pl.col("content").str.len_chars().cast(pl.Int64),
+    )
 
 
 def main() -> None:

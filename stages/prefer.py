@@ -73,6 +73,7 @@ DEPS = [
     "habla/model/loading.py",
     "habla/model/launch.py",
     "habla/model/training.py",
+    "habla/model/fast_paths.py",
     "habla/llm.py",
 ]
 OUTS = [paths.PREFERRED, paths.PREFERENCE_PAIRS, LIVE_DIR / "plots" / "metrics", paths.PREFER_STEPS]

@@ -18,7 +18,7 @@ import polars as pl
 
 from habla import paths
 from habla.errors import run_stage
-from habla.gates import run_gate
+from habla.gates import run_gate, warm_up
 from habla.io import read_jsonl, write_frame_jsonl, write_json, write_jsonl
 from habla.params import Split, load_params
 from habla.plots import split_bars
@@ -42,8 +42,8 @@ def gate_frame(frame: pl.DataFrame, settings: Split) -> pl.DataFrame:
     wanted = pl.col("split").replace_strict({name: getattr(settings.ratios, name) for name in SPLITS}, default=None)
     share = pl.len().over("split") / pl.len()
     return frame.select(
-        "id",
-        "split",
+        pl.col("id").cast(pl.Categorical),
+        pl.col("split").cast(pl.Categorical),
         leaks_into_test=pl.col("id").is_in(leaking_ids(frame, settings.overlap_min_chars).implode()),
         ratio_drift=(share - wanted).abs(),
     )
@@ -63,6 +63,7 @@ GATE = [
 
 
 def main() -> None:
+    warm_up()  # GX's import runs while the stage works
     params = load_params()
     settings = params.split
     conversations, leakage = split_conversations(pl.read_ndjson(paths.CONVERSATIONS), settings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
+from habla.model.fast_paths import resolve
 from habla.model.launch import accelerate_launch, check_before_launch, is_worker
 from habla.model.loading import end_ids
 from habla.model.training import (
@@ -40,6 +41,8 @@ DEPS = [
     paths.PRESETS,
     "stages/train.py",
     "habla/model/training.py",
+    "habla/model/fast_paths.py",
+    "habla/model/sft.py",
     "habla/model/loading.py",
     "habla/model/launch.py",
     "habla/plots.py",
@@ -55,12 +58,12 @@ def main() -> None:
 
     params = load_params()
     set_seed(params.train.seed)  # before the model and the adapter exist, so LoRA init is reproducible
-    model, tokenizer, notes = prepare_model(params)
+    model, tokenizer, notes, fast = prepare_model(params)
     train_rows = read_jsonl(paths.split_file("train"))
     val_rows = read_jsonl(paths.split_file("val"))
     token_stats = check_masks(tokenizer, train_rows, params.train.max_length, end_ids(model, tokenizer))
     token_histogram = token_stats.pop("histogram")
-    trainer, adapter = build_trainer(params, model, tokenizer, train_rows, val_rows)
+    trainer, adapter = build_trainer(params, model, tokenizer, fast, train_rows, val_rows)
     checkpoint = resume_and_log(trainer, paths.CHECKPOINTS, run_fingerprint(params), params.train.resume, LIVE_DIR)
     state = PartialState()
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -73,7 +76,10 @@ def main() -> None:
         write_json(paths.TRAIN_STEPS, train_steps)
         write_json(paths.EVAL_STEPS, eval_steps)
         write_json(paths.TOKENS_PLOT, token_histogram)
-        write_json(paths.ADAPTER / "training_params.json", {"params": select(params, PARAMS), "tokenizer": notes})
+        write_json(
+            paths.ADAPTER / "training_params.json",
+            {"params": select(params, PARAMS), "tokenizer": notes, "fast_paths": fast.record()},
+        )
         write_json(
             REPORT,
             {
@@ -85,6 +91,7 @@ def main() -> None:
                 "adapted_modules": adapter["adapted_modules"],
                 "tokens": token_stats,
                 "tokenizer": notes,
+                "fast_paths": fast.record(),
             },
         )
     state.wait_for_everyone()
@@ -93,6 +100,7 @@ def main() -> None:
 def launch() -> None:
     params = load_params()
     check_before_launch(params)
+    resolve(params.train)  # a fast path this machine cannot run stops here, before any worker starts
     accelerate_launch("stages.train", params)
 
 

@@ -34,7 +34,7 @@ def test_group_gate_passes_valid_examples_and_names_each_broken_rule(tmp_path):
     assert message.startswith("data gate after `group` failed (5 of 7 checks)")
     for rule in (
         "every example has a persona turn (expect_column_values_to_be_between on assistant_turns): 4",
-        "no empty turn (expect_column_value_lengths_to_be_between on content): 1",
+        "no empty turn (expect_column_values_to_be_between on content_chars): 1 e.g. ['0']",
         "roles alternate (no two turns in a row with one role) (expect_column_values_to_be_in_set on role_repeats): 1",
         "a system turn only comes first (expect_column_values_to_be_in_set on system_not_first): 1",
         "roles are system, user or assistant (expect_column_values_to_be_in_set on role): 1",
@@ -76,20 +76,50 @@ def test_too_little_data_to_split_says_what_to_do():
         check_sizes(frame, Split(min_test=5))
 
 
-def test_failing_checks_on_message_text_show_lengths_not_words(tmp_path):
+def test_gate_frames_carry_lengths_never_words_or_names(tmp_path):
+    """The gate report is committed to git: whatever a failing check shows must not be anyone's words or name."""
     import json
 
+    from habla.params import Clean
+    from stages import clean, curate
+
     secret = "mi clave del banco es 1234 y vivo en Providencia " * 3
-    frame = group_gate_frame([example("a", ("user", "hola"), ("assistant", secret))])
-    too_short = [
-        ("ExpectColumnValueLengthsToBeBetween", {"column": "content", "max_value": 20, "description": "short turns"})
-    ]
+    frames = {
+        "group": group_gate_frame([example("a", ("user", "hola"), ("assistant", secret))]),
+        "clean": clean.gate_frame(
+            pl.DataFrame(
+                {
+                    "source": ["whatsapp"],
+                    "file": ["whatsapp/Chat de WhatsApp con Cami.txt"],
+                    "line": [3],
+                    "ts": [None],
+                    "author": ["Camila Providencia"],
+                    "text": [secret],
+                },
+                schema_overrides={"ts": pl.Datetime, "line": pl.UInt32},
+            ),
+            Clean(max_chars=20),
+        ),
+        "curate": curate.gate_frame(
+            [{"id": "u1", "document": "d", "span": [0, len(secret)], "text": secret}], {"d": secret}
+        ),
+    }
+    for frame in frames.values():
+        assert pl.String not in frame.dtypes
+        assert not any("Providencia" in str(value) for row in frame.iter_rows() for value in row)
     with pytest.raises(GateError) as err:
-        run_gate("group", frame, too_short, tmp_path)
-    report = (tmp_path / "group.json").read_text(encoding="utf-8")
+        run_gate("clean", frames["clean"], clean.GATE, tmp_path)
+    report = (tmp_path / "clean.json").read_text(encoding="utf-8")
     assert "Providencia" not in str(err.value) and "Providencia" not in report
-    assert f"<{len(secret)} characters>" in str(err.value)
-    assert json.loads(report)["checks"][0]["examples"] == [f"<{len(secret)} characters>"]
+    assert f"e.g. ['{len(secret) - 20}']" in str(err.value)  # the length over the bound, not the message
+    assert json.loads(report)["rows"] == 1
+
+
+def test_a_gate_refuses_a_frame_with_text_in_it(tmp_path):
+    from habla.gates import Gate
+
+    with pytest.raises(TypeError, match="string columns"):
+        Gate("group", group.GATE, tmp_path).check(pl.DataFrame({"content": ["hola"]}))
 
 
 def test_a_gate_fed_in_batches_adds_up_failures_and_judges_row_count_on_the_total(tmp_path):
@@ -122,3 +152,26 @@ def test_a_gate_fed_in_batches_adds_up_failures_and_judges_row_count_on_the_tota
     checks = json.loads(report)["checks"]
     assert json.loads(report)["rows"] == 10 and len(checks) == len(expectations)
     assert [c["success"] for c in checks if c["expectation"] == "expect_table_row_count_to_be_between"] == [True, False]
+
+
+def test_uniqueness_is_judged_across_batches(tmp_path):
+    """Batches used to be validated one at a time, so a raw line kept in two batches passed."""
+    from habla.gates import Gate
+    from habla.params import Clean
+    from stages import clean
+
+    def batch(line):
+        rows = {"source": ["transcript"], "file": ["t/a.srt"], "line": [line], "ts": [None], "author": [None]}
+        return clean.gate_frame(
+            pl.DataFrame(
+                {**rows, "text": ["hola"]},
+                schema_overrides={"ts": pl.Datetime, "line": pl.UInt32, "author": pl.String},
+            ),
+            Clean(),
+        )
+
+    gate = Gate("clean", clean.GATE, tmp_path)
+    for line in (1, 2, 1):
+        gate.check(batch(line))
+    with pytest.raises(GateError, match=r"each raw line is kept at most once .*: 2"):
+        gate.close()

@@ -170,12 +170,12 @@ def test_the_trainer_itself_computes_loss_only_on_assistant_replies(family_proje
     if name != "builtin":
         family_project(name)
     params = load_params()
-    model, tokenizer, _ = training.prepare_model(params)
+    model, tokenizer, _, fast = training.prepare_model(params)
     rows = [json.loads(line) for line in Path("data/splits/train.jsonl").read_text(encoding="utf-8").splitlines()]
     lost = training.check_masks(tokenizer, rows, params.train.max_length, end_ids(model, tokenizer))[
         "dropped_no_reply_in_window"
     ]
-    trainer, _ = training.build_trainer(params, model, tokenizer, rows, None)
+    trainer, _ = training.build_trainer(params, model, tokenizer, fast, rows, None)
     assert len(trainer.train_dataset) == len(rows) - lost  # the guard counts what TRL silently drops
     if name == "qwen2.5":  # Qwen's default English system prompt fills much of a 96-token window here
         assert lost > 0

@@ -25,7 +25,7 @@ def test_unknown_key_is_named_with_the_known_ones(tmp_path):
 
 
 def test_wrong_type_and_bad_choice_are_explained(tmp_path):
-    with pytest.raises(UserError, match=r"`train.packing` is 'yes', but it must be bool"):
+    with pytest.raises(UserError, match=r"`train.packing` is 'yes', but it must be true or false"):
         load_params(write(tmp_path, "train:\n  packing: 'yes'\n"))
     with pytest.raises(UserError, match=r"one of 'auto', 'dmy', 'mdy', 'ymd'"):
         load_params(write(tmp_path, "clean:\n  date_order: european\n"))
@@ -36,6 +36,8 @@ def test_ratios_must_add_up_and_max_turns_must_be_even(tmp_path):
         load_params(write(tmp_path, "split:\n  ratios: {train: 0.8, val: 0.3, test: 0.1}\n"))
     with pytest.raises(UserError, match="even number"):
         load_params(write(tmp_path, "group:\n  max_turns: 5\n"))
+    with pytest.raises(UserError, match=r"`train.lora.dropout` is 1.0: it must be in \[0, 1\)"):
+        load_params(write(tmp_path, "train:\n  lora:\n    dropout: 1.0\n"))
 
 
 def test_missing_and_invalid_files(tmp_path):

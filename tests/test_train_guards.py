@@ -150,6 +150,7 @@ def test_every_training_param_reaches_the_trainer_settings(tmp_path):
     """`sft_config` is where params become TRL settings: each one must arrive, with the loss on replies only."""
     import dataclasses
 
+    from habla.model.fast_paths import resolve
     from habla.model.training import sft_config
     from habla.params import Lora, Params, Train
 
@@ -168,7 +169,7 @@ def test_every_training_param_reaches_the_trainer_settings(tmp_path):
         seed=9,
         lora=Lora(),
     )
-    config = sft_config(dataclasses.replace(Params(), train=train), tmp_path / "out")
+    config = sft_config(dataclasses.replace(Params(), train=train), resolve(train), tmp_path / "out")
     assert config.assistant_only_loss is True
     assert config.output_dir == str(tmp_path / "out") and config.seed == 9
     assert (config.max_steps, config.num_train_epochs, config.max_length) == (7, 2.0, 128)
@@ -182,13 +183,17 @@ def test_every_training_param_reaches_the_trainer_settings(tmp_path):
     assert config.include_num_input_tokens_seen == "non_padding" and config.report_to in ("none", [], ["none"])
     if not torch.cuda.is_available():
         assert config.use_cpu is True and config.bf16 is False
+    quiet_train = dataclasses.replace(train, gradient_checkpointing=False, padding_free=True, compile=True)
     quiet = sft_config(
-        dataclasses.replace(Params(), train=dataclasses.replace(train, gradient_checkpointing=False)),
+        dataclasses.replace(Params(), train=quiet_train),
+        resolve(quiet_train),
         tmp_path / "bench",
         evaluate=False,
     )
     assert (quiet.eval_strategy, quiet.save_strategy) == ("no", "no")
     assert quiet.activation_checkpointing is False and quiet.activation_checkpointing_kwargs is None
+    assert config.padding_free is False and config.torch_compile is False  # auto on a machine without flash-attn
+    assert quiet.padding_free is True and quiet.torch_compile is True
 
 
 def test_one_conversation_without_a_reply_among_good_ones_still_stops_training(tokenizer):

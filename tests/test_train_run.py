@@ -14,6 +14,8 @@ from habla import paths
 from habla.apps import export
 from habla.io import read_json, write_jsonl
 from habla.model import training
+from habla.model.fast_paths import resolve
+from habla.params import load_params
 from stages import perplexity, train
 from tests.conftest import conversations, make_tiny_project
 
@@ -56,7 +58,11 @@ def test_two_runs_with_the_same_params_give_identical_adapters(tiny_project):
         "up_proj",
         "v_proj",
     ]
-    assert (paths.ADAPTER / "training_params.json").exists() and (paths.ADAPTER / "chat_template.jinja").exists()
+    assert (paths.ADAPTER / "chat_template.jinja").exists()
+    recorded = read_json(paths.ADAPTER / "training_params.json")
+    assert recorded["params"]["train"]["padding_free"] == "auto"  # what params said, and what it became here
+    here = {**resolve(load_params().train).record(), "attention": "sdpa"}  # auto left attention to transformers
+    assert recorded["fast_paths"] == report["fast_paths"] == here
     set_param("train.seed", 43)
     train.main()
     assert any(not torch.equal(first[name], tensor) for name, tensor in adapter_weights().items())

@@ -86,12 +86,15 @@ def require_cuda_for(quantization: str) -> None:
         )
 
 
-def load_base(quantization: str = "none", dtype: torch.dtype | str | None = None):
-    """The base model and its tokenizer, ready for inference or LoRA (compute dtype unless `dtype` says otherwise)."""
+def load_base(quantization: str = "none", dtype: torch.dtype | str | None = None, attention: str | None = None):
+    """The base model and its tokenizer, ready for inference or LoRA (compute dtype unless `dtype` says otherwise;
+    transformers' default attention unless `attention` names one)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     location, revision = base_reference()
     kwargs: dict = {"dtype": dtype or compute_dtype(), "revision": revision}
+    if attention:
+        kwargs["attn_implementation"] = attention
     require_cuda_for(quantization)
     if quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(

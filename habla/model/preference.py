@@ -20,6 +20,7 @@ import torch
 
 from habla import paths
 from habla.io import stable_id
+from habla.model.fast_paths import cheap_lora_dropout, score_loss_positions_only
 from habla.model.training import runtime_args
 from habla.params import Params, as_dict
 
@@ -133,12 +134,15 @@ def build_dpo_trainer(params: Params, model, tokenizer, pairs: list[dict], outpu
     from trl import DPOTrainer
 
     model.train()
-    return DPOTrainer(
+    score_loss_positions_only()
+    trainer = DPOTrainer(
         model=model,
         args=dpo_config(params, output_dir),
         train_dataset=Dataset.from_list(as_dataset_rows(pairs)),
         processing_class=tokenizer,
     )
+    cheap_lora_dropout(trainer.model)  # after TRL copied the adapter to `ref`, so both get it
+    return trainer
 
 
 def check_reference(trainer, rows: int = 4) -> dict:

@@ -19,6 +19,7 @@ import torch
 from habla import paths
 from habla.errors import UserError
 from habla.io import read_json, write_json
+from habla.model.fast_paths import FastPaths, as_loaded, cheap_lora_dropout, resolve, score_loss_positions_only
 from habla.model.loading import (
     CHATML_TRAINING_TEMPLATE,
     IM_END,
@@ -177,8 +178,9 @@ def runtime_args() -> dict:
     }
 
 
-def sft_config(params: Params, output_dir: Path = paths.CHECKPOINTS, evaluate: bool = True):
-    """TRL settings from params; `evaluate=False` (benchmarks) trains without evaluation or checkpoints."""
+def sft_config(params: Params, fast: FastPaths, output_dir: Path = paths.CHECKPOINTS, evaluate: bool = True):
+    """TRL settings from params and the resolved fast paths; `evaluate=False` (benchmarks) trains without
+    evaluation or checkpoints."""
     from trl import SFTConfig
 
     settings = params.train
@@ -197,6 +199,8 @@ def sft_config(params: Params, output_dir: Path = paths.CHECKPOINTS, evaluate: b
         warmup_steps=settings.warmup_ratio,
         max_length=settings.max_length,
         packing=settings.packing,
+        padding_free=fast.padding_free,
+        torch_compile=fast.compile,
         assistant_only_loss=True,
         activation_checkpointing=settings.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if settings.gradient_checkpointing else None,
@@ -301,9 +305,11 @@ def resume_and_log(trainer, folder: Path, fingerprint: str, resume: str, live_di
 
 
 def prepare_model(params: Params):
-    """Base model and tokenizer with every guard passed, ready for the adapter."""
+    """Base model and tokenizer with every guard passed, ready for the adapter, and the fast paths it loaded with."""
     settings = params.train
-    model, tokenizer = load_base(settings.quantization)
+    fast = resolve(settings)
+    model, tokenizer = load_base(settings.quantization, attention=fast.attention)
+    fast = as_loaded(fast, model)
     tokenizer, notes = prepare_tokenizer(tokenizer, params.group.separator)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
@@ -312,7 +318,7 @@ def prepare_model(params: Params):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
-    return model, tokenizer, notes
+    return model, tokenizer, notes, fast
 
 
 def expose_head_bias(model) -> None:
@@ -324,35 +330,43 @@ def expose_head_bias(model) -> None:
         head.bias = getattr(head.original_module, "bias", None)
 
 
+def messages_dataset(rows: list[dict]):
+    """The split's conversations as TRL's conversational dataset (only `messages`: ids and sources stay out)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"messages": r["messages"]} for r in rows])
+
+
 def build_trainer(
     params: Params,
     model,
     tokenizer,
+    fast: FastPaths,
     train_rows: list[dict],
     val_rows: list[dict] | None,
     callbacks: list | None = None,
     output_dir: Path = paths.CHECKPOINTS,
 ):
     """The one SFTTrainer construction, shared by the stage and the training benchmark."""
-    from datasets import Dataset
-    from trl import SFTTrainer
+    from habla.model.sft import PersonaSFTTrainer
 
     separator = special_separator(params.group.separator)
     new_token_ids = [tokenizer.convert_tokens_to_ids(separator)] if separator else []
 
-    def dataset(rows):
-        return Dataset.from_list([{"messages": r["messages"]} for r in rows])
-
-    trainer = SFTTrainer(
+    if fast.loss != "full-logits" and not fast.compile:  # compiled graphs want one shape per batch size
+        score_loss_positions_only()
+    trainer = PersonaSFTTrainer(
         model=model,
-        args=sft_config(params, output_dir, evaluate=val_rows is not None),
-        train_dataset=dataset(train_rows),
-        eval_dataset=dataset(val_rows) if val_rows is not None else None,
+        fast=fast,
+        args=sft_config(params, fast, output_dir, evaluate=val_rows is not None),
+        train_dataset=messages_dataset(train_rows),
+        eval_dataset=messages_dataset(val_rows) if val_rows is not None else None,
         processing_class=tokenizer,
         peft_config=lora_config(params, new_token_ids),
         callbacks=callbacks or [],
     )
     expose_head_bias(trainer.model)
+    cheap_lora_dropout(trainer.model)
     adapted = sorted(
         {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in trainer.model.named_parameters() if "lora_A" in n}
     )
