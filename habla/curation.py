@@ -28,7 +28,7 @@ from habla.io import stable_id
 from habla.llm import first_json_object
 from habla.params import Curate
 from habla.text.keywords import keyphrases
-from habla.text.near_dups import near_duplicate_pairs
+from habla.text.near_dups import exact_key, near_duplicate_pairs
 
 SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 DOCUMENT_SOURCES = ["transcript", "lyrics", "table"]
@@ -323,8 +323,7 @@ def without_duplicates(units: list[dict], threshold: float, tally: Tally) -> lis
     for group in by_document.values():
         fresh = []
         for candidate in group:
-            key = " ".join(candidate["text"].lower().split())
-            if key in seen:
+            if exact_key(candidate["text"]) in seen:
                 tally.reject("duplicate", _document_of(candidate), candidate["text"], candidate["span"])
             else:
                 fresh.append(candidate)
@@ -335,7 +334,7 @@ def without_duplicates(units: list[dict], threshold: float, tally: Tally) -> lis
                 tally.reject("near_duplicate", _document_of(candidate), candidate["text"], candidate["span"])
             else:
                 kept.append(candidate)
-                seen.add(" ".join(candidate["text"].lower().split()))
+                seen.add(exact_key(candidate["text"]))
     return kept
 
 

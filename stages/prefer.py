@@ -74,6 +74,7 @@ DEPS = [
     "habla/model/launch.py",
     "habla/model/training.py",
     "habla/model/fast_paths.py",
+    "habla/text/near_dups.py",
     "habla/llm.py",
 ]
 OUTS = [paths.PREFERRED, paths.PREFERENCE_PAIRS, LIVE_DIR / "plots" / "metrics", paths.PREFER_STEPS]

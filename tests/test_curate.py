@@ -322,3 +322,17 @@ def test_a_joke_told_again_in_another_show_is_kept_once(in_tmp):
     assert sorted(u["text"] for u in units) == sorted([JOKES[1], JOKES[3]])
     assert {u["file"] for u in units} == {"transcripts/noche-1.txt"}
     assert report["rejected_by_reason"]["duplicate"] == 1 and report["rejected_by_reason"]["near_duplicate"] == 1
+
+
+@given(
+    st.text(st.characters(codec="latin-1")),
+    st.lists(st.sampled_from([" ", "  ", "\n", "\t", "\u00a0"]), min_size=1, max_size=4),
+)
+def test_exact_duplicate_keys_ignore_case_and_spacing_only(text, gaps):
+    """The one key curate's exact duplicates and prefer's identical pairs share."""
+    from habla.text.near_dups import exact_key
+
+    words = text.split()
+    respaced = gaps[0] + "".join(w.upper() + gaps[i % len(gaps)] for i, w in enumerate(words))
+    assert exact_key(respaced) == exact_key(text) == exact_key(exact_key(text))
+    assert exact_key(text + "x") != exact_key(text) or not text.strip()

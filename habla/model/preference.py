@@ -23,6 +23,7 @@ from habla.io import stable_id
 from habla.model.fast_paths import cheap_lora_dropout, score_loss_positions_only
 from habla.model.training import runtime_args
 from habla.params import Params, as_dict
+from habla.text.near_dups import exact_key
 
 HISTORY_KEYS = {
     "loss": "loss",
@@ -56,10 +57,6 @@ def preference_prompts(rows: list[dict], per_conversation: int, max_pairs: int, 
     return prompts
 
 
-def _normalised(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def pair_up(prompts: list[dict], samples: list[str], max_similarity: float) -> tuple[list[dict], Counter]:
     """Pairs of (real reply, model sample); a sample that is empty, identical or nearly identical to the real reply
     teaches nothing (and an identical one would push the real reply down), so it is dropped and counted."""
@@ -67,7 +64,7 @@ def pair_up(prompts: list[dict], samples: list[str], max_similarity: float) -> t
 
     pairs, dropped = [], Counter()
     for prompt, sample in zip(prompts, samples):
-        real, model = _normalised(prompt["chosen"]), _normalised(sample)
+        real, model = exact_key(prompt["chosen"]), exact_key(sample)
         if not model:
             dropped["empty_sample"] += 1
         elif real == model:

@@ -17,6 +17,12 @@ BANDS = 16  # 16 bands of 4 rows: pairs above ~0.5 Jaccard become candidates, th
 CHUNK = 2**20  # candidate pairs verified at once
 
 
+def exact_key(text: str) -> str:
+    """The text with case and spacing folded away: two texts with the same key are exact duplicates
+    (casefold, not lower: "Straße" and "STRASSE" are one text)."""
+    return " ".join(text.casefold().split())
+
+
 def signatures(texts: pl.Series, shingle: int = 3, seed: int = 0) -> np.ndarray:
     """(len(texts), PERMUTATIONS) MinHash signatures of the word `shingle`-grams of each text."""
     words = (
