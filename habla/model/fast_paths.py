@@ -134,12 +134,13 @@ class CheapDropout(torch.nn.Module):
         return x * keep
 
 
-def cheap_lora_dropout(model) -> int:
-    """Swap every LoRA dropout with p > 0 for `CheapDropout`; how many were swapped."""
-    swapped = 0
+def cheapen_lora_steps(model, compact_loss: bool = True) -> None:
+    """What every LoRA trainer here switches on once it is built (SFT and DPO alike): `CheapDropout` for each LoRA
+    dropout with p > 0 (TRL's `ref` adapter copy included) and, unless `compact_loss` is off, a loss head that
+    scores only the trained positions."""
+    if compact_loss:
+        score_loss_positions_only()
     for module in model.modules():
         for name, dropout in getattr(module, "lora_dropout", {}).items():
             if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
                 module.lora_dropout[name] = CheapDropout(dropout.p)
-                swapped += 1
-    return swapped

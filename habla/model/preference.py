@@ -20,8 +20,8 @@ import torch
 
 from habla import paths
 from habla.io import stable_id
-from habla.model.fast_paths import cheap_lora_dropout, score_loss_positions_only
-from habla.model.training import runtime_args
+from habla.model.fast_paths import cheapen_lora_steps
+from habla.model.training import runtime_args, schedule_args
 from habla.params import Params, as_dict
 from habla.text.near_dups import exact_key
 
@@ -104,14 +104,7 @@ def dpo_config(params: Params, output_dir: Path = paths.PREFER_CHECKPOINTS):
     settings = params.prefer
     return DPOConfig(
         output_dir=str(output_dir),
-        seed=settings.seed,
-        max_steps=settings.max_steps,
-        num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.lr_scheduler,
-        warmup_steps=settings.warmup_ratio,  # below 1: a share of the steps (transformers 5), as in `sft_config`
+        **schedule_args(settings),
         beta=settings.beta,
         loss_type=[settings.loss_type],
         max_length=settings.max_length,
@@ -131,14 +124,13 @@ def build_dpo_trainer(params: Params, model, tokenizer, pairs: list[dict], outpu
     from trl import DPOTrainer
 
     model.train()
-    score_loss_positions_only()
     trainer = DPOTrainer(
         model=model,
         args=dpo_config(params, output_dir),
         train_dataset=Dataset.from_list(as_dataset_rows(pairs)),
         processing_class=tokenizer,
     )
-    cheap_lora_dropout(trainer.model)  # after TRL copied the adapter to `ref`, so both get it
+    cheapen_lora_steps(trainer.model)  # after TRL copied the adapter to `ref`, so both get it
     return trainer
 
 

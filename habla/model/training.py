@@ -19,7 +19,7 @@ import torch
 from habla import paths
 from habla.errors import UserError
 from habla.io import read_json, write_json
-from habla.model.fast_paths import FastPaths, as_loaded, cheap_lora_dropout, resolve, score_loss_positions_only
+from habla.model.fast_paths import FastPaths, as_loaded, cheapen_lora_steps, resolve
 from habla.model.loading import (
     CHATML_TRAINING_TEMPLATE,
     IM_END,
@@ -30,7 +30,7 @@ from habla.model.loading import (
     load_base,
     special_separator,
 )
-from habla.params import Params, as_dict
+from habla.params import Params, Prefer, Train, as_dict
 from habla.plots import bin_width, histogram
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,21 @@ def runtime_args() -> dict:
     }
 
 
+def schedule_args(settings: Train | Prefer) -> dict:
+    """The optimisation schedule both trainers take from their params section (`train` or `prefer`)."""
+    return {
+        "seed": settings.seed,
+        "max_steps": settings.max_steps,
+        "num_train_epochs": settings.epochs,
+        "per_device_train_batch_size": settings.batch_size,
+        "gradient_accumulation_steps": settings.grad_accum,
+        "learning_rate": settings.learning_rate,
+        "lr_scheduler_type": settings.lr_scheduler,
+        # transformers 5 dropped `warmup_ratio`; a `warmup_steps` below 1 is read as that share of the total steps.
+        "warmup_steps": settings.warmup_ratio,
+    }
+
+
 def sft_config(params: Params, fast: FastPaths, output_dir: Path = paths.CHECKPOINTS, evaluate: bool = True):
     """TRL settings from params and the resolved fast paths; `evaluate=False` (benchmarks) trains without
     evaluation or checkpoints."""
@@ -187,16 +202,8 @@ def sft_config(params: Params, fast: FastPaths, output_dir: Path = paths.CHECKPO
     every = "steps" if evaluate else "no"
     return SFTConfig(
         output_dir=str(output_dir),
-        seed=settings.seed,
-        max_steps=settings.max_steps,
-        num_train_epochs=settings.epochs,
-        per_device_train_batch_size=settings.batch_size,
+        **schedule_args(settings),
         per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type=settings.lr_scheduler,
-        # transformers 5 dropped `warmup_ratio`; a `warmup_steps` below 1 is read as that share of the total steps.
-        warmup_steps=settings.warmup_ratio,
         max_length=settings.max_length,
         packing=settings.packing,
         padding_free=fast.padding_free,
@@ -353,8 +360,6 @@ def build_trainer(
     separator = special_separator(params.group.separator)
     new_token_ids = [tokenizer.convert_tokens_to_ids(separator)] if separator else []
 
-    if fast.loss != "full-logits" and not fast.compile:  # compiled graphs want one shape per batch size
-        score_loss_positions_only()
     trainer = PersonaSFTTrainer(
         model=model,
         fast=fast,
@@ -366,7 +371,8 @@ def build_trainer(
         callbacks=callbacks or [],
     )
     expose_head_bias(trainer.model)
-    cheap_lora_dropout(trainer.model)
+    # compiled graphs want one shape per batch size, so compile keeps TRL's every-position head
+    cheapen_lora_steps(trainer.model, compact_loss=fast.loss != "full-logits" and not fast.compile)
     adapted = sorted(
         {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in trainer.model.named_parameters() if "lora_A" in n}
     )
