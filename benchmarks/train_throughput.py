@@ -192,9 +192,11 @@ def run_sft(rows: list[dict], spec: dict, work: Path, callback=None) -> tuple[ob
     from habla.model.training import build_trainer, prepare_model
 
     params = bench_params(spec)
-    model, tokenizer, _, fast = prepare_model(params)
+    model, tokenizer, notes, fast = prepare_model(params)
     timing = callback or timing_callback()
-    trainer, _ = build_trainer(params, model, tokenizer, fast, rows, None, [timing], work / "out")
+    trainer, _ = build_trainer(
+        params, model, tokenizer, fast, rows, None, [timing], work / "out", trained_rows=notes["trained_rows"]
+    )
     trainer.train()
     return trainer, timing
 

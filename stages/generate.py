@@ -44,6 +44,7 @@ DEPS = [
     "stages/generate.py",
     "habla/model/generation.py",
     "habla/model/loading.py",
+    "habla/model/templates.py",
     "habla/llm.py",
     paths.PRESETS,
 ]

@@ -41,6 +41,7 @@ DEPS = [
     "habla/plots.py",
     "habla/model/scoring.py",
     "habla/model/loading.py",
+    "habla/model/templates.py",
     paths.PRESETS,
 ]
 OUTS = [paths.JUDGMENTS, paths.JUDGE_RATINGS_PLOT]

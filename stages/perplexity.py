@@ -40,6 +40,7 @@ DEPS = [
     "habla/model/perplexity.py",
     "habla/model/scoring.py",
     "habla/model/loading.py",
+    "habla/model/templates.py",
     paths.PRESETS,
 ]
 METRICS = [REPORT]

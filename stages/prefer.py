@@ -31,7 +31,7 @@ from habla.model.preference import (
     preference_prompts,
     trained_tokens,
 )
-from habla.model.training import resume_and_log, sort_target_modules
+from habla.model.training import resume_and_log, save_adapter
 from habla.params import Params, load_params, select
 
 log = logging.getLogger("prefer")
@@ -71,6 +71,7 @@ DEPS = [
     "habla/model/generation.py",
     "habla/model/judge_backends.py",
     "habla/model/loading.py",
+    "habla/model/templates.py",
     "habla/model/launch.py",
     "habla/model/training.py",
     "habla/model/fast_paths.py",
@@ -146,11 +147,8 @@ def main() -> None:
     checkpoint = resume_and_log(trainer, paths.PREFER_CHECKPOINTS, fingerprint(params), settings.resume, LIVE_DIR)
     state = PartialState()
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    save_adapter(trainer, paths.PREFERRED, tokenizer)
     if state.is_main_process:
-        shutil.rmtree(paths.PREFERRED, ignore_errors=True)
-        trainer.model.save_pretrained(str(paths.PREFERRED), selected_adapters=["default"])
-        sort_target_modules(paths.PREFERRED / "adapter_config.json")
-        tokenizer.save_pretrained(str(paths.PREFERRED))
         write_json(paths.PREFERRED / "training_params.json", {"params": select(params, PARAMS)})
         rows = history(trainer.state.log_history)
         write_json(paths.PREFER_STEPS, rows)

@@ -20,10 +20,11 @@ from habla.model.loading import end_ids
 from habla.model.training import (
     build_trainer,
     check_masks,
+    final_eval_loss,
     prepare_model,
     resume_and_log,
     run_fingerprint,
-    sort_target_modules,
+    save_adapter,
     step_history,
 )
 from habla.params import load_params, select
@@ -44,6 +45,7 @@ DEPS = [
     "habla/model/fast_paths.py",
     "habla/model/sft.py",
     "habla/model/loading.py",
+    "habla/model/templates.py",
     "habla/model/launch.py",
     "habla/plots.py",
 ]
@@ -63,15 +65,15 @@ def main() -> None:
     val_rows = read_jsonl(paths.split_file("val"))
     token_stats = check_masks(tokenizer, train_rows, params.train.max_length, end_ids(model, tokenizer))
     token_histogram = token_stats.pop("histogram")
-    trainer, adapter = build_trainer(params, model, tokenizer, fast, train_rows, val_rows)
+    trainer, adapter = build_trainer(
+        params, model, tokenizer, fast, train_rows, val_rows, trained_rows=notes["trained_rows"]
+    )
     checkpoint = resume_and_log(trainer, paths.CHECKPOINTS, run_fingerprint(params), params.train.resume, LIVE_DIR)
     state = PartialState()
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    evaluation = trainer.evaluate()
+    eval_loss = final_eval_loss(trainer)
+    sizes = save_adapter(trainer, paths.ADAPTER, tokenizer)
     if state.is_main_process:
-        trainer.save_model(str(paths.ADAPTER))
-        sort_target_modules(paths.ADAPTER / "adapter_config.json")
-        tokenizer.save_pretrained(str(paths.ADAPTER))
         train_steps, eval_steps = step_history(trainer.state.log_history)
         write_json(paths.TRAIN_STEPS, train_steps)
         write_json(paths.EVAL_STEPS, eval_steps)
@@ -84,10 +86,11 @@ def main() -> None:
             REPORT,
             {
                 "train_loss": result.training_loss,
-                "eval_loss": evaluation["eval_loss"],
+                "eval_loss": eval_loss,
                 "steps": result.global_step,
                 "train_seconds": result.metrics["train_runtime"],
                 "trainable_parameters": adapter["trainable_parameters"],
+                **sizes,
                 "adapted_modules": adapter["adapted_modules"],
                 "tokens": token_stats,
                 "tokenizer": notes,

@@ -81,9 +81,11 @@ def trained(project, **settings) -> tuple[dict[str, torch.Tensor], object, objec
         params = load_params()
         params = dataclasses.replace(params, train=dataclasses.replace(params.train, **settings))
         set_seed(params.train.seed)
-        model, tokenizer, _, fast = training.prepare_model(params)
+        model, tokenizer, notes, fast = training.prepare_model(params)
         rows = read_jsonl(paths.split_file("train"))
-        trainer, _ = training.build_trainer(params, model, tokenizer, fast, rows, None)
+        trainer, _ = training.build_trainer(
+            params, model, tokenizer, fast, rows, None, trained_rows=notes["trained_rows"]
+        )
         trainer.train()
     weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     return weights, trainer, fast
@@ -151,8 +153,16 @@ def test_attention_and_compile_reach_the_model_and_the_trainer(project):
     with contextlib.chdir(project):
         params = load_params()
         params = dataclasses.replace(params, train=dataclasses.replace(params.train, attention="eager", compile=True))
-        model, tokenizer, _, fast = training.prepare_model(params)
-        trainer, _ = training.build_trainer(params, model, tokenizer, fast, read_jsonl(paths.split_file("train")), None)
+        model, tokenizer, notes, fast = training.prepare_model(params)
+        trainer, _ = training.build_trainer(
+            params,
+            model,
+            tokenizer,
+            fast,
+            read_jsonl(paths.split_file("train")),
+            None,
+            trained_rows=notes["trained_rows"],
+        )
     assert isinstance(trainer, PersonaSFTTrainer) and trainer.fast is fast
     assert trainer.model.get_base_model().config._attn_implementation == "eager"
     assert trainer.args.torch_compile is True and trainer.args.padding_free is False

@@ -26,6 +26,14 @@ from tests.conftest import OPENERS, make_tiny_project
 
 pytestmark = pytest.mark.slow
 
+HABLA_TEMPLATE = "the model's own turn format with generation markers (habla)"
+# SmolLM2-135M-Instruct's own template, as its tokenizer_config.json ships it.
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 LLAMA_LIKE = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 FAMILIES = {
     "llama3": {
@@ -68,6 +76,22 @@ FAMILIES = {
         "stops": ["<|im_end|>", "<|endoftext|>"],
         "reply_end": "<|im_end|>",
         "targets": LLAMA_LIKE,
+        # Qwen's template writes "You are Qwen, created by Alibaba Cloud" into every conversation without a system
+        # turn: the persona must not learn under that identity, so habla's marked copy of the format is used.
+        "template_source": HABLA_TEMPLATE,
+        "dropped": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    },
+    "smollm2": {  # a template TRL does not know (TRL 1.16 raises for it), with a default identity too
+        "config": "LlamaConfig",
+        "model": "LlamaForCausalLM",
+        "template": SMOLLM2_TEMPLATE,
+        "tokens": {"eos_token": "<|im_end|>"},
+        "extra_tokens": [],
+        "stops": ["<|im_end|>"],
+        "reply_end": "<|im_end|>",
+        "targets": LLAMA_LIKE,
+        "template_source": HABLA_TEMPLATE,
+        "dropped": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
     },
 }
 
@@ -75,6 +99,8 @@ FAMILIES = {
 def family_template(name: str) -> str:
     import trl
 
+    if not name.endswith(".jinja"):
+        return name
     return (Path(trl.__file__).parent / "chat_templates" / name).read_text(encoding="utf-8")
 
 
@@ -131,7 +157,10 @@ def test_each_family_trains_on_its_own_projections_with_its_training_template(fa
 
     report = read_json(train.REPORT)
     assert report["adapted_modules"] == family["targets"]
-    assert report["tokenizer"]["template"] == "TRL training template for this model family"
+    assert report["tokenizer"]["template"] == family.get(
+        "template_source", "TRL training template for this model family"
+    )
+    assert family.get("dropped", "<none>") in report["tokenizer"].get("dropped_default_system_turn", "<none>")
     assert report["steps"] == 2
     model, tokenizer = load_tuned()
     conversation = [
@@ -145,6 +174,9 @@ def test_each_family_trains_on_its_own_projections_with_its_training_template(fa
     assert trained.strip().startswith("ya po, de una" + family["reply_end"].strip())
     assert "a las ocho" + family["reply_end"].strip() in trained
     assert "¿vamos?" not in trained and "assistant" not in trained and "model\n" not in trained  # headers stay out
+    if "dropped" in family:  # served as trained: no identity the persona never had
+        prompt = tokenizer.apply_chat_template(conversation[:1], tokenize=False, add_generation_prompt=True)
+        assert family["dropped"] not in prompt and prompt.startswith(family["tokens"].get("bos_token", ""))
     assert tokenizer.pad_token_id != tokenizer.eos_token_id  # else the collator masks EOS out of the labels
     assert set(tokenizer.convert_tokens_to_ids(family["stops"])) <= set(end_ids(model, tokenizer))
 
@@ -167,18 +199,17 @@ def test_the_trainer_itself_computes_loss_only_on_assistant_replies(family_proje
     from habla.model.loading import encode_chat
     from habla.params import load_params
 
-    if name != "builtin":
-        family_project(name)
+    family = family_project(name) if name != "builtin" else {}
     params = load_params()
-    model, tokenizer, _, fast = training.prepare_model(params)
+    model, tokenizer, notes, fast = training.prepare_model(params)
     rows = [json.loads(line) for line in Path("data/splits/train.jsonl").read_text(encoding="utf-8").splitlines()]
     lost = training.check_masks(tokenizer, rows, params.train.max_length, end_ids(model, tokenizer))[
         "dropped_no_reply_in_window"
     ]
-    trainer, _ = training.build_trainer(params, model, tokenizer, fast, rows, None)
+    trainer, _ = training.build_trainer(params, model, tokenizer, fast, rows, None, trained_rows=notes["trained_rows"])
     assert len(trainer.train_dataset) == len(rows) - lost  # the guard counts what TRL silently drops
-    if name == "qwen2.5":  # Qwen's default English system prompt fills much of a 96-token window here
-        assert lost > 0
+    if "dropped" in family:  # the default identity prompt is in no training example
+        assert not any(family["dropped"] in tokenizer.decode(row["input_ids"]) for row in trainer.train_dataset)
     expected = {}
     for row in rows:
         encoded = encode_chat(tokenizer, row["messages"], params.train.max_length)

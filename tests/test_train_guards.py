@@ -83,6 +83,7 @@ def test_template_without_markers_gets_chatml_with_generation_and_a_real_pad(tok
     prepared, notes = prepare_tokenizer(tokenizer, "\n")
     assert "generation" in prepared.chat_template and "fallback" in notes["template"]
     assert prepared.pad_token == PAD and prepared.pad_token_id != prepared.eos_token_id
+    assert notes["trained_rows"] == ["<|im_start|>", IM_END]  # a base model never learned its turn tokens
     encoded = encode_chat(prepared, CONVERSATION)
     trained = [i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
     assert prepared.decode(trained) == "wena po" + IM_END

@@ -14,7 +14,8 @@ import torch
 from habla import paths
 from habla.errors import UserError
 from habla.io import read_jsonl
-from habla.model.loading import CHATML_TRAINING_TEMPLATE, DOC_END, IM_END, PAD, SPECIAL_TOKENS, offline_hint
+from habla.model.loading import DOC_END, IM_END, PAD, SPECIAL_TOKENS, offline_hint
+from habla.model.templates import CHATML_TRAINING_TEMPLATE
 from habla.params import Builtin, Model
 
 log = logging.getLogger(__name__)

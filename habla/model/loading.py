@@ -19,27 +19,15 @@ import torch
 
 from habla import paths
 from habla.errors import UserError
+from habla.model.templates import IM_END, IM_START
 
 log = logging.getLogger(__name__)
 
 BUILTIN = "builtin-tiny"
+GGUF = "gguf"  # a local .gguf file, dequantized by `base` into models/base (habla/model/gguf.py)
 
-IM_START, IM_END, PAD, DOC_END = "<|im_start|>", "<|im_end|>", "<|pad|>", "<|endoftext|>"
+PAD, DOC_END = "<|pad|>", "<|endoftext|>"
 SPECIAL_TOKENS = [DOC_END, PAD, IM_START, IM_END]
-
-# ChatML with {% generation %} markers around each assistant reply *and* its end
-# token, so the assistant mask covers the token that teaches the model to stop.
-CHATML_TRAINING_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 
 
 def special_separator(separator: str) -> str | None:
@@ -63,7 +51,7 @@ def base_reference() -> tuple[str, str | None]:
     if not paths.SOURCE_FILE.exists():
         raise UserError(f"{paths.SOURCE_FILE} is missing: run the `base` stage first (`dvc repro base`).")
     source = json.loads(paths.SOURCE_FILE.read_text(encoding="utf-8"))
-    if source["kind"] == BUILTIN:
+    if source["kind"] in (BUILTIN, GGUF):
         return str(paths.BASE_MODEL), None
     return source["location"], source.get("commit")
 
@@ -129,7 +117,7 @@ def load_tuned(
         raise UserError(f"{paths.ADAPTER} has no adapter: run the `train` stage first (`dvc repro train`).")
     base, _ = load_base(quantization, dtype=dtype)
     tokenizer = load_tokenizer(paths.ADAPTER)
-    if base.get_input_embeddings().num_embeddings != len(tokenizer):
+    if base.get_input_embeddings().num_embeddings < len(tokenizer):  # rows `train` added (their values are saved)
         base.resize_token_embeddings(len(tokenizer))
     model = PeftModel.from_pretrained(base, str(paths.ADAPTER), is_trainable=trainable)
     if preferred and has_preferred():

@@ -21,15 +21,14 @@ from habla.errors import UserError
 from habla.io import read_json, write_json
 from habla.model.fast_paths import FastPaths, as_loaded, cheapen_lora_steps, resolve
 from habla.model.loading import (
-    CHATML_TRAINING_TEMPLATE,
-    IM_END,
-    IM_START,
     PAD,
     compute_dtype,
     encode_chat,
+    end_ids,
     load_base,
     special_separator,
 )
+from habla.model.templates import own_template, template_for_untemplated, training_template
 from habla.params import Params, Prefer, Train, as_dict
 from habla.plots import bin_width, histogram
 
@@ -40,33 +39,68 @@ TRUNCATION_WARNING = 0.05
 QUANTIZED_LINEAR = ("Linear4bit", "Linear8bitLt")
 
 
-def prepare_tokenizer(tokenizer, separator: str) -> tuple[object, dict]:
-    """Give the tokenizer a training template with generation markers, a real pad token and the separator."""
-    from trl.chat_template_utils import get_training_chat_template
+def prepare_tokenizer(tokenizer, separator: str, stop_ids: list[int] | None = None) -> tuple[object, dict]:
+    """Give the tokenizer a training template with generation markers, a pad token and the separator.
 
-    notes: dict = {"template": "model's own (has generation markers)"}
-    template = tokenizer.chat_template or ""
-    if "{% generation %}" not in template and "{%- generation %}" not in template:
-        patched = get_training_chat_template(tokenizer) if template else None
-        if patched:
-            tokenizer.chat_template, notes["template"] = patched, "TRL training template for this model family"
-        else:
-            tokenizer.chat_template, notes["template"] = (
-                CHATML_TRAINING_TEMPLATE,
-                "ChatML with generation markers (fallback)",
-            )
-            missing = [t for t in (IM_START, IM_END) if t not in tokenizer.get_vocab()]
-            if missing:
-                tokenizer.add_special_tokens({"additional_special_tokens": missing})
-            tokenizer.eos_token = IM_END
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": PAD})
-        notes["pad_token"] = f"added {PAD} (pad must differ from EOS, or EOS is masked out and the model never stops)"
+    The notes say where the template came from and list `trained_rows`: tokens whose embedding rows the adapter
+    trains and saves (a new separator, turn tokens a base model never learned, a pad that had to be added). Every
+    other row stays the base model's, so the adapter holds no copy of the embedding matrix.
+    """
+    rows: list[str] = []
+    if own_template(tokenizer):
+        template, notes = training_template(tokenizer)
+    else:
+        template, end, turn_tokens, notes = template_for_untemplated(tokenizer)
+        add_special(tokenizer, turn_tokens)
+        tokenizer.eos_token = end
+        rows += turn_tokens
+    tokenizer.chat_template = template
+    pad, pad_note = choose_pad(tokenizer, set(stop_ids or []) | {tokenizer.eos_token_id})
+    if pad not in tokenizer.get_vocab():
+        add_special(tokenizer, [pad])
+        rows.append(pad)
+    tokenizer.pad_token = pad
+    notes["pad_token"] = pad_note
     token = special_separator(separator)
     if token and token not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [token]})
+        add_special(tokenizer, [token])
         notes["separator_token"] = token
+        rows.append(token)
+    notes["trained_rows"] = rows
     return tokenizer, notes
+
+
+def add_special(tokenizer, tokens: list[str]) -> None:
+    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+
+
+PAD_NAMES = ("pad", "endoftext", "unk", "reserved")  # in order of preference, matched inside special tokens' names
+
+
+def choose_pad(tokenizer, stop_ids: set[int]) -> tuple[str, str]:
+    """A pad token the vocabulary already has and that is neither a stop token nor part of the chat format.
+
+    Padding with EOS masks the stop token out of the loss (the model never learns to stop); adding a new pad
+    resizes the vocabulary, and the adapter then carries the whole embedding matrix (236 MB for SmolLM2-135M).
+    ChatML models have `<|endoftext|>`, Llama 3 has reserved tokens, Qwen `<|fim_pad|>`: one of those is used,
+    and `<|pad|>` is added only where none exists.
+    """
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], tokenize=False
+    )
+    specials = list(dict.fromkeys([*tokenizer.all_special_tokens, *tokenizer.added_tokens_encoder]))
+    in_format = {t for t in specials if t in rendered} | {tokenizer.bos_token}
+    usable = [t for t in specials if tokenizer.convert_tokens_to_ids(t) not in stop_ids and t not in in_format]
+    current = tokenizer.pad_token
+    if current is not None and current in usable:
+        return current, f"the tokenizer's own {current}"
+    for name in PAD_NAMES:
+        for token in usable:
+            if name in token.lower():
+                return token, f"{token}, already in the vocabulary (the tokenizer's pad was {current})"
+    return PAD, f"added {PAD}: the vocabulary has no spare special token (its row is saved with the adapter)"
 
 
 def linear_module_names(model) -> set[str]:
@@ -222,7 +256,23 @@ def sft_config(params: Params, fast: FastPaths, output_dir: Path = paths.CHECKPO
     )
 
 
-def lora_config(params: Params, token_ids: list[int]):
+def token_rows(model, tokenizer, tokens: list[str]) -> list[int] | dict[str, list[int]] | None:
+    """PEFT's `trainable_token_indices` for `tokens`: their rows alone are trained and saved with the adapter.
+
+    A list covers the input embedding (and a head tied to it); an untied head gets the same rows named
+    explicitly, or the new tokens' output rows would stay at their random start and never be saved.
+    """
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    if not ids:
+        return None
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or head.weight is embedding.weight:
+        return ids
+    names = {module: name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    return {names[embedding]: ids, names[head]: ids}
+
+
+def lora_config(params: Params, token_ids: list[int] | dict[str, list[int]] | None):
     from peft import LoraConfig
 
     lora = params.train.lora
@@ -317,7 +367,7 @@ def prepare_model(params: Params):
     fast = resolve(settings)
     model, tokenizer = load_base(settings.quantization, attention=fast.attention)
     fast = as_loaded(fast, model)
-    tokenizer, notes = prepare_tokenizer(tokenizer, params.group.separator)
+    tokenizer, notes = prepare_tokenizer(tokenizer, params.group.separator, end_ids(model, tokenizer))
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     notes["targets"] = check_targets(model, settings.lora.target_modules)
@@ -353,12 +403,11 @@ def build_trainer(
     val_rows: list[dict] | None,
     callbacks: list | None = None,
     output_dir: Path = paths.CHECKPOINTS,
+    trained_rows: list[str] = (),
 ):
-    """The one SFTTrainer construction, shared by the stage and the training benchmark."""
+    """The one SFTTrainer construction, shared by the stage and the training benchmark; `trained_rows` are the
+    tokens `prepare_tokenizer` listed for training."""
     from habla.model.sft import PersonaSFTTrainer
-
-    separator = special_separator(params.group.separator)
-    new_token_ids = [tokenizer.convert_tokens_to_ids(separator)] if separator else []
 
     trainer = PersonaSFTTrainer(
         model=model,
@@ -367,7 +416,7 @@ def build_trainer(
         train_dataset=messages_dataset(train_rows),
         eval_dataset=messages_dataset(val_rows) if val_rows is not None else None,
         processing_class=tokenizer,
-        peft_config=lora_config(params, new_token_ids),
+        peft_config=lora_config(params, token_rows(model, tokenizer, list(trained_rows))),
         callbacks=callbacks or [],
     )
     expose_head_bias(trainer.model)
@@ -381,6 +430,27 @@ def build_trainer(
     return trainer, {"adapted_modules": adapted, "trainable_parameters": trainable, "total_parameters": total}
 
 
+def save_adapter(trainer, folder: Path, tokenizer, adapter: str = "default") -> dict:
+    """Save one adapter with its tokenizer, reproducibly and without copies of base weights; call on every rank.
+
+    `save_embedding_layers=False`: rows `train` added are saved through PEFT's trainable tokens, so the adapter
+    never needs PEFT's "the vocabulary was resized, save both whole matrices" default. The state dict is
+    gathered on every rank (FSDP shards it) and written by the main process. Returns sizes for the report.
+    """
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if not trainer.accelerator.is_main_process:
+        return {}
+    shutil.rmtree(folder, ignore_errors=True)
+    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(
+        str(folder), state_dict=state_dict, selected_adapters=[adapter], save_embedding_layers=False
+    )
+    sort_target_modules(folder / "adapter_config.json")
+    tokenizer.save_pretrained(str(folder))
+    trainable = sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.requires_grad)
+    size = sum(f.stat().st_size for f in folder.glob("adapter_model*"))
+    return {"adapter_bytes": size, "trainable_bytes": trainable, "adapter_to_trainable": round(size / trainable, 3)}
+
+
 def sort_target_modules(config_path: Path) -> None:
     """PEFT saves `target_modules` from a set, in hash order, so the same run wrote a different file (and a new
     DVC hash for the adapter, rerunning every stage after it) in each process. Sorted, the file is reproducible."""
@@ -388,6 +458,13 @@ def sort_target_modules(config_path: Path) -> None:
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def final_eval_loss(trainer) -> float:
+    """The validation loss at the last step: read from the log when the schedule evaluated there (it does when
+    `eval_steps` divides the steps), computed once otherwise. Evaluating twice cost 100+ s on a real model."""
+    logged = [e for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == trainer.state.global_step]
+    return float(logged[-1]["eval_loss"]) if logged else float(trainer.evaluate()["eval_loss"])
 
 
 def step_history(log_history: list[dict]) -> tuple[list[dict], list[dict]]:
