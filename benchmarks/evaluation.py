@@ -190,7 +190,8 @@ def preference_rows(model, tokenizer, conversations: list[dict], params, repeats
     contexts = [p["prompt"] for p in prompts]
 
     def sample():
-        return generate_replies(model, tokenizer, contexts, settings.sampling, params.evaluate.batch_size)
+        replies = generate_replies(model, tokenizer, contexts, settings.sampling, params.evaluate.batch_size)
+        return [reply.text for reply in replies]
 
     pairs_per_second = median_rate(sample, len(prompts), repeats)
     pairs, _ = pair_up(prompts, sample(), settings.max_similarity)

@@ -77,8 +77,8 @@ class AnswerCache:
     def get(self, messages: list[dict]) -> dict | None:
         return self.entries.get(self.key(messages))
 
-    def put(self, messages: list[dict], answer: str, usage: dict) -> None:
-        entry = {"key": self.key(messages), "answer": answer, "usage": usage}
+    def put(self, messages: list[dict], answer: str, usage: dict, finish_reason: str | None = None) -> None:
+        entry = {"key": self.key(messages), "answer": answer, "usage": usage, "finish_reason": finish_reason}
         with self.lock:
             self.entries[entry["key"]] = entry
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +130,7 @@ class ChatEndpoint:
         try:
             response = self._create(messages, max_tokens, schema)
             answer = response.choices[0].message.content or ""
+            finish_reason = response.choices[0].finish_reason
         except Exception as err:  # noqa: BLE001 - every client error (HTTP, timeout, malformed body) is "no answer"
             log.warning("%s call failed: %s", self.settings.model, type(err).__name__)
             with self.lock:
@@ -141,8 +142,13 @@ class ChatEndpoint:
         }
         with self.lock:
             self.tokens.update(usage)
-        self.cache.put(messages, answer, usage)
+        self.cache.put(messages, answer, usage, finish_reason)
         return answer
+
+    def ending(self, messages: list[dict]) -> tuple[int, str | None] | None:
+        """(completion tokens, the server's finish_reason) of the answer received for `messages`, if any."""
+        entry = self.cache.get(messages)
+        return None if entry is None else (entry["usage"].get("completion_tokens", 0), entry.get("finish_reason"))
 
     def _create(self, messages: list[dict], max_tokens: int, schema: dict | None):
         import openai

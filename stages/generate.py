@@ -7,7 +7,10 @@ the same prompts at temperature 0 (each reply received is cached, as the judge's
 a prompt it never answered has `opponent: null` and its judgments count as failed.
 The replies are the input of `judge` and `reference`, and they hold test-set
 text, so `metrics/generations.jsonl` is a DVC-cached output (pushed to the DVC
-remote), never a file committed to git.
+remote), never a file committed to git. `metrics/generate.json` (counts only) says
+per model how its replies ended: with an end-of-turn token, or cut at
+`evaluate.sampling.max_new_tokens` (a persona that never learned to stop), and
+which held-out conversations were left out and why.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import logging
 
 from habla import paths
 from habla.errors import UserError, run_stage
-from habla.io import read_jsonl, write_jsonl
+from habla.io import read_jsonl, write_json, write_jsonl
 from habla.llm import ChatEndpoint
-from habla.model.generation import cut_before_reply, generate_replies
+from habla.model.generation import Reply, cut_before_reply, ending_stats, generate_replies
 from habla.model.loading import as_model, has_preferred, load_tuned
 from habla.params import Opponent, load_params
 
@@ -26,6 +29,7 @@ log = logging.getLogger("generate")
 
 TEST = paths.split_file("test")
 GENERATIONS = paths.GENERATIONS
+REPORT = paths.report("generate")
 
 PARAMS = [
     "preset",
@@ -49,10 +53,12 @@ DEPS = [
     paths.PRESETS,
 ]
 OUTS = [GENERATIONS]
+METRICS = [REPORT]
 
 
-def opponent_replies(cases: list[dict], opponent: Opponent) -> list[str | None]:
-    """The opponent's reply to each held-out prompt, at temperature 0; None where none arrived."""
+def opponent_replies(cases: list[dict], opponent: Opponent) -> tuple[list[str | None], dict]:
+    """The opponent's reply to each held-out prompt, at temperature 0 (None where none arrived), and how its
+    replies ended by the server's own `finish_reason`."""
     endpoint = ChatEndpoint(opponent, paths.OPPONENT_CACHE, "judge.opponent")
     replies = endpoint.map(lambda case: endpoint.complete(case["prompt"], opponent.max_tokens), cases)
     log.info(
@@ -63,33 +69,60 @@ def opponent_replies(cases: list[dict], opponent: Opponent) -> list[str | None]:
         endpoint.calls,
         endpoint.cache_hits,
     )
-    return [r.strip() if r is not None else None for r in replies]
+    endings = [endpoint.ending(case["prompt"]) if reply is not None else None for case, reply in zip(cases, replies)]
+    stats = ending_stats([Reply("", e[0], e[1] == "stop") if e else None for e in endings])
+    stats["no_reply"] = len(cases) - stats["replies"]
+    stats["finish_unknown"] = sum(e is not None and e[1] not in ("stop", "length") for e in endings)
+    return [r.strip() if r is not None else None for r in replies], stats
+
+
+def held_out_cases(test: list[dict], settings) -> tuple[list[dict], dict]:
+    """Each test conversation (up to `max_prompts`) cut before one persona reply, and what was left out, by reason."""
+    cases = []
+    for conversation in test[: settings.max_prompts]:
+        cut = cut_before_reply(conversation, settings.cut, settings.cut_seed)
+        if cut:
+            cases.append(
+                {"id": conversation["id"], "source": conversation.get("source"), "prompt": cut[0], "reference": cut[1]}
+            )
+    considered = min(len(test), settings.max_prompts)
+    return cases, {"no_persona_reply": considered - len(cases), "over_max_prompts": len(test) - considered}
 
 
 def main() -> None:
     params = load_params()
     evaluate = params.evaluate
-    cases = []
-    for conversation in read_jsonl(TEST)[: evaluate.max_prompts]:
-        cut = cut_before_reply(conversation, evaluate.cut, evaluate.cut_seed)
-        if cut:
-            cases.append(
-                {"id": conversation["id"], "source": conversation.get("source"), "prompt": cut[0], "reference": cut[1]}
-            )
+    cases, left_out = held_out_cases(read_jsonl(TEST), evaluate)
     if not cases:
         raise UserError("no test conversation has a persona reply to answer: check data/splits/test.jsonl.")
     model, tokenizer = load_tuned(preferred=True)
     prompts = [c["prompt"] for c in cases]
+    endings = {}
     for name in ["base", "tuned", *(["preferred"] if has_preferred() else [])]:
         with as_model(model, name):
             replies = generate_replies(model, tokenizer, prompts, evaluate.sampling, evaluate.batch_size)
         for case, reply in zip(cases, replies):
-            case[name] = reply
+            case[name] = reply.text
+        endings[name] = ending_stats(replies)
     if params.judge.opponent.model:
-        for case, reply in zip(cases, opponent_replies(cases, params.judge.opponent)):
+        answers, endings["opponent"] = opponent_replies(cases, params.judge.opponent)
+        for case, reply in zip(cases, answers):
             case["opponent"] = reply
     write_jsonl(GENERATIONS, cases)
-    log.info("generate: %d held-out prompts answered by the base and the fine-tuned model", len(cases))
+    write_json(
+        REPORT,
+        {
+            "prompts": len(cases),
+            "left_out": left_out,
+            "max_new_tokens": evaluate.sampling.max_new_tokens,
+            "models": endings,
+        },
+    )
+    log.info(
+        "generate: %d held-out prompts answered; replies that stopped on their own: %s",
+        len(cases),
+        ", ".join(f"{name} {stats['stopped']}/{stats['replies']}" for name, stats in endings.items()),
+    )
 
 
 if __name__ == "__main__":

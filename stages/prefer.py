@@ -124,7 +124,7 @@ def main() -> None:
     separator = special_separator(params.group.separator)
     model.eval()
     started = time.perf_counter()
-    samples = generate_replies(
+    replies = generate_replies(
         model,
         tokenizer,
         [p["prompt"] for p in prompts],
@@ -132,6 +132,7 @@ def main() -> None:
         params.evaluate.batch_size,
         keep_tokens=[separator] if separator else [],
     )
+    samples = [reply.text for reply in replies]
     sampling_seconds = time.perf_counter() - started
     pairs, dropped = pair_up(prompts, samples, settings.max_similarity)
     judged_out = 0

@@ -219,7 +219,7 @@ def test_chat_serve_and_export_offer_the_preferred_model(project):
     expected = {}
     for name in ("tuned", "preferred"):
         with as_model(model, name):
-            expected[name] = generate_replies(model, tokenizer, [question], sampling, 1)[0]
+            expected[name] = generate_replies(model, tokenizer, [question], sampling, 1)[0].text
     assert expected["preferred"], "a reply to compare with"
     ids = tokenizer.apply_chat_template(question, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.inference_mode(), as_model(model, "preferred"):

@@ -63,25 +63,66 @@ def without(text: str, tokens: Sequence[str]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A generated reply and how it ended: with an end-of-turn token (`stopped`) or cut at `max_new_tokens`.
+
+    A persona that never learned to stop runs every reply to the cap: the first complaint in every fine-tuning
+    tracker, and invisible in the text alone.
+    """
+
+    text: str
+    new_tokens: int  # up to and including the end token
+    stopped: bool
+
+
+def ending(new_ids: list[int], stops: set[int]) -> tuple[int, bool]:
+    """(tokens generated up to and including the first end token, whether there was one) for one output row.
+
+    `generate` pads a finished row up to the batch's longest; a row that never stopped ran to the cap and is
+    all its own tokens.
+    """
+    for index, token in enumerate(new_ids):
+        if token in stops:
+            return index + 1, True
+    return len(new_ids), False
+
+
 def generate_replies(
     model, tokenizer, prompts: list[list[dict]], sampling: Sampling, batch_size: int, keep_tokens: Sequence[str] = ()
-) -> list[str]:
+) -> list[Reply]:
     """Replies to `prompts`, seeded; special tokens are dropped from the text except `keep_tokens` (a learned
     message separator, which is part of what the persona writes)."""
     torch.manual_seed(sampling.seed)
     hidden = hidden_tokens(tokenizer, keep_tokens)
-    replies: list[str] = []
+    stops = end_ids(model, tokenizer)
+    replies: list[Reply] = []
     for batch in prompt_batches(tokenizer, prompts, batch_size):
         output = model.generate(
             **batch,
             **sampling_kwargs(sampling),
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=end_ids(model, tokenizer),
+            eos_token_id=stops,
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
-        for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=not keep_tokens):
-            replies.append(without(text, hidden).strip())
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=not keep_tokens)
+        for text, row in zip(texts, new_tokens.tolist()):
+            count, stopped = ending(row, set(stops))
+            replies.append(Reply(without(text, hidden).strip(), count, stopped))
     return replies
+
+
+def ending_stats(replies: Sequence[Reply | None]) -> dict:
+    """How a model's replies ended: stopped by an end-of-turn token or cut at the cap, and how long they ran."""
+    answered = [r for r in replies if r is not None]
+    stopped = sum(r.stopped for r in answered)
+    return {
+        "replies": len(answered),
+        "stopped": stopped,
+        "cut": len(answered) - stopped,
+        "stopped_share": round(stopped / len(answered), 4) if answered else None,
+        "mean_new_tokens": round(sum(r.new_tokens for r in answered) / len(answered), 2) if answered else None,
+    }
 
 
 class _WhenSet:

@@ -87,7 +87,7 @@ class LocalJudge:
             self.tokenizer, [[{"role": "user", "content": p}] for p in prompts], self.batch_size
         ):
             self.calls += 1
-            logits = self.model(**batch).logits[:, -1, choice_ids]
+            logits = self.model(**batch, logits_to_keep=1).logits[:, -1, choice_ids]  # the next token's only
             picks += [CHOICES[i] for i in logits.argmax(dim=-1).tolist()]
         return picks
 

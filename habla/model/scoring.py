@@ -17,10 +17,14 @@ def masked_nll(
     `loss_mask[i, t]` marks token t as a target (it is predicted from position t-1),
     so padding, system and user tokens are excluded simply by being 0.
     """
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = input_ids[:, 1:]
+    return target_nll(logits[:, :-1], input_ids[:, 1:], loss_mask[:, 1:])
+
+
+def target_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sum of NLL of `targets` (logits[:, i] predicts targets[:, i]) where `mask` is 1, and their count."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
     token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    mask = loss_mask[:, 1:].to(token_nll.dtype)
+    mask = mask.to(token_nll.dtype)
     return (token_nll * mask).sum(dim=1), mask.sum(dim=1)
 
 
@@ -68,7 +72,12 @@ def perplexity_interval(
 
 @torch.inference_mode()
 def score(model, rows: list[dict], pad_id: int, batch_size: int) -> list[tuple[float, int]]:
-    """(sum NLL, target tokens) per row; batches sorted by length so padding stays small."""
+    """(sum NLL, target tokens) per row; batches sorted by length so padding stays small.
+
+    Only the positions that predict a scored token get logits (`logits_to_keep` with their indices): a
+    vocabulary-wide row for every prompt and padding position cost the local judge 6.3 GB on a 49k-vocabulary
+    model, for the few answer tokens it reads.
+    """
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     where = next(model.parameters()).device
@@ -83,8 +92,11 @@ def score(model, rows: list[dict], pad_id: int, batch_size: int) -> list[tuple[f
             ids[row, :n] = torch.tensor(item["input_ids"])
             attention[row, :n] = 1
             loss_mask[row, :n] = torch.tensor(item["mask"])
-        logits = model(input_ids=ids.to(where), attention_mask=attention.to(where)).logits
-        nll, count = masked_nll(logits, ids.to(where), loss_mask.to(where))
+        positions = loss_mask[:, 1:].any(dim=0).nonzero().flatten()  # logits at p predict token p + 1
+        logits = model(
+            input_ids=ids.to(where), attention_mask=attention.to(where), logits_to_keep=positions.to(where)
+        ).logits
+        nll, count = target_nll(logits, ids[:, positions + 1].to(where), loss_mask[:, positions + 1].to(where))
         for offset, index in enumerate(order[start : start + batch_size]):
             results[index] = (float(nll[offset]), int(count[offset]))
     return results
