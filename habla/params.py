@@ -28,7 +28,7 @@ from habla.errors import UserError
 PARAMS_FILE_ENV = "HABLA_PARAMS"
 # A preset is a ready-made set of settings for a real model; it may only touch the
 # sections of the model stages, so choosing one never reruns clean, group or split.
-PRESET_SECTIONS = ("model", "train", "evaluate", "judge")
+PRESET_SECTIONS = ("model", "train", "prefer", "evaluate", "judge")
 
 
 AUDIT_ENV = "HABLA_PARAMS_AUDIT"
