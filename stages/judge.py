@@ -37,6 +37,7 @@ DEPS = [
     "stages/judge.py",
     "habla/model/judging.py",
     "habla/model/judge_backends.py",
+    "habla/model/generation.py",
     "habla/llm.py",
     "habla/plots.py",
     "habla/model/scoring.py",

@@ -29,7 +29,14 @@ TEST_DOCUMENTS = paths.document_split("test")
 REPORT = paths.report("perplexity")
 PLOT = paths.PERPLEXITY_PLOT
 
-PARAMS = ["preset", "evaluate.batch_size", "evaluate.bootstrap", "evaluate.stride", "train.max_length"]
+PARAMS = [
+    "preset",
+    "evaluate.batch_size",
+    "evaluate.bootstrap",
+    "evaluate.stride",
+    "evaluate.max_conversations",
+    "train.max_length",
+]
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
@@ -51,7 +58,8 @@ def main() -> None:
     params = load_params()
     window, stride = params.train.max_length, params.evaluate.stride
     model, tokenizer = load_tuned(preferred=True)
-    rows = encode_conversations(tokenizer, read_jsonl(TEST))
+    test = read_jsonl(TEST)
+    rows = encode_conversations(tokenizer, test[: params.evaluate.max_conversations or len(test)])
     documents = encode_documents(tokenizer, read_jsonl(TEST_DOCUMENTS)) if TEST_DOCUMENTS.exists() else []
     everything = rows + documents
     models = ["base", "tuned", *(["preferred"] if has_preferred() else [])]

@@ -75,6 +75,10 @@ DEPS = [
     "habla/model/launch.py",
     "habla/model/training.py",
     "habla/model/fast_paths.py",
+    "habla/model/sft.py",
+    "habla/model/judging.py",
+    "habla/model/scoring.py",
+    "habla/plots.py",
     "habla/text/near_dups.py",
     "habla/llm.py",
 ]

@@ -199,3 +199,56 @@ def test_dvc_plots_page_is_the_offline_template_with_vega_inside():
     for global_name in ("vega", "vegaLite", "vegaEmbed"):  # what each library's bundle defines
         assert f"self).{global_name}=" in page, global_name
     assert "/dvc_plots/" in (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()
+
+
+# Plumbing that decides no result: errors and their wording, where files live, how params are read and checked,
+# reading and writing files. A change there cannot make a stage's output stale, so no stage depends on it.
+PLUMBING = {
+    "habla/__init__.py",
+    "habla/errors.py",
+    "habla/paths.py",
+    "habla/params.py",
+    "habla/io.py",
+    "habla/model/__init__.py",
+    "habla/readers/__init__.py",
+    "habla/text/__init__.py",
+    "habla/apps/__init__.py",
+}
+
+
+def habla_imports(path: Path) -> set[str]:
+    """The `habla` modules a file imports, at the top or inside functions, as repository paths."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("habla"):
+            candidates = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        elif isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names if alias.name.startswith("habla")]
+        else:
+            continue
+        for name in candidates:
+            for suffix in (".py", "/__init__.py"):
+                file = name.replace(".", "/") + suffix
+                if (REPO / file).exists():
+                    found.add(file)
+                    break
+    return found
+
+
+def transitive_imports(path: str) -> set[str]:
+    seen, todo = set(), [path]
+    while todo:
+        for found in habla_imports(REPO / todo.pop()) - seen:
+            seen.add(found)
+            todo.append(found)
+    return seen
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_each_stage_depends_on_every_habla_module_it_runs(stage):
+    """Edit a module a stage imports (directly or through another) and `dvc repro` must rerun the stage: its deps
+    cover every such module (a folder dep covers its files), plumbing aside."""
+    deps = names(DVC[stage].get("deps", []))
+    needed = transitive_imports(f"stages/{stage}.py") - PLUMBING
+    missing = sorted(f for f in needed if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+    assert not missing, f"stage {stage} runs {missing} but does not depend on them"

@@ -191,3 +191,48 @@ def test_windowed_scoring_counts_every_target_once_and_keeps_row_order(tiny_lm):
     assert [count for _, count in windowed] == [n - 1 for n in lengths]
     assert [n for n, _ in windowed[1:]] == pytest.approx([n for n, _ in whole[1:]], rel=1e-4)  # fit one window
     assert windowed[0][0] != pytest.approx(whole[0][0])  # the long row saw less context per target
+
+
+def test_scoring_with_only_the_scored_positions_logits_equals_the_full_pass(tiny_lm):
+    """`score` asks the model for the logits of the positions that predict a scored token only; the sums must be
+    what the whole vocabulary-by-position pass gives, for sparse masks (a reply in a long prompt) in a batch."""
+    from habla.model.scoring import score
+
+    model, tokenizer = tiny_lm
+    rows = []
+    for n, reply in ((40, range(30, 36)), (12, range(9, 12)), (25, [])):
+        ids = [(i * 11 + n) % 250 + 4 for i in range(n)]
+        rows.append({"input_ids": ids, "mask": [int(i in reply) for i in range(n)]})
+    kept = score(model, rows, tokenizer.pad_token_id, 3)
+    with torch.inference_mode():
+        for row, (nll, count) in zip(rows, kept):
+            ids = torch.tensor([row["input_ids"]])
+            full, tokens = masked_nll(model(input_ids=ids).logits, ids, torch.tensor([row["mask"]]))
+            assert count == int(tokens) == sum(row["mask"][1:])
+            assert nll == pytest.approx(float(full), rel=1e-5, abs=1e-6)
+
+
+def test_a_reply_stops_at_its_first_end_token_and_a_reply_without_one_was_cut():
+    from habla.model.generation import Reply, ending, ending_stats
+
+    stops = {2, 7}
+    assert ending([5, 6, 2, 0, 0], stops) == (3, True)  # padded after it stopped
+    assert ending([5, 7], stops) == (2, True)
+    assert ending([5, 6, 9, 9], stops) == (4, False)  # ran to the cap
+    stats = ending_stats([Reply("a", 3, True), Reply("b", 40, False), None, Reply("c", 5, True)])
+    assert stats == {"replies": 3, "stopped": 2, "cut": 1, "stopped_share": 0.6667, "mean_new_tokens": 16.0}
+    assert ending_stats([None])["stopped_share"] is None
+
+
+def test_held_out_prompts_left_out_are_counted_by_reason():
+    from habla.params import Evaluate
+    from stages.generate import held_out_cases
+
+    test = [
+        {"id": "a", "messages": [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "wena"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "hola"}]},
+        {"id": "c", "messages": [{"role": "user", "content": "¿y?"}, {"role": "assistant", "content": "ya"}]},
+    ]
+    cases, left_out = held_out_cases(test, Evaluate(max_prompts=2))
+    assert [c["id"] for c in cases] == ["a"] and cases[0]["reference"] == "wena"
+    assert left_out == {"no_persona_reply": 1, "over_max_prompts": 1}
