@@ -352,8 +352,11 @@ def test_the_opponent_answers_each_prompt_once_and_only_failures_are_asked_again
     cases[3]["prompt"][0]["content"] += " ERROR"
     endpoint.script = lambda prompt: f"  respuesta del rival a: {prompt[-12:]}  "
     settings = Opponent(base_url=endpoint.url, model="rival", timeout_s=5, max_retries=0)
-    replies = opponent_replies(cases, settings)
+    replies, endings = opponent_replies(cases, settings)
     assert replies[3] is None and all(r.startswith("respuesta del rival") for i, r in enumerate(replies) if i != 3)
+    # how its replies ended, by the server's own finish_reason (the fake always says "stop")
+    assert endings["no_reply"] == 1 and endings["replies"] == endings["stopped"] == len(cases) - 1
+    assert endings["cut"] == endings["finish_unknown"] == 0
     calls = endpoint.calls
-    assert opponent_replies(cases, settings) == replies
+    assert opponent_replies(cases, settings) == (replies, endings)  # the cache keeps the finish reasons too
     assert endpoint.calls - calls == 1, "answers received are reused; the HTTP 500 is asked again"

@@ -81,6 +81,19 @@ FAMILIES = {
         "template_source": HABLA_TEMPLATE,
         "dropped": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
     },
+    "llama3-base": {  # a base model: no chat template, but its family's turn tokens in the vocabulary
+        "config": "LlamaConfig",
+        "model": "LlamaForCausalLM",
+        "template": None,
+        "tokens": {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+        "extra_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|reserved_special_token_0|>"],
+        "stops": ["<|end_of_text|>"],
+        "reply_end": "<|eot_id|>",
+        "targets": LLAMA_LIKE,
+        "template_source": "no template: the family's turn tokens ['<|start_header_id|>', '<|end_header_id|>', "
+        "'<|eot_id|>'] (llama3_training)",
+        "trained_rows": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    },
     "smollm2": {  # a template TRL does not know (TRL 1.16 raises for it), with a default identity too
         "config": "LlamaConfig",
         "model": "LlamaForCausalLM",
@@ -99,7 +112,7 @@ FAMILIES = {
 def family_template(name: str) -> str:
     import trl
 
-    if not name.endswith(".jinja"):
+    if name is None or not name.endswith(".jinja"):
         return name
     return (Path(trl.__file__).parent / "chat_templates" / name).read_text(encoding="utf-8")
 
@@ -161,6 +174,8 @@ def test_each_family_trains_on_its_own_projections_with_its_training_template(fa
         "template_source", "TRL training template for this model family"
     )
     assert family.get("dropped", "<none>") in report["tokenizer"].get("dropped_default_system_turn", "<none>")
+    assert report["tokenizer"]["trained_rows"] == family.get("trained_rows", [])
+    assert report["adapter_bytes"] <= 2 * report["trainable_bytes"]  # new or untrained rows saved, not matrices
     assert report["steps"] == 2
     model, tokenizer = load_tuned()
     conversation = [

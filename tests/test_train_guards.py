@@ -272,3 +272,50 @@ def test_step_history_puts_both_losses_on_the_optimizer_step_axis():
         {"step": 20, "loss": 2.25, "learning_rate": 0.001, "grad_norm": 0.2},
     ]
     assert validation == [{"step": 20, "loss": 2.4}]
+
+
+def word_tokenizer(specials: list[str], eos: str, pad: str | None = None):
+    """A tokenizer whose vocabulary is exactly `specials` plus a few words: which pad exists is under control."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocabulary = {token: index for index, token in enumerate([*specials, "hola", "ya", "po", "[UNK]"])}
+    core = Tokenizer(models.WordLevel(vocabulary, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, pad_token=pad)
+    tokenizer.add_special_tokens({"extra_special_tokens": specials}, replace_extra_special_tokens=False)
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("specials", "expected"),
+    [
+        (["<|im_start|>", "<|im_end|>", "<|endoftext|>"], "<|endoftext|>"),  # SmolLM2, most ChatML models
+        (["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|fim_pad|>"], "<|fim_pad|>"),  # Qwen: a pad by name
+        (["<|im_start|>", "<|im_end|>", "<|reserved_special_token_3|>"], "<|reserved_special_token_3|>"),  # Llama 3
+    ],
+)
+def test_pad_is_a_spare_token_the_vocabulary_already_has(specials, expected):
+    from habla.model.training import choose_pad
+
+    tokenizer = word_tokenizer(specials, eos="<|im_end|>", pad="<|im_end|>")  # pad = EOS, as SmolLM2 ships
+    pad, note = choose_pad(tokenizer, {tokenizer.eos_token_id})
+    assert pad == expected and "already in the vocabulary" in note
+
+
+def test_pad_is_never_a_stop_token_or_a_turn_token_and_is_added_only_when_nothing_is_spare():
+    from habla.model.training import choose_pad
+
+    tokenizer = word_tokenizer(["<|im_start|>", "<|im_end|>", "<|endoftext|>"], eos="<|im_end|>")
+    endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    pad, note = choose_pad(tokenizer, {tokenizer.eos_token_id, endoftext})  # Qwen stops on <|endoftext|> too
+    assert pad == PAD and note.startswith("added")
+    prepared, notes = prepare_tokenizer(tokenizer, "\n", [tokenizer.eos_token_id, endoftext])
+    assert prepared.pad_token == PAD and notes["trained_rows"] == [PAD]  # its row is saved with the adapter
