@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import os
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
 import torch
@@ -47,9 +45,7 @@ def project(tmp_path_factory):
     for item in ("params.yaml", "data/raw", "prompts", "configs"):
         source = REPO / item
         (shutil.copytree if source.is_dir() else shutil.copy)(source, root / item)
-    previous = Path.cwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         update_params(root, "model", base=gguf.SMOLLM2)
         update_params(
             root,
@@ -70,8 +66,6 @@ def project(tmp_path_factory):
         for stage in (base, train):
             stage.main()
         yield root
-    finally:
-        os.chdir(previous)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +196,7 @@ def test_the_merged_export_says_what_base_plus_adapter_says(project, loaded, tmp
     for prompt in held_out_prompts(3):
         ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         settings = {"max_new_tokens": 24, "do_sample": False, "pad_token_id": tokenizer.pad_token_id}
-        with torch.inference_mode(), contextlib.nullcontext():
+        with torch.inference_mode():
             adapter = model.generate(**ids, **settings, eos_token_id=end_ids(model, tokenizer))
             flat = merged.generate(**ids, **settings, eos_token_id=end_ids(merged, exported_tokenizer))
         assert flat.tolist() == adapter.tolist()
