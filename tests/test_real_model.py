@@ -32,7 +32,7 @@ pytestmark = [
 
 END = "<|im_end|>"
 IDENTITY = "You are a helpful AI assistant named SmolLM"
-STEPS = 16
+STEPS = 20
 HELD_OUT = 16  # val and test conversations kept: a 135M model forwards ~100 tokens/s on 2 cores
 
 
@@ -54,7 +54,7 @@ def project(tmp_path_factory):
             eval_steps=STEPS,
             batch_size=4,
             packing=True,
-            learning_rate=0.001,
+            learning_rate=0.002,
             max_length=128,
             resume="never",
         )
@@ -147,13 +147,14 @@ def test_tuned_perplexity_is_below_the_base_models(project):
 def test_after_training_greedy_replies_end_with_the_end_of_turn_token(project):
     from stages import generate
 
-    update_params(project, "evaluate", sampling={"temperature": 0.0, "max_new_tokens": 64, "top_p": 1.0, "seed": 0})
+    # a chat reply is far shorter than 128 tokens: a persona that never learned to stop still runs to the cap
+    update_params(project, "evaluate", sampling={"temperature": 0.0, "max_new_tokens": 128, "top_p": 1.0, "seed": 0})
     generate.main()
     report = read_json(generate.REPORT)
     tuned = report["models"]["tuned"]
     assert report["prompts"] == tuned["replies"] == 12 and report["left_out"]["over_max_prompts"] == HELD_OUT - 12
     assert tuned["stopped_share"] >= 0.8, report
-    assert tuned["stopped"] + tuned["cut"] == tuned["replies"] and tuned["mean_new_tokens"] < 64
+    assert tuned["stopped"] + tuned["cut"] == tuned["replies"] and tuned["mean_new_tokens"] < 128
 
 
 def test_serve_reports_stop_when_the_persona_stops_and_length_when_cut(project, loaded):
