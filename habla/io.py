@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import polars as pl
 
@@ -44,45 +44,51 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        return append_jsonl(handle, rows)
+class JsonlWriter:
+    """The one way to write JSONL: dicts with sorted keys, or polars frames straight from polars (column order, no
+    Python dict per row: for the large conversation files), appended as they come; a context manager."""
+
+    def __init__(self, path: str | Path, mode: str = "w"):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open(mode + "b")
+        self.rows = 0
+
+    def write(self, rows: Iterable[dict] | pl.DataFrame) -> int:
+        """Append `rows`; returns how many."""
+        if isinstance(rows, pl.DataFrame):
+            rows.write_ndjson(self.handle)
+            written = rows.height
+        else:
+            written = 0
+            for row in rows:
+                self.handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True).encode() + b"\n")
+                written += 1
+        self.rows += written
+        return written
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
 
 
-def append_jsonl(handle: TextIO, rows: Iterable[dict]) -> int:
-    count = 0
-    for row in rows:
-        handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-        count += 1
-    return count
+def write_jsonl(path: str | Path, rows: Iterable[dict] | pl.DataFrame) -> int:
+    """`rows` as the whole of `path`; returns how many."""
+    with JsonlWriter(path) as writer:
+        return writer.write(rows)
 
 
-def write_frame_jsonl(path: str | Path, frame: pl.DataFrame) -> None:
-    """JSONL straight from polars (column order, no Python dict per row): for the large conversation files."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_ndjson(path)
+def append_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """`rows` added at the end of `path` (an answer cache grows one line per paid call)."""
+    with JsonlWriter(path, "a") as writer:
+        return writer.write(rows)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     with Path(path).open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def read_jsonl_batches(path: str | Path, size: int) -> Iterator[list[dict]]:
-    """A JSONL file `size` rows at a time, for files that may not fit in memory."""
-    batch: list[dict] = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                batch.append(json.loads(line))
-            if len(batch) == size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
 
 
 class ParquetParts:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from habla.errors import UserError
+from habla.io import append_jsonl, read_jsonl
 
 log = logging.getLogger("llm")
 
@@ -63,10 +64,7 @@ class AnswerCache:
         self.entries: dict[str, dict] = {}
         self.lock = threading.Lock()
         if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self.entries[entry["key"]] = entry
+            self.entries = {entry["key"]: entry for entry in read_jsonl(path)}
 
     def key(self, messages: list[dict]) -> str:
         """A lone user message is keyed by its text alone, as the judge's cache always was (old caches stay good)."""
@@ -81,9 +79,7 @@ class AnswerCache:
         entry = {"key": self.key(messages), "answer": answer, "usage": usage, "finish_reason": finish_reason}
         with self.lock:
             self.entries[entry["key"]] = entry
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            append_jsonl(self.path, [entry])
 
 
 class ChatEndpoint:

@@ -23,7 +23,6 @@ CONVERSATIONS = GROUPED / "conversations.jsonl"
 DOCUMENTS = GROUPED / "documents.jsonl"
 KEYWORD_TASKS = GROUPED / "keyword_tasks.jsonl"
 SPLITS = Path("data/splits")
-SPLIT_NAMES = ("train", "val", "test")
 
 BASE_MODEL = Path("models/base")
 SOURCE_FILE = BASE_MODEL / "source.json"
@@ -31,7 +30,8 @@ ADAPTER = Path("models/adapter")
 CHECKPOINTS = Path("models/checkpoints")  # scratch for `train.resume`, never a DVC output
 PREFERRED = Path("models/preferred")  # the preference-tuned adapter (`prefer`), on the same base as ADAPTER
 PREFER_CHECKPOINTS = Path("models/checkpoints-prefer")  # scratch for `prefer.resume`, never a DVC output
-MERGED = Path("models/merged")
+MERGED = Path("models/merged")  # `habla export` (hf): never a DVC output, git-ignored
+GGUF_EXPORT = Path("models/gguf")  # `habla export --format gguf / gguf-adapter`, git-ignored
 
 METRICS = Path("metrics")
 GATES = METRICS / "gates"

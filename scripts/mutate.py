@@ -14,9 +14,9 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 
-# What `make mutate` runs by default: the modules holding the guarantees, and in training.py the functions that
-# decide what the trainer learns and resumes (its other functions retrain tiny models for every mutant: run
-# them by name when they change, e.g. `python scripts/mutate.py 'habla.model.training.x_build_trainer*'`).
+# What `make mutate` runs by default: the modules holding the guarantees, with the guards before a run and what
+# decides which checkpoint is resumed (training.py itself retrains tiny models for every mutant: run it by name when
+# it changes, e.g. `python scripts/mutate.py 'habla.model.training.x_build_trainer*'`).
 DEFAULT = [
     "habla.model.judging*",
     "habla.text.redact*",
@@ -24,18 +24,9 @@ DEFAULT = [
     "habla.cleaning*",
     "habla.model.scoring*",
     "habla.model.perplexity*",
-    *(
-        f"habla.model.training.x_{name}*"
-        for name in (
-            "sft_config",
-            "check_masks",
-            "check_targets",
-            "prepare_tokenizer",
-            "run_fingerprint",
-            "finished",
-            "resumable_checkpoint",
-        )
-    ),
+    "habla.model.guards*",
+    *(f"habla.model.checkpoints.x_{name}*" for name in ("fingerprint", "finished", "resumable_in", "step_rows")),
+    "habla.model.training.x_sft_config*",
 ]
 DETECTED = {"killed", "timeout", "segfault"}  # as mutmut counts them (the score below leaves timeouts out)
 

@@ -136,26 +136,26 @@ def main() -> None:
             problems = "\n".join(f"  - {name}: {e.get('error') or 'nothing kept'}" for name, e in entries.items())
             raise UserError(
                 f"no usable messages in {RAW_DIR}/:\n{problems}\n"
-                "Check the files above; supported inputs are listed in the README."
+                "Check the files above; supported inputs are listed in docs/inputs.md."
             )
         names = {name: report_name(name, settings.report_file_names) for name in summary["files"]}
         for name, entry in summary["files"].items():
             if flag := entry.get("flagged"):
                 log.warning(
-                    "%s: %.0f%% of its units were rejected as %s; see %s in metrics/clean.json and the README's inputs",
+                    "%s: %.0f%% of its units were rejected as %s; see %s in metrics/clean.json and docs/inputs.md",
                     name,
                     100 * flag["share"],
                     flag["reason"],
                     names[name],
                 )
-        write_json(REPORT, {**summary, "files": {names[name]: entry for name, entry in summary["files"].items()}})
-        write_json(paths.CLEAN_OUTCOMES_PLOT, reason_bars(summary["totals"]))
         parts.flush()
         gate.close()
         parts.merge(
             {"messages": paths.MESSAGES, "rejected": paths.REJECTED},
             {"messages": MESSAGES_SCHEMA, "rejected": REJECTED_SCHEMA},
         )
+    write_json(REPORT, {**summary, "files": {names[name]: entry for name, entry in summary["files"].items()}})
+    write_json(paths.CLEAN_OUTCOMES_PLOT, reason_bars(summary["totals"]))
     totals = summary["totals"]
     log.info("kept %d messages, rejected %d (%s)", totals["kept"], totals["rejected"], totals["rejected_by_reason"])
 

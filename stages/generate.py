@@ -21,8 +21,8 @@ from habla import paths
 from habla.errors import UserError, run_stage
 from habla.io import read_jsonl, write_json, write_jsonl
 from habla.llm import ChatEndpoint
-from habla.model.generation import Reply, cut_before_reply, ending_stats, generate_replies
-from habla.model.loading import as_model, has_preferred, load_tuned
+from habla.model.generation import Reply, ending_stats, generate_replies, held_out_cases
+from habla.model.loading import as_model, load_tuned, models_in
 from habla.params import Opponent, load_params
 
 log = logging.getLogger("generate")
@@ -76,19 +76,6 @@ def opponent_replies(cases: list[dict], opponent: Opponent) -> tuple[list[str | 
     return [r.strip() if r is not None else None for r in replies], stats
 
 
-def held_out_cases(test: list[dict], settings) -> tuple[list[dict], dict]:
-    """Each test conversation (up to `max_prompts`) cut before one persona reply, and what was left out, by reason."""
-    cases = []
-    for conversation in test[: settings.max_prompts]:
-        cut = cut_before_reply(conversation, settings.cut, settings.cut_seed)
-        if cut:
-            cases.append(
-                {"id": conversation["id"], "source": conversation.get("source"), "prompt": cut[0], "reference": cut[1]}
-            )
-    considered = min(len(test), settings.max_prompts)
-    return cases, {"no_persona_reply": considered - len(cases), "over_max_prompts": len(test) - considered}
-
-
 def main() -> None:
     params = load_params()
     evaluate = params.evaluate
@@ -98,7 +85,7 @@ def main() -> None:
     model, tokenizer = load_tuned(preferred=True)
     prompts = [c["prompt"] for c in cases]
     endings = {}
-    for name in ["base", "tuned", *(["preferred"] if has_preferred() else [])]:
+    for name in models_in(model):
         with as_model(model, name):
             replies = generate_replies(model, tokenizer, prompts, evaluate.sampling, evaluate.batch_size)
         for case, reply in zip(cases, replies):

@@ -31,7 +31,7 @@ from habla.grouping import (
     turns,
     unit_tasks,
 )
-from habla.io import read_jsonl, write_json, write_jsonl
+from habla.io import JsonlWriter, read_jsonl, write_json, write_jsonl
 from habla.params import load_params
 from habla.plots import bin_width, histogram, monthly_messages
 
@@ -99,7 +99,7 @@ def main() -> None:
     OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=OUT_DIR.parent, prefix=".group-") as spill:
         spill = Path(spill)
-        with (spill / "conversations.jsonl").open("wb") as out:
+        with JsonlWriter(spill / "conversations.jsonl") as out:
             for batch in batches(chats, "chat", batch_rows):
                 kept_messages, dropped_messages = filter_messages(batch, persona, settings)
                 examples, dropped_examples = conversations(turns(kept_messages, persona, settings), persona, settings)
@@ -108,7 +108,7 @@ def main() -> None:
                 flat = flatten(examples)
                 gate.check(gate_frame(flat))
                 summary.add_conversations(examples, flat)
-                examples.write_ndjson(out)
+                out.write(examples)
         units = read_jsonl(paths.UNITS)
         summary.documents = write_jsonl(
             spill / "documents.jsonl",

@@ -18,7 +18,7 @@ import time
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
-from habla.model.loading import as_model, has_preferred, load_tuned
+from habla.model.loading import as_model, load_tuned, models_in
 from habla.model.perplexity import by_source, encode_conversations, encode_documents, score_windowed, summarise
 from habla.params import load_params
 
@@ -62,7 +62,7 @@ def main() -> None:
     rows = encode_conversations(tokenizer, test[: params.evaluate.max_conversations or len(test)])
     documents = encode_documents(tokenizer, read_jsonl(TEST_DOCUMENTS)) if TEST_DOCUMENTS.exists() else []
     everything = rows + documents
-    models = ["base", "tuned", *(["preferred"] if has_preferred() else [])]
+    models = models_in(model)
 
     def score_as(name: str):
         with as_model(model, name):

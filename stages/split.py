@@ -19,7 +19,7 @@ import polars as pl
 from habla import paths
 from habla.errors import run_stage
 from habla.gates import run_gate, warm_up
-from habla.io import read_jsonl, write_frame_jsonl, write_json, write_jsonl
+from habla.io import read_jsonl, write_json, write_jsonl
 from habla.params import Split, load_params
 from habla.plots import split_bars
 from habla.splitting import SPLITS, assign, check_sizes, leaking_ids, ratio_tolerance, split_conversations, stats
@@ -90,7 +90,7 @@ def main() -> None:
         part = conversations.filter(pl.col("split") == name)
         if task_frame is not None:
             part = pl.concat([part, task_frame.filter(pl.col("split") == name)], how="diagonal_relaxed")
-        write_frame_jsonl(paths.split_file(name), part.drop("split").sort("id"))
+        write_jsonl(paths.split_file(name), part.drop("split").sort("id"))
         write_jsonl(
             paths.document_split(name),
             sorted((d for d, s in zip(docs, doc_splits) if s == name), key=lambda d: d["id"]),

@@ -6,7 +6,7 @@ Before any step runs, guards check the mistakes that silently ruin persona
 fine-tunes: LoRA targets that match nothing (or only part of a fused layer), a
 chat template with no assistant mask, pad = EOS, an end-of-turn token outside
 the loss, a separator that is not a token, and conversations whose first reply
-lies beyond `train.max_length` (see `habla/model/training.py`).
+lies beyond `train.max_length` (see `habla/model/guards.py`).
 """
 
 from __future__ import annotations
@@ -14,25 +14,18 @@ from __future__ import annotations
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
+from habla.model.checkpoints import EVAL_STEPS, SFT_STEPS, resume_and_log, save_adapter, step_rows, train_fingerprint
 from habla.model.fast_paths import resolve
+from habla.model.guards import check_masks
 from habla.model.launch import accelerate_launch, check_before_launch, is_worker
 from habla.model.loading import end_ids
-from habla.model.training import (
-    build_trainer,
-    check_masks,
-    final_eval_loss,
-    prepare_model,
-    resume_and_log,
-    run_fingerprint,
-    save_adapter,
-    step_history,
-)
+from habla.model.training import build_trainer, final_eval_loss, prepare_model
 from habla.params import load_params, select
 
 LIVE_DIR = paths.TRAIN_LIVE
 REPORT = paths.report("train")
 
-# `model` and `builtin` are part of a checkpoint's identity (see `run_fingerprint`).
+# `model` and `builtin` are part of a checkpoint's identity (see `train_fingerprint`).
 PARAMS = ["preset", "model", "builtin", "train", "group.separator"]
 DEPS = [
     paths.BASE_MODEL,
@@ -42,6 +35,8 @@ DEPS = [
     paths.PRESETS,
     "stages/train.py",
     "habla/model/training.py",
+    "habla/model/guards.py",
+    "habla/model/checkpoints.py",
     "habla/model/fast_paths.py",
     "habla/model/sft.py",
     "habla/model/loading.py",
@@ -68,20 +63,16 @@ def main() -> None:
     trainer, adapter = build_trainer(
         params, model, tokenizer, fast, train_rows, val_rows, trained_rows=notes["trained_rows"]
     )
-    checkpoint = resume_and_log(trainer, paths.CHECKPOINTS, run_fingerprint(params), params.train.resume, LIVE_DIR)
+    checkpoint = resume_and_log(trainer, paths.CHECKPOINTS, train_fingerprint(params), params.train.resume, LIVE_DIR)
     state = PartialState()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     eval_loss = final_eval_loss(trainer)
-    sizes = save_adapter(trainer, paths.ADAPTER, tokenizer)
+    record = {"params": select(params, PARAMS), "tokenizer": notes, "fast_paths": fast.record()}
+    sizes = save_adapter(trainer, paths.ADAPTER, tokenizer, record)
     if state.is_main_process:
-        train_steps, eval_steps = step_history(trainer.state.log_history)
-        write_json(paths.TRAIN_STEPS, train_steps)
-        write_json(paths.EVAL_STEPS, eval_steps)
+        write_json(paths.TRAIN_STEPS, step_rows(trainer.state.log_history, SFT_STEPS))
+        write_json(paths.EVAL_STEPS, step_rows(trainer.state.log_history, EVAL_STEPS))
         write_json(paths.TOKENS_PLOT, token_histogram)
-        write_json(
-            paths.ADAPTER / "training_params.json",
-            {"params": select(params, PARAMS), "tokenizer": notes, "fast_paths": fast.record()},
-        )
         write_json(
             REPORT,
             {

@@ -1,17 +1,16 @@
-"""Shared test setup: offline, quiet, and helpers that build realistic inputs."""
+"""Fixtures shared by the suite: offline and quiet, an empty working folder, the tiny persona trained once per
+session with its model loaded and served, and the browser. Helpers that are not fixtures are in `helpers.py`."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import random
 import shutil
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.helpers import PREFER, REPO, TRAINED, FakeEndpoint, chromium, greedy_params, make_tiny_project, serving
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,9 +18,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures"  # copies of ../shared/fixtures, with their licences
 
 
 @pytest.fixture
@@ -33,103 +29,57 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-def clean_report() -> dict:
-    """metrics/clean.json with its files under their real names again (the report names them by folder and hash,
-    see `report_name`), found from the `file` column of the stage's outputs."""
-    import polars as pl
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory):
+    """The tiny persona with its SFT adapter, trained once per session (prompts and `prefer` settings included).
+    Tests read it as it is; a test that changes it works on its own copy (see `test_prefer.py`)."""
+    from stages import train
 
-    from habla import paths
-    from habla.cleaning import report_name
-    from habla.io import read_json
-
-    report = read_json(paths.report("clean"))
-    files = pl.concat([pl.read_parquet(p, columns=["file"]) for p in (paths.MESSAGES, paths.REJECTED)])["file"]
-    real = {report_name(name, False): name for name in files.unique()}
-    report["files"] = {real.get(key, key): entry for key, entry in report["files"].items()}
-    return report
+    root = tmp_path_factory.mktemp("persona")
+    with contextlib.chdir(root):
+        make_tiny_project(root, {**TRAINED, "prefer": PREFER})
+        shutil.copytree(REPO / "prompts", root / "prompts")
+        train.main()
+    return root
 
 
-def android(day: int, month: int, year: int, clock: str, author: str | None, text: str) -> str:
-    """A Spanish Android export line, e.g. `3/3/23, 8:04 p. m. - Cami: hola`."""
-    head = f"{day}/{month}/{year % 100:02d}, {clock} - "
-    return head + (f"{author}: {text}" if author else text)
+@pytest.fixture(scope="module")
+def loaded(trained_project):
+    """The trained persona loaded (base + adapter), with the module's tests working in its project."""
+    from habla.model.loading import load_tuned
+
+    previous = os.getcwd()
+    os.chdir(trained_project)
+    yield load_tuned()
+    os.chdir(previous)
 
 
-OPENERS = ["¿Cómo estai?", "¿Vamos al estadio?", "¿Qué hiciste ayer?", "¿Te tinca un completo?", "¿Viste el partido?"]
-REPLIES = [
-    "wena po, todo bacán, ¿y vo?",
-    "ya po, de una, nos juntamos a las ocho",
-    "nada po, puro carretear con los cabros",
-    "obvio, con harta palta y mayo",
-    "sí po, el Colo jugó como las weas",
-    "filo, mañana vemos",
-    "cachai que estoy pato",
-]
-SMALL = {
-    "builtin": {
-        "max_steps": 4,
-        "batch_size": 4,
-        "hidden_size": 32,
-        "layers": 1,
-        "heads": 2,
-        "vocab_size": 300,
-        "context": 64,
-    },
-    "train": {"max_steps": 6, "eval_steps": 2, "batch_size": 4, "max_length": 96},
-    "evaluate": {"stride": 48, "bootstrap": 50},
-}
+@pytest.fixture
+def server(loaded):
+    """`server(**serve_settings)` starts `habla serve` on the loaded persona on a free local port: (engine, url)."""
+    from habla.apps.serve import Engine, make_server
+
+    servers = []
+
+    def start(**serve):
+        model, tokenizer = loaded
+        params = greedy_params(**serve)
+        engine = Engine(model, tokenizer, params)
+        instance = make_server(engine, params.serve)
+        threading.Thread(target=instance.serve_forever, daemon=True).start()
+        servers.append(instance)
+        return engine, f"http://127.0.0.1:{instance.server_address[1]}"
+
+    yield start
+    for instance in servers:
+        instance.shutdown()
+        instance.server_close()
 
 
-def conversations(count: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for index in range(count):
-        messages = []
-        for _ in range(rng.randint(1, 3)):
-            messages += [
-                {"role": "user", "content": rng.choice(OPENERS)},
-                {"role": "assistant", "content": rng.choice(REPLIES)},
-            ]
-        rows.append(
-            {
-                "id": f"c{seed}-{index}",
-                "source": "whatsapp",
-                "chat": "Chat de WhatsApp con Cami.txt",
-                "messages": messages,
-            }
-        )
-    return rows
-
-
-def update_params(root: Path, section: str, **values) -> None:
-    """Change some keys of one section of `root/params.yaml`, as `dvc exp run -S section.key=value` would."""
-    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
-    params.setdefault(section, {}).update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-
-
-def make_tiny_project(root: Path, overrides: dict | None = None) -> None:
-    """Small splits and a builtin base already built, in `root` (the current folder)."""
-    from habla.io import write_jsonl
-    from stages import base
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    for section in {**SMALL, **(overrides or {})}:
-        params[section].update({**SMALL.get(section, {}), **(overrides or {}).get(section, {})})
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-    for name, count, seed in (("train", 48, 1), ("val", 8, 2), ("test", 8, 3)):
-        write_jsonl(Path("data/splits") / f"{name}.jsonl", conversations(count, seed))
-    write_jsonl(Path("data/splits/documents/train.jsonl"), [{"id": "d0", "text": " ".join(REPLIES * 3)}])
-    base.main()
-
-
-SCREENSHOTS = Path(os.environ.get("HABLA_SCREENSHOTS", REPO / "build" / "screenshots"))
-
-
-def chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver", path=f"{os.environ.get('PATH', '')}:/usr/bin:/usr/lib/chromium")
-    return (browser, driver) if browser and driver else None
+@pytest.fixture
+def endpoint():
+    """A fake OpenAI-compatible judge on localhost (`helpers.FakeEndpoint`), shut down after the test."""
+    yield from serving(FakeEndpoint())
 
 
 @pytest.fixture(scope="module")
@@ -148,34 +98,3 @@ def browser():
     driver = webdriver.Chrome(service=Service(found[1]), options=options)
     yield driver
     driver.quit()
-
-
-def shoot(driver, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SCREENSHOTS / name))
-
-
-class FakeChatHandler(BaseHTTPRequestHandler):
-    """Base of the tests' fake OpenAI-compatible endpoints: quiet, answering raw bytes or a chat completion."""
-
-    def log_message(self, *args):
-        pass
-
-    def reply(self, status: int, data: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def complete(self, content: str, model: str = "fake", usage: dict | None = None) -> None:
-        choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        body = {"id": "x", "object": "chat.completion", "created": 0, "model": model, "choices": [choice]}
-        self.reply(200, json.dumps({**body, **({"usage": usage} if usage else {})}, ensure_ascii=False).encode())
-
-
-def serve_on_localhost(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
-    """A threaded server on a free local port, and its OpenAI-style base URL (`…/v1`)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -16,50 +16,11 @@ from pathlib import Path
 import pytest
 
 from habla.apps.chat import Session, bubbles, interactive
-from habla.apps.serve import Engine, make_server
-from habla.params import load_params
-from stages import train
-from tests.conftest import make_tiny_project
+from tests.helpers import client, greedy_params
 
 pytestmark = pytest.mark.slow
 
 GREEDY = ["--temperature", "0", "--max-new-tokens", "8"]
-# Enough training that base and fine-tuned replies differ and say something.
-TRAINED = {
-    "builtin": {"max_steps": 60, "hidden_size": 64, "layers": 2, "learning_rate": 0.01},
-    "train": {"max_steps": 30, "eval_steps": 30, "learning_rate": 0.01},
-}
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("persona")
-    previous = Path.cwd()
-    os.chdir(root)
-    try:
-        make_tiny_project(root, TRAINED)
-        train.main()
-        yield root
-    finally:
-        os.chdir(previous)
-
-
-@pytest.fixture(scope="module")
-def loaded(project):
-    from habla.model.loading import load_tuned
-
-    os.chdir(project)
-    return load_tuned()
-
-
-def greedy_params(**serve):
-    params = load_params()
-    sampling = dataclasses.replace(params.evaluate.sampling, temperature=0.0, max_new_tokens=8)
-    return dataclasses.replace(
-        params,
-        evaluate=dataclasses.replace(params.evaluate, sampling=sampling),
-        serve=dataclasses.replace(params.serve, port=0, **serve),
-    )
 
 
 def habla(args: list[str], cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
@@ -82,17 +43,17 @@ def in_process_reply(loaded, text: str, tuned: bool = True) -> str:
     return "".join(session.reply(text))
 
 
-def test_one_shot_prints_the_same_reply_as_the_model_gives_in_process(project, loaded):
-    done = habla(["chat", "--prompt", "¿Cómo estai?", *GREEDY], project)
+def test_one_shot_prints_the_same_reply_as_the_model_gives_in_process(trained_project, loaded):
+    done = habla(["chat", "--prompt", "¿Cómo estai?", *GREEDY], trained_project)
     assert done.returncode == 0, done.stderr
     assert done.stdout == in_process_reply(loaded, "¿Cómo estai?") + "\n"
-    base = habla(["chat", "--prompt", "¿Cómo estai?", "--base-only", *GREEDY], project)
+    base = habla(["chat", "--prompt", "¿Cómo estai?", "--base-only", *GREEDY], trained_project)
     assert base.stdout == in_process_reply(loaded, "¿Cómo estai?", tuned=False) + "\n"
     assert base.stdout != done.stdout
 
 
-def test_interactive_process_switches_models_resets_and_exits(project):
-    done = habla(["chat", *GREEDY], project, stdin="hola\n/base\n¿Vamos?\n/reset\n/nada\n/exit\nno llega\n")
+def test_interactive_process_switches_models_resets_and_exits(trained_project):
+    done = habla(["chat", *GREEDY], trained_project, stdin="hola\n/base\n¿Vamos?\n/reset\n/nada\n/exit\nno llega\n")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert out.startswith("Chat con Nico (tuned).")
@@ -171,13 +132,13 @@ def test_ctrl_c_stops_a_reply_and_at_the_prompt_ends_the_chat(loaded):
     assert threading.active_count() == threads_before, "the interrupted generation must have stopped"
 
 
-def test_ctrl_c_at_the_prompt_of_the_real_command_exits_cleanly(project):
+def test_ctrl_c_at_the_prompt_of_the_real_command_exits_cleanly(trained_project):
     import signal
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HABLA_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "habla.apps.cli", "chat", *GREEDY],
-        cwd=project,
+        cwd=trained_project,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -191,31 +152,6 @@ def test_ctrl_c_at_the_prompt_of_the_real_command_exits_cleanly(project):
     process.send_signal(signal.SIGINT)
     _, errors = process.communicate(timeout=60)
     assert process.returncode == 0 and b"Traceback" not in errors, errors.decode()
-
-
-@pytest.fixture
-def server(loaded):
-    servers = []
-
-    def start(**serve):
-        model, tokenizer = loaded
-        params = greedy_params(**serve)
-        engine = Engine(model, tokenizer, params)
-        instance = make_server(engine, params.serve)
-        threading.Thread(target=instance.serve_forever, daemon=True).start()
-        servers.append(instance)
-        return engine, f"http://127.0.0.1:{instance.server_address[1]}"
-
-    yield start
-    for instance in servers:
-        instance.shutdown()
-        instance.server_close()
-
-
-def client(url: str, key: str = "none"):
-    from openai import OpenAI
-
-    return OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 def test_openai_client_lists_models_and_gets_the_models_reply(server, loaded):

@@ -7,7 +7,7 @@ from habla.cleaning import report_name
 from habla.errors import UserError
 from habla.io import read_json
 from stages import clean
-from tests.conftest import FIXTURES, android, clean_report, update_params
+from tests.helpers import FIXTURES, android, clean_report, update_params
 
 
 def write_raw(root, name, content: bytes | str):
@@ -240,7 +240,7 @@ def test_long_documents_are_kept_under_their_own_bound_and_a_heavy_loss_is_flagg
     assert "flagged" not in report["files"]["whatsapp/ok.txt"] and report["totals"]["flagged_files"] == 1
     assert [r.getMessage() for r in caplog.records] == [
         "whatsapp/fotos.txt: 75% of its units were rejected as media_omitted; "
-        f"see {report_name('whatsapp/fotos.txt', False)} in metrics/clean.json and the README's inputs"
+        f"see {report_name('whatsapp/fotos.txt', False)} in metrics/clean.json and docs/inputs.md"
     ]
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from habla.curation import chunk_spans, locate, proposals
 from habla.io import read_json, read_jsonl
-from tests.conftest import FakeChatHandler, serve_on_localhost, update_params
+from tests.helpers import FakeChatHandler, serve_on_localhost, serving, update_params
 
 # A stand-up routine as a transcript gives it: one caption line per line. The jokes are what a good model finds.
 JOKES = [
@@ -103,10 +103,7 @@ class FakeCurator:
 
 @pytest.fixture
 def curator():
-    fake = FakeCurator()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    yield from serving(FakeCurator())
 
 
 def cleaned_routine(root, lines: list[str]) -> None:

@@ -16,7 +16,7 @@ from habla.io import read_jsonl
 from habla.model import fast_paths, training
 from habla.model.fast_paths import resolve
 from habla.params import Train, load_params
-from tests.conftest import make_tiny_project
+from tests.helpers import REPO, make_tiny_project, params_changed, write_params
 
 
 def test_auto_on_a_machine_without_cuda_is_transformers_attention_padded_rows_and_the_torch_fused_head():
@@ -54,13 +54,7 @@ def test_choices_the_machine_cannot_run_are_refused_in_one_sentence(monkeypatch,
 
 
 def test_a_typo_in_a_fast_path_param_names_the_choices(tmp_path):
-    import yaml
-
-    from tests.conftest import REPO
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params["train"]["padding_free"] = "yes"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    write_params(tmp_path, {"train": {"padding_free": "yes"}})
     with pytest.raises(UserError, match=r"`train.padding_free` is 'yes', but it must be one of 'auto' or true or"):
         load_params(tmp_path / "params.yaml")
 
@@ -205,20 +199,10 @@ def test_every_lora_dropout_of_the_trainer_is_the_cheap_one(project):
 def test_the_train_launcher_refuses_a_fast_path_this_machine_cannot_run_before_any_worker(project, monkeypatch):
     import shutil
 
-    import yaml
-
     from stages import train
-    from tests.conftest import REPO
 
     monkeypatch.setattr(train, "accelerate_launch", lambda *args: pytest.fail("workers were started"))
     shutil.copytree(REPO / "configs", project / "configs", dirs_exist_ok=True)
-    with contextlib.chdir(project):
-        original = (project / "params.yaml").read_text(encoding="utf-8")
-        params = yaml.safe_load(original)
-        params["train"]["attention"] = "flash_attention_2"
-        (project / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-        try:
-            with pytest.raises(UserError, match="flash_attention_2 needs a CUDA GPU"):
-                train.launch()
-        finally:
-            (project / "params.yaml").write_text(original, encoding="utf-8")
+    with contextlib.chdir(project), params_changed(project, {"train": {"attention": "flash_attention_2"}}):
+        with pytest.raises(UserError, match="flash_attention_2 needs a CUDA GPU"):
+            train.launch()

@@ -9,7 +9,7 @@ from habla.grouping import check_persona, conversations, flatten, turns
 from habla.params import Group, Persona, Ratios, Split
 from habla.readers.units import with_message_columns
 from habla.splitting import assign, leaking_ids, move_overlaps, split_conversations
-from tests.conftest import update_params
+from tests.helpers import update_params
 
 T0 = datetime(2023, 3, 1, 10, 0)
 

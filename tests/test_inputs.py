@@ -18,7 +18,7 @@ from habla.params import load_params
 from habla.readers import decoding, files, transcripts
 from habla.readers.archives import zip_members
 from stages import clean
-from tests.conftest import FIXTURES, clean_report, update_params
+from tests.helpers import FIXTURES, clean_report, update_params
 
 SUBTITLES = FIXTURES / "subtitles" / "webvtt-py"
 IOS_CHAT = (

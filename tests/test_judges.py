@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
+from collections import Counter
 
 import pytest
 from hypothesis import given
@@ -15,7 +15,7 @@ from habla.errors import UserError
 from habla.model.judge_backends import OpenAIJudge, parse_choice
 from habla.model.judging import fill, summarise, verdict, win_rate
 from habla.params import Judge
-from tests.conftest import FakeChatHandler, serve_on_localhost, update_params
+from tests.helpers import update_params
 
 
 @pytest.mark.parametrize(
@@ -71,45 +71,6 @@ def test_the_judge_reads_the_conversation_with_each_speaker_named_one_turn_a_lin
         == "Sistema: Eres Nico.\nUsuario: ¿vamos?\nPersona: ya po\nUsuario: ¿a qué hora?"
     )
     assert fill("{answer}", case, "la de Nico") == "la de Nico"  # rating templates name the one answer {answer}
-
-
-class FakeEndpoint:
-    """An OpenAI-compatible server on localhost whose behaviour is chosen per prompt by a marker word."""
-
-    def __init__(self):
-        self.calls = 0
-        self.script = None  # prompt → answer, replacing the marker words
-        outer = self
-
-        class Handler(FakeChatHandler):
-            def do_POST(self):  # noqa: N802
-                outer.calls += 1
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][0]["content"]
-                assert body["temperature"] == 0
-                if "ERROR" in prompt:
-                    return self.reply(500, b'{"error": {"message": "boom"}}')
-                if "GARBAGE" in prompt:
-                    return self.reply(200, b"<html>not json</html>")
-                if "SLOW" in prompt:
-                    time.sleep(1.5)
-                content = {"JSON": '{"veredicto": "B"}', "BRACKETS": "Prefiero la primera. [[A]]", "VAGUE": "depende"}
-                answer = (
-                    outer.script(prompt)
-                    if outer.script
-                    else next((v for k, v in content.items() if k in prompt), "[[C]]")
-                )
-                self.complete(answer, body["model"])
-
-        self.server, self.url = serve_on_localhost(Handler)
-
-
-@pytest.fixture
-def endpoint():
-    fake = FakeEndpoint()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
 
 
 def settings(url: str, **extra) -> Judge:
@@ -360,3 +321,46 @@ def test_the_opponent_answers_each_prompt_once_and_only_failures_are_asked_again
     calls = endpoint.calls
     assert opponent_replies(cases, settings) == (replies, endings)  # the cache keeps the finish reasons too
     assert endpoint.calls - calls == 1, "answers received are reused; the HTTP 500 is asked again"
+
+
+def test_the_pairs_judged_follow_the_models_that_answered():
+    from habla.model.judging import comparisons
+
+    ours = {"base": "genérica", "tuned": "wena po"}
+    assert comparisons([ours]) == (["base", "tuned"], [("tuned", "base")])
+    models, pairs = comparisons([{**ours, "preferred": "ya po", "opponent": None}, {**ours, "preferred": "ya"}])
+    assert models == ["base", "tuned", "preferred", "opponent"]
+    assert pairs == [
+        ("tuned", "base"),
+        ("preferred", "tuned"),
+        ("tuned", "opponent"),
+        ("base", "opponent"),
+        ("preferred", "opponent"),
+    ]
+
+
+class FirstShownJudge:
+    """Always picks the answer shown first (pure position bias), and counts what it was asked."""
+
+    def __init__(self):
+        self.failures, self.calls = Counter(), 0
+
+    def choose(self, prompts):
+        self.calls += len(prompts)
+        return ["A"] * len(prompts)
+
+
+def test_a_pair_is_judged_in_both_orders_and_a_missing_reply_fails_without_asking():
+    from habla.model.judging import judged_pair, outcome_counts
+
+    cases = [
+        {"prompt": [{"role": "user", "content": "¿vamos?"}], "reference": "ya", "tuned": "wena", "opponent": rival}
+        for rival in ("no", None, "tal vez")
+    ]
+    judge = FirstShownJudge()
+    result = judged_pair(judge, "A: {answer_a} B: {answer_b}", cases, ("tuned", "opponent"))
+    assert result["as_a"] == ["A", None, "A"] and result["as_b"] == ["A", None, "A"]
+    assert result["outcomes"] == ["tie", "failed", "tie"], "a verdict that flips with the order is a tie"
+    assert judge.calls == 4 and judge.failures == {"no_reply": 1}
+    counts = outcome_counts({("tuned", "opponent"): result})
+    assert counts == {"tuned vs opponent": {"win": 0, "tie": 2, "loss": 0, "failed": 1}}

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from habla.params import Params, as_dict
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 # A module may import from lower layers, and from its own subpackage (without cycles).

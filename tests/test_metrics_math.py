@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 
 from habla.model.generation import cut_before_reply
 from habla.model.judging import verdict, win_rate
-from habla.model.scoring import bootstrap_interval, masked_nll, perplexity_interval, sliding_windows
+from habla.model.scoring import bootstrap_interval, perplexity_interval, sliding_windows, target_nll
+
+
+def masked_nll(logits, input_ids, loss_mask):
+    """NLL of whole sequences where `loss_mask[i, t]` marks token t as a target (predicted from position t-1)."""
+    return target_nll(logits[:, :-1], input_ids[:, 1:], loss_mask[:, 1:])
 
 
 def test_masked_nll_counts_only_marked_targets_by_hand():
@@ -117,8 +122,8 @@ def test_bits_per_byte_and_perplexity_by_hand():
 
 def test_reply_bytes_count_the_persona_s_words_in_utf8_only():
     from habla.model.builtin import train_tokenizer
+    from habla.model.guards import prepare_tokenizer
     from habla.model.perplexity import encode_conversations
-    from habla.model.training import prepare_tokenizer
 
     tokenizer, _ = prepare_tokenizer(train_tokenizer(["ñaña po, ¿cómo estai?"] * 30, 300), "\n")
     conversation = {
@@ -225,8 +230,8 @@ def test_a_reply_stops_at_its_first_end_token_and_a_reply_without_one_was_cut():
 
 
 def test_held_out_prompts_left_out_are_counted_by_reason():
+    from habla.model.generation import held_out_cases
     from habla.params import Evaluate
-    from stages.generate import held_out_cases
 
     test = [
         {"id": "a", "messages": [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "wena"}]},

@@ -19,21 +19,14 @@ import pytest
 from habla import paths
 from habla.errors import UserError
 from habla.io import read_json, write_json
-from habla.model import training
+from habla.model import guards, training
 from habla.model.loading import end_ids, load_tuned
 from stages import train
-from tests.conftest import OPENERS, make_tiny_project
+from tests.helpers import OPENERS, SMOLLM2_TEMPLATE, make_tiny_project
 
 pytestmark = pytest.mark.slow
 
 HABLA_TEMPLATE = "the model's own turn format with generation markers (habla)"
-# SmolLM2-135M-Instruct's own template, as its tokenizer_config.json ships it.
-SMOLLM2_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 LLAMA_LIKE = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 FAMILIES = {
     "llama3": {
@@ -122,7 +115,7 @@ def save_family_base(family: dict, where: Path) -> None:
     import transformers
 
     from habla.model.builtin import train_tokenizer
-    from tests.conftest import REPLIES
+    from tests.helpers import REPLIES
 
     tokenizer = train_tokenizer(REPLIES * 20, 400)
     tokenizer.add_special_tokens({**family["tokens"], "additional_special_tokens": family["extra_tokens"]})
@@ -218,7 +211,7 @@ def test_the_trainer_itself_computes_loss_only_on_assistant_replies(family_proje
     params = load_params()
     model, tokenizer, notes, fast = training.prepare_model(params)
     rows = [json.loads(line) for line in Path("data/splits/train.jsonl").read_text(encoding="utf-8").splitlines()]
-    lost = training.check_masks(tokenizer, rows, params.train.max_length, end_ids(model, tokenizer))[
+    lost = guards.check_masks(tokenizer, rows, params.train.max_length, end_ids(model, tokenizer))[
         "dropped_no_reply_in_window"
     ]
     trainer, _ = training.build_trainer(params, model, tokenizer, fast, rows, None, trained_rows=notes["trained_rows"])

@@ -5,18 +5,16 @@ Screenshots of each page go to `build/screenshots/` (or `$HABLA_SCREENSHOTS`); t
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
-import shutil
 import urllib.request
 
 import pytest
 
 import habla.apps.serve
 from habla.apps.web import generation_cases, is_local, page
-from tests.conftest import REPO, shoot
-from tests.test_chat_serve import client, loaded, project, server  # noqa: F401 - the trained persona and its server
+from tests.helpers import client, shoot
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +52,7 @@ def bubbles_of(reply: str, separator: str = "\n") -> list[str]:
     return [part.strip() for part in reply.split(separator) if part.strip()]
 
 
-def test_the_chat_page_streams_replies_in_bubbles_switches_model_and_shows_api_errors(server, browser):  # noqa: F811
+def test_the_chat_page_streams_replies_in_bubbles_switches_model_and_shows_api_errors(server, browser):
     _, url = server()
     api = client(url)
     browser.get(url + "/")
@@ -101,7 +99,7 @@ def test_the_chat_page_streams_replies_in_bubbles_switches_model_and_shows_api_e
     assert texts(browser, ".bubble") == ["Conversación nueva"] and browser.execute_script("return history") == []
 
 
-def test_a_learned_separator_token_splits_a_streamed_reply_into_bubbles_even_across_pieces(server, browser):  # noqa: F811
+def test_a_learned_separator_token_splits_a_streamed_reply_into_bubbles_even_across_pieces(server, browser):
     _, url = server()
     browser.get(url + "/")
     bubbles = browser.execute_script(
@@ -112,7 +110,7 @@ def test_a_learned_separator_token_splits_a_streamed_reply_into_bubbles_even_acr
     assert bubbles == ["hola po", "chao", "ya <b>"], "text stays text, never markup"
 
 
-def test_the_chat_page_asks_for_the_api_key_once_and_sends_it(server, browser, monkeypatch):  # noqa: F811
+def test_the_chat_page_asks_for_the_api_key_once_and_sends_it(server, browser, monkeypatch):
     monkeypatch.setenv("HABLA_PAGE_KEY", "s3cret")
     _, url = server(api_key_env="HABLA_PAGE_KEY")
     browser.get(url + "/")
@@ -133,18 +131,18 @@ def test_the_chat_page_asks_for_the_api_key_once_and_sends_it(server, browser, m
 
 
 @pytest.fixture(scope="module")
-def evaluated(project):  # noqa: F811
-    """The persona's generations and the judge's verdicts on them, as `dvc repro` would leave them."""
+def evaluated(trained_project):
+    """The persona's generations and the judge's verdicts on them, as `dvc repro` would leave them (outputs only:
+    the shared project's model and data stay as they were)."""
     from stages import generate, judge
 
-    os.chdir(project)
-    shutil.copytree(REPO / "prompts", project / "prompts", dirs_exist_ok=True)
-    generate.main()
-    judge.main()
-    return project
+    with contextlib.chdir(trained_project):
+        generate.main()
+        judge.main()
+    return trained_project
 
 
-def test_the_generations_page_lists_every_prompt_side_by_side_and_filters(evaluated, server, browser):  # noqa: F811
+def test_the_generations_page_lists_every_prompt_side_by_side_and_filters(evaluated, server, browser):
     from selenium.webdriver.support.ui import Select
 
     _, url = server()
@@ -195,7 +193,7 @@ def test_pages_load_nothing_from_elsewhere_and_config_cannot_break_out_of_its_sc
         assert "@import" not in html and "url(" not in html
 
 
-def test_held_out_conversations_are_given_only_to_clients_on_this_machine(server, monkeypatch):  # noqa: F811
+def test_held_out_conversations_are_given_only_to_clients_on_this_machine(server, monkeypatch):
     assert is_local("127.0.0.1") and is_local("::1") and is_local("::ffff:127.0.0.1")
     assert not any(is_local(a) for a in ("192.168.1.20", "10.0.0.1", "::ffff:8.8.8.8", "localhost.evil", ""))
     _, url = server()

@@ -2,6 +2,7 @@ import pytest
 
 from habla.errors import UserError
 from habla.params import load_params
+from tests.helpers import REPO
 
 
 def write(tmp_path, text):
@@ -11,7 +12,7 @@ def write(tmp_path, text):
 
 
 def test_repository_params_load_with_their_documented_defaults():
-    params = load_params("params.yaml")
+    params = load_params(REPO / "params.yaml")
     assert params.persona.authors == ["Nico"]
     assert params.train.lora.target_modules == "all-linear"
     assert params.model.base == "builtin-tiny"
@@ -71,14 +72,13 @@ def test_unknown_preset_and_preset_outside_model_sections_are_refused(tmp_path):
 
 def test_every_shipped_preset_is_valid(tmp_path):
     import shutil
-    from pathlib import Path
 
-    shutil.copytree("configs/presets", tmp_path / "configs" / "presets")
+    shutil.copytree(REPO / "configs" / "presets", tmp_path / "configs" / "presets")
     presets = sorted(p.stem for p in (tmp_path / "configs" / "presets").glob("*.yaml"))
     assert {"smollm2-135m", "smollm2-135m-cpu", "qwen2.5-7b-qlora-24gb", "qwen2.5-1.5b-ddp", "qwen2.5-7b-fsdp"} <= set(
         presets
     )
-    text = Path("params.yaml").read_text(encoding="utf-8")
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
     for name in presets:
         params = load_params(write(tmp_path, text.replace('preset: ""', f"preset: {name}")))
         assert params.model.base != "builtin-tiny"
@@ -108,7 +108,7 @@ def test_cross_field_mistakes_say_what_to_change(tmp_path):
 def test_select_keeps_exactly_the_named_sections_and_keys():
     from habla.params import select
 
-    params = load_params("params.yaml")
+    params = load_params(REPO / "params.yaml")
     chosen = select(params, ["preset", "train", "group.separator", "evaluate.sampling"])
     assert set(chosen) == {"preset", "train", "group", "evaluate"}
     assert chosen["group"] == {"separator": params.group.separator}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, chromium, shoot
+from tests.helpers import REPO, chromium, shoot, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +26,6 @@ FAST_PARAMS = {
     "prefer": {"max_steps": 4, "max_pairs": 16, "batch_size": 4, "max_length": 128, "sampling": {"max_new_tokens": 8}},
     "evaluate": {"max_prompts": 3, "bootstrap": 50, "batch_size": 8, "stride": 64, "sampling": {"max_new_tokens": 6}},
 }
-
-
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
 
 
 def run(args: list[str], cwd: Path, **extra_env: str) -> str:
@@ -55,8 +48,7 @@ def build_project(root: Path, remote: Path) -> None:
     for name in ("stages", "habla", "configs", "prompts"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")), FAST_PARAMS)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    write_params(root, FAST_PARAMS)
     raw = root / "data" / "raw"
     (raw / "whatsapp").mkdir(parents=True)
     (raw / "transcripts").mkdir()

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,35 +13,16 @@ import torch
 from habla import paths
 from habla.io import read_json, read_jsonl
 from habla.model.preference import pair_up, preference_prompts
-from tests.conftest import REPO, make_tiny_project, update_params
-from tests.test_chat_serve import TRAINED
+from tests.helpers import PREFER, update_params
 
 pytestmark = pytest.mark.slow
 
-PREFER = {"max_steps": 6, "batch_size": 4, "save_steps": 3, "max_pairs": 32, "max_length": 96, "learning_rate": 0.005}
-
-
-@pytest.fixture(scope="module")
-def sft_project(tmp_path_factory):
-    """A tiny persona with its SFT adapter trained, built once; each test works in its own copy."""
-    from stages import train
-
-    root = tmp_path_factory.mktemp("sft")
-    previous = Path.cwd()
-    os.chdir(root)
-    try:
-        make_tiny_project(root, {**TRAINED, "prefer": PREFER})
-        shutil.copytree(REPO / "prompts", root / "prompts")
-        train.main()
-    finally:
-        os.chdir(previous)
-    return root
-
 
 @pytest.fixture
-def project(sft_project, tmp_path, monkeypatch):
+def project(trained_project, tmp_path, monkeypatch):
+    """Each test's own copy of the session's trained persona: `prefer` writes into it."""
     copy = tmp_path / "project"
-    shutil.copytree(sft_project, copy)
+    shutil.copytree(trained_project, copy)
     monkeypatch.chdir(copy)
     return copy
 
@@ -159,26 +138,20 @@ def test_prompts_are_cut_before_persona_replies_seeded_and_capped():
     assert preference_prompts(rows, 1, 100, 1) != preference_prompts(rows, 1, 100, 2)
 
 
-def test_a_judge_filtered_run_keeps_only_pairs_where_the_judge_prefers_the_real_reply(project):
+def test_a_judge_filtered_run_keeps_only_pairs_where_the_judge_prefers_the_real_reply(project, endpoint):
     from stages import prefer
-    from tests.test_judges import FakeEndpoint
 
-    endpoint = FakeEndpoint()
-    try:
-        real = {m["content"] for row in read_jsonl(paths.split_file("train")) for m in row["messages"]}
+    real = {m["content"] for row in read_jsonl(paths.split_file("train")) for m in row["messages"]}
 
-        def prefers_the_real_reply_when_it_mentions_po(prompt: str) -> str:
-            answers = prompt.split("Respuesta A:")[-1].split("Respuesta B:")
-            a_is_real = any(r in answers[0] for r in real if " po" in r)
-            return json.dumps({"veredicto": "A" if a_is_real else "B"})
+    def prefers_the_real_reply_when_it_mentions_po(prompt: str) -> str:
+        answers = prompt.split("Respuesta A:")[-1].split("Respuesta B:")
+        a_is_real = any(r in answers[0] for r in real if " po" in r)
+        return json.dumps({"veredicto": "A" if a_is_real else "B"})
 
-        endpoint.script = prefers_the_real_reply_when_it_mentions_po
-        update_params(project, "prefer", filter="judge")
-        update_params(project, "judge", backend="openai", model="juez", base_url=endpoint.url, max_retries=0)
-        prefer.main()
-    finally:
-        endpoint.server.shutdown()
-        endpoint.server.server_close()
+    endpoint.script = prefers_the_real_reply_when_it_mentions_po
+    update_params(project, "prefer", filter="judge")
+    update_params(project, "judge", backend="openai", model="juez", base_url=endpoint.url, max_retries=0)
+    prefer.main()
     report = read_json("metrics/prefer.json")
     pairs = read_jsonl(paths.PREFERENCE_PAIRS)
     built = report["pairs_built"] - sum(report["pairs_dropped"].values())

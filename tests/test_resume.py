@@ -1,4 +1,5 @@
-"""Which checkpoint `train` resumes: the fingerprint of a run, a finished run, stale checkpoints (fast, no training)."""
+"""Which checkpoint `train` and `prefer` resume: the fingerprint of a run, a finished run, stale checkpoints (fast,
+no training)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from habla import paths
 from habla.io import read_json, write_json
-from habla.model.training import finished, resumable_checkpoint, run_fingerprint
+from habla.model.checkpoints import finished, prefer_fingerprint, resumable_in, train_fingerprint
 from habla.params import load_params
 
 
@@ -21,6 +22,11 @@ def run_inputs(in_tmp):
     return load_params()
 
 
+def resumable_checkpoint(params) -> str | None:
+    """What `train` resumes from, as the stage asks for it."""
+    return resumable_in(paths.CHECKPOINTS, train_fingerprint(params), params.train.resume)
+
+
 def checkpoint(step: int, max_steps: int) -> str:
     folder = paths.CHECKPOINTS / f"checkpoint-{step}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -30,6 +36,10 @@ def checkpoint(step: int, max_steps: int) -> str:
 
 def with_train(params, **changes):
     return dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))
+
+
+def with_prefer(params, **changes):
+    return dataclasses.replace(params, prefer=dataclasses.replace(params.prefer, **changes))
 
 
 def test_a_checkpoint_is_finished_only_at_its_last_step(in_tmp):
@@ -44,29 +54,48 @@ def test_a_checkpoint_is_finished_only_at_its_last_step(in_tmp):
 
 def test_the_fingerprint_follows_training_params_data_and_base_but_not_resume(run_inputs):
     params = run_inputs
-    first = run_fingerprint(params)
-    assert run_fingerprint(params) == first
-    assert run_fingerprint(with_train(params, resume="never")) == first
-    assert run_fingerprint(with_train(params, learning_rate=1e-4)) != first
+    first = train_fingerprint(params)
+    assert train_fingerprint(params) == first
+    assert train_fingerprint(with_train(params, resume="never")) == first
+    assert train_fingerprint(with_train(params, learning_rate=1e-4)) != first
     changed_lora = dataclasses.replace(params.train.lora, r=4)
-    assert run_fingerprint(with_train(params, lora=changed_lora)) != first
-    assert run_fingerprint(dataclasses.replace(params, builtin=dataclasses.replace(params.builtin, seed=8))) != first
+    assert train_fingerprint(with_train(params, lora=changed_lora)) != first
+    assert train_fingerprint(dataclasses.replace(params, builtin=dataclasses.replace(params.builtin, seed=8))) != first
     assert (
-        run_fingerprint(dataclasses.replace(params, group=dataclasses.replace(params.group, separator="<|s|>")))
+        train_fingerprint(dataclasses.replace(params, group=dataclasses.replace(params.group, separator="<|s|>")))
         != first
     )
     for changed in (paths.split_file("train"), paths.split_file("val"), paths.SOURCE_FILE):
         original = changed.read_bytes()
         changed.write_bytes(original + b" ")
-        assert run_fingerprint(params) != first, changed
+        assert train_fingerprint(params) != first, changed
         changed.write_bytes(original)
-    assert run_fingerprint(params) == first
+    assert train_fingerprint(params) == first
+
+
+def test_the_preference_fingerprint_follows_its_params_the_sft_adapter_and_data_but_not_resume(run_inputs):
+    params = run_inputs
+    adapter = paths.ADAPTER / "adapter_model.safetensors"
+    adapter.parent.mkdir(parents=True)
+    adapter.write_bytes(b"weights")
+    first = prefer_fingerprint(params)
+    assert first != train_fingerprint(params)
+    assert prefer_fingerprint(with_prefer(params, resume="never")) == first
+    assert prefer_fingerprint(with_prefer(params, beta=0.5)) != first
+    assert prefer_fingerprint(with_train(params, learning_rate=1e-4)) == first, "SFT params count through the adapter"
+    for changed in (paths.split_file("train"), adapter, paths.SOURCE_FILE):
+        original = changed.read_bytes()
+        changed.write_bytes(original + b" ")
+        assert prefer_fingerprint(params) != first, changed
+        changed.write_bytes(original)
+    paths.split_file("val").write_text("{}\n", encoding="utf-8")
+    assert prefer_fingerprint(params) == first, "prefer trains on the train split only"
 
 
 def test_an_interrupted_run_with_the_same_fingerprint_is_resumed(run_inputs):
     params = run_inputs
     assert resumable_checkpoint(params) is None  # nothing yet: a fresh run, and its fingerprint is recorded
-    assert read_json(paths.CHECKPOINTS / "run.json") == {"fingerprint": run_fingerprint(params)}
+    assert read_json(paths.CHECKPOINTS / "run.json") == {"fingerprint": train_fingerprint(params)}
     last = checkpoint(4, 6)
     checkpoint(2, 6)
     assert resumable_checkpoint(params) == last
@@ -85,4 +114,4 @@ def test_stale_or_finished_checkpoints_are_removed_not_resumed(run_inputs, why):
         (paths.CHECKPOINTS / "run.json").unlink()
     assert resumable_checkpoint(params) is None
     assert not list(paths.CHECKPOINTS.glob("checkpoint-*"))
-    assert read_json(paths.CHECKPOINTS / "run.json") == {"fingerprint": run_fingerprint(params)}
+    assert read_json(paths.CHECKPOINTS / "run.json") == {"fingerprint": train_fingerprint(params)}

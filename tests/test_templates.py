@@ -23,7 +23,7 @@ import pytest
 from habla.errors import UserError
 from habla.model import templates
 from habla.model.builtin import train_tokenizer
-from tests.test_model_families import SMOLLM2_TEMPLATE
+from tests.helpers import SMOLLM2_TEMPLATE
 
 REPLIES = ["bien po 😄\ny tú?", "{{ no es jinja }} <b>", "ya"]
 

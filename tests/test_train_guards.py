@@ -7,15 +7,14 @@ import sys
 
 import pytest
 import torch
-import yaml
 
 from habla import paths
 from habla.errors import UserError
 from habla.io import write_json
 from habla.model.builtin import train_tokenizer
+from habla.model.guards import check_masks, check_targets, prepare_tokenizer
 from habla.model.loading import IM_END, PAD, encode_chat, load_base
-from habla.model.training import check_masks, check_targets, prepare_tokenizer
-from tests.conftest import REPO
+from tests.helpers import REPO, write_params
 
 TEXTS = ["wena po, ¿cómo estai?", "hola, todo bien", "cachai que mañana vamos al estadio", "ya po, de una"] * 20
 CONVERSATION = [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "wena po"}]
@@ -121,7 +120,7 @@ def test_qlora_without_cuda_is_a_clear_error(in_tmp):
 def test_adapter_config_target_modules_are_written_in_a_stable_order(tmp_path):
     import json
 
-    from habla.model.training import sort_target_modules
+    from habla.model.checkpoints import sort_target_modules
 
     path = tmp_path / "adapter_config.json"
     path.write_text(
@@ -217,10 +216,7 @@ def test_token_statistics_and_truncated_share_of_the_training_set(tokenizer):
 
 def run_train_stage(root, overrides: dict) -> subprocess.CompletedProcess:
     """`python -m stages.train` as `dvc repro` runs it, in a project folder holding only params and configs."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    for section, values in overrides.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    write_params(root, overrides)
     shutil.copytree(REPO / "configs", root / "configs")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HABLA_LOG_LEVEL": "WARNING"}
     return subprocess.run(
@@ -257,7 +253,7 @@ def test_a_workers_own_error_is_not_followed_by_the_launchers_traceback(tmp_path
 
 
 def test_step_history_puts_both_losses_on_the_optimizer_step_axis():
-    from habla.model.training import step_history
+    from habla.model.checkpoints import EVAL_STEPS, SFT_STEPS, step_rows
 
     log = [
         {"loss": 2.5, "grad_norm": 0.3, "learning_rate": 0.002, "epoch": 0.2, "step": 10},
@@ -266,12 +262,26 @@ def test_step_history_puts_both_losses_on_the_optimizer_step_axis():
         {"train_runtime": 9.0, "train_loss": 2.4, "epoch": 0.4, "step": 20},
         {"eval_loss": 2.4, "eval_runtime": 0.4, "epoch": 0.4, "step": 20},
     ]
-    train, validation = step_history(log)
+    train, validation = step_rows(log, SFT_STEPS), step_rows(log, EVAL_STEPS)
     assert train == [
         {"step": 10, "loss": 2.5, "learning_rate": 0.002, "grad_norm": 0.3},
         {"step": 20, "loss": 2.25, "learning_rate": 0.001, "grad_norm": 0.2},
     ]
     assert validation == [{"step": 20, "loss": 2.4}]
+
+
+def test_dpo_step_rows_keep_the_rewards_and_skip_entries_without_them():
+    from habla.model.checkpoints import DPO_STEPS, step_rows
+
+    rewards = {"rewards/chosen": 0.1, "rewards/rejected": -0.2, "rewards/margins": 0.3, "rewards/accuracies": 0.75}
+    log = [
+        {"loss": 0.69314718, **rewards, "step": 1},
+        {"loss": 0.5, "step": 2},  # no rewards logged: not a DPO row
+        {"train_runtime": 3.0, "train_loss": 0.6, "step": 2},
+    ]
+    assert step_rows(log, DPO_STEPS) == [
+        {"step": 1, "loss": 0.693147, "rewards_chosen": 0.1, "rewards_rejected": -0.2, "margins": 0.3, "accuracy": 0.75}
+    ]
 
 
 def word_tokenizer(specials: list[str], eos: str, pad: str | None = None):
@@ -303,7 +313,7 @@ CHATML = (
     ],
 )
 def test_pad_is_a_spare_token_the_vocabulary_already_has(specials, expected):
-    from habla.model.training import choose_pad
+    from habla.model.guards import choose_pad
 
     tokenizer = word_tokenizer(specials, eos="<|im_end|>", pad="<|im_end|>")  # pad = EOS, as SmolLM2 ships
     pad, note = choose_pad(tokenizer, {tokenizer.eos_token_id})
@@ -311,7 +321,7 @@ def test_pad_is_a_spare_token_the_vocabulary_already_has(specials, expected):
 
 
 def test_pad_is_never_a_stop_token_or_a_turn_token_and_is_added_only_when_nothing_is_spare():
-    from habla.model.training import choose_pad
+    from habla.model.guards import choose_pad
 
     tokenizer = word_tokenizer(["<|im_start|>", "<|im_end|>", "<|endoftext|>"], eos="<|im_end|>")
     endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from habla import paths
 from habla.apps import export
 from habla.io import read_json, write_jsonl
-from habla.model import training
+from habla.model import checkpoints
 from habla.model.fast_paths import resolve
 from habla.params import load_params
 from stages import perplexity, train
-from tests.conftest import conversations, make_tiny_project
+from tests.helpers import REPO, conversations, make_tiny_project, read_params, set_param, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +26,6 @@ def tiny_project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_tiny_project(tmp_path)
     return tmp_path
-
-
-def set_param(path: str, value) -> None:
-    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-    section, key = path.split(".")
-    params[section][key] = value
-    Path("params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
 
 
 def adapter_weights() -> dict[str, torch.Tensor]:
@@ -89,7 +81,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_project, monke
     assert sorted(p.name for p in paths.CHECKPOINTS.glob("checkpoint-*")) == ["checkpoint-2"]
     monkeypatch.setattr(Trainer, "training_step", original_step)
     set_param("train.resume", "auto")
-    with caplog.at_level(logging.INFO, logger=training.log.name):
+    with caplog.at_level(logging.INFO, logger=checkpoints.log.name):
         train.main()
     assert "resuming the interrupted run from models/checkpoints/checkpoint-2" in caplog.text
     assert read_json(train.REPORT)["steps"] == 6
@@ -100,7 +92,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(tiny_project, monke
 def test_changed_params_never_resume_a_stale_checkpoint(tiny_project, caplog):
     train.main()
     set_param("train.learning_rate", 0.001)
-    with caplog.at_level(logging.INFO, logger=training.log.name):
+    with caplog.at_level(logging.INFO, logger=checkpoints.log.name):
         train.main()
     assert "resuming" not in caplog.text
 
@@ -108,7 +100,7 @@ def test_changed_params_never_resume_a_stale_checkpoint(tiny_project, caplog):
 def test_a_finished_run_is_retrained_not_resumed_at_its_last_step(tiny_project, caplog):
     train.main()
     first = read_json(train.REPORT)
-    with caplog.at_level(logging.INFO, logger=training.log.name):
+    with caplog.at_level(logging.INFO, logger=checkpoints.log.name):
         train.main()  # what DVC does when only the stage's code changed
     assert "resuming" not in caplog.text
     again = read_json(train.REPORT)
@@ -145,9 +137,7 @@ def test_special_separator_is_trained_as_one_token_and_saved_with_the_adapter(ti
             if message["role"] == "assistant":
                 message["content"] = message["content"].replace(", ", "<|msg_sep|>", 1)
     write_jsonl(Path("data/splits/train.jsonl"), rows)
-    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-    params["group"]["separator"] = "<|msg_sep|>"
-    Path("params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    set_param("group.separator", "<|msg_sep|>")
     train.main()
     assert read_json(train.REPORT)["tokenizer"]["separator_token"] == "<|msg_sep|>"
     tuned, tokenizer = load_tuned()
@@ -190,10 +180,11 @@ def test_perplexity_scores_long_conversations_and_documents_whole_with_sliding_w
 def test_rslora_and_dora_options_reach_the_saved_adapter(tiny_project):
     import json
 
-    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))
-    params["train"].update(max_steps=2, resume="never")
-    params["train"]["lora"].update(use_rslora=True, use_dora=True)
-    Path("params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
+    write_params(
+        Path("."),
+        {"train": {"max_steps": 2, "resume": "never", "lora": {"use_rslora": True, "use_dora": True}}},
+        read_params(),
+    )
     train.main()
     config = json.loads((paths.ADAPTER / "adapter_config.json").read_text(encoding="utf-8"))
     assert config["use_rslora"] is True and config["use_dora"] is True
@@ -207,8 +198,6 @@ def test_the_stage_trains_data_parallel_in_two_processes_and_only_rank_zero_writ
     import subprocess
     import sys
 
-    from tests.conftest import REPO
-
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "stages.train"],
@@ -221,7 +210,7 @@ def test_the_stage_trains_data_parallel_in_two_processes_and_only_rank_zero_writ
     assert done.returncode == 0, done.stderr[-3000:]
     report = read_json(train.REPORT)
     live = read_json(train.LIVE_DIR / "metrics.json")
-    params = yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8"))["train"]
+    params = read_params()["train"]
     # each optimizer step consumed one batch per process: twice the single-process epoch progress
     assert report["steps"] == params["max_steps"]
     assert live["epoch"] == pytest.approx(2 * params["max_steps"] * params["batch_size"] / 48)

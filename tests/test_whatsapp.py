@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from habla.readers.whatsapp import decide_date_order, detect_format, parse_whatsapp
-from tests.conftest import FIXTURES, android
+from tests.helpers import FIXTURES, android
 
 CHAT_MINER = FIXTURES / "whatsapp" / "chat-miner"
 

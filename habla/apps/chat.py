@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from habla import paths
 from habla.errors import UserError
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
-from habla.model.loading import as_model, load_base, load_tuned, special_separator
+from habla.model.loading import as_model, load_base, load_tuned, models_in, special_separator
 from habla.params import Params, Sampling, load_params
 
 HELP = "/reset empieza de nuevo · /base, /tuned o /preferred cambia de modelo · /exit sale"
@@ -30,9 +30,8 @@ class Session:
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
         self.system_prompt = params.persona.system_prompt
         self.separator = params.group.separator
-        adapters = getattr(model, "peft_config", {})
-        self.available = ["base", *(["tuned"] if adapters else []), *(["preferred"] if "preferred" in adapters else [])]
-        self.name = "tuned" if tuned and adapters else "base"
+        self.available = models_in(model)
+        self.name = "tuned" if tuned and "tuned" in self.available else "base"
         self.history: list[dict] = []
 
     def reset(self) -> None:

@@ -25,12 +25,11 @@ from urllib.parse import urlsplit
 
 from habla.apps.web import PAGES, generation_cases, is_local, page
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
-from habla.model.loading import as_model, load_tuned, special_separator
+from habla.model.loading import as_model, load_tuned, models_in, special_separator
 from habla.params import Params, Serve, load_params
 
 log = logging.getLogger("serve")
 
-MODELS = ("tuned", "base")
 ROLES = {"system", "user", "assistant"}
 # The pages are inline HTML, CSS and JS that talk to this server only: nothing else may load.
 PAGE_POLICY = (
@@ -80,7 +79,7 @@ def _number(body: dict, name: str, default, low: float, high: float, kind=float)
     return kind(value)
 
 
-def parse_completion(body: object, params: Params, models: tuple[str, ...] = MODELS) -> Completion:
+def parse_completion(body: object, params: Params, models: tuple[str, ...]) -> Completion:
     """Check a request body the way the OpenAI API does, with a message that names the field."""
     if not isinstance(body, dict):
         raise RequestError(400, "The request body must be a JSON object.")
@@ -137,7 +136,7 @@ class Engine:
         self.lock = threading.Lock()
         self.waiting = threading.BoundedSemaphore(params.serve.queue_limit + 1)
         self.created = int(time.time())
-        self.models = MODELS + (("preferred",) if "preferred" in getattr(model, "peft_config", {}) else ())
+        self.models = tuple(sorted(models_in(model), key=lambda name: name != "tuned"))  # the page's default first
 
     def fit(self, request: Completion) -> Completion:
         """The request within the model's context, checked before it waits for the model: a prompt that cannot fit

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from habla.model.loading import device, end_ids
-from habla.params import Sampling
+from habla.params import Evaluate, Sampling
 
 
 def prompt_batches(tokenizer, conversations: list[list[dict]], batch_size: int) -> Iterator[dict]:
@@ -39,6 +39,19 @@ def cut_before_reply(conversation: dict, how: str = "last", seed: int = 0) -> tu
         return None
     index = replies[-1] if how == "last" else random.Random(f"{seed}:{conversation['id']}").choice(replies)
     return messages[:index], messages[index]["content"]
+
+
+def held_out_cases(test: list[dict], settings: Evaluate) -> tuple[list[dict], dict]:
+    """Each test conversation (up to `max_prompts`) cut before one persona reply, and what was left out, by reason."""
+    cases = []
+    for conversation in test[: settings.max_prompts]:
+        cut = cut_before_reply(conversation, settings.cut, settings.cut_seed)
+        if cut:
+            cases.append(
+                {"id": conversation["id"], "source": conversation.get("source"), "prompt": cut[0], "reference": cut[1]}
+            )
+    considered = min(len(test), settings.max_prompts)
+    return cases, {"no_persona_reply": considered - len(cases), "over_max_prompts": len(test) - considered}
 
 
 def sampling_kwargs(sampling: Sampling) -> dict:

@@ -1,7 +1,10 @@
-"""Pairwise judging maths: prompts filled literally, verdicts from both orders, win rates with intervals.
+"""Judging the models that answered: which pairs, both orders of each, ratings, and win rates with intervals.
 
 Each pair is judged twice, with the answers in both positions; a pair whose verdict flips with the order
-is a tie (position bias is not a preference). A failed judgment is `failed`, never a loss.
+is a tie (position bias is not a preference). A failed judgment is `failed`, never a loss; a case where a
+model never answered (an opponent's timeout) is failed without asking the judge. The judge itself (local
+or an endpoint) comes from `habla/model/judge_backends.py`: here it is anything with `choose`, `rate`,
+`failures` and `calls`.
 """
 
 from __future__ import annotations
@@ -10,8 +13,98 @@ import math
 
 import numpy as np
 
+from habla.model.loading import MODELS
 from habla.model.scoring import bootstrap_interval
 from habla.params import Judge
+
+OPPONENT = "opponent"
+
+
+def comparisons(cases: list[dict]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The models with replies in `cases` (habla's in report order, then the opponent) and the pairs to judge:
+    tuned against base, preferred against tuned, and every one of ours against the opponent."""
+    models = [name for name in (*MODELS, OPPONENT) if any(name in case for case in cases)]
+    ours = [name for name in models if name != OPPONENT]
+    pairs = [("tuned", "base"), *([("preferred", "tuned")] if "preferred" in ours else [])]
+    if OPPONENT in models:
+        pairs += [(name, OPPONENT) for name in ("tuned", "base", "preferred") if name in ours]
+    return models, pairs
+
+
+def where_answered(cases: list[dict], models: tuple[str, ...], ask) -> list:
+    """`ask(prompts built from cases)` for the cases where every one of `models` has a reply, None for the others
+    (an opponent that never answered): those are failed without asking the judge."""
+    usable = [i for i, case in enumerate(cases) if all(case.get(m) is not None for m in models)]
+    out: list = [None] * len(cases)
+    for i, answer in zip(usable, ask([cases[i] for i in usable])):
+        out[i] = answer
+    return out
+
+
+def judged_pair(judge, template: str, cases: list[dict], pair: tuple[str, str]) -> dict:
+    """Both orders of `pair` on every case: the letters, and the outcome (a model, `tie` or `failed`) per case."""
+    one, other = pair
+    as_a = where_answered(cases, pair, lambda cs: judge.choose([fill(template, c, c[one], c[other]) for c in cs]))
+    as_b = where_answered(cases, pair, lambda cs: judge.choose([fill(template, c, c[other], c[one]) for c in cs]))
+    missing = sum(not all(case.get(m) is not None for m in pair) for case in cases)
+    if missing:
+        judge.failures["no_reply"] += missing
+    return {"as_a": as_a, "as_b": as_b, "outcomes": [verdict(a, b, pair) for a, b in zip(as_a, as_b)]}
+
+
+def ratings(judge, template: str, cases: list[dict], model: str) -> list[float | None]:
+    return where_answered(cases, (model,), lambda cs: judge.rate([fill(template, c, c[model]) for c in cs]))
+
+
+def judge_report(judge, judged: dict, grades: dict, settings: Judge, resamples: int) -> dict:
+    """`metrics/judge.json`: tuned against base (top level), preferred against tuned, each of ours against the
+    opponent with the paired tuned − base difference, the ratings, and what the judge cost and failed on."""
+    report = summarise(judged["tuned", "base"]["outcomes"], settings, resamples)
+    if ("preferred", "tuned") in judged:
+        report["preferred_vs_tuned"] = summarise(
+            judged["preferred", "tuned"]["outcomes"], settings, resamples, "preferred"
+        )
+    against = {one: result["outcomes"] for (one, other), result in judged.items() if other == OPPONENT}
+    if against:
+        report[OPPONENT] = {
+            "model": settings.opponent.model,
+            **{name: summarise(outcomes, settings, resamples, name) for name, outcomes in against.items()},
+            "tuned_minus_base": paired_difference(
+                scores(against["tuned"], "tuned"), scores(against["base"], "base"), resamples
+            ),
+        }
+    report["rating"] = {name: rating_summary(values, resamples) for name, values in grades.items()}
+    report["calls"] = judge.calls
+    report["cache_hits"] = getattr(judge, "cache_hits", 0)
+    report["failed_by_reason"] = dict(sorted(judge.failures.items()))
+    return report
+
+
+def judgment_rows(cases: list[dict], judged: dict, grades: dict):
+    """Per pair and prompt: both letters, the outcome and both ratings (`metrics/judgments.jsonl`)."""
+    for pair, result in judged.items():
+        for i, case in enumerate(cases):
+            yield {
+                "id": case["id"],
+                "pair": f"{pair[0]} vs {pair[1]}",
+                "first_as_a": result["as_a"][i],
+                "first_as_b": result["as_b"][i],
+                "outcome": result["outcomes"][i],
+                "rating": {name: grades[name][i] for name in pair},
+            }
+
+
+def outcome_counts(judged: dict) -> dict[str, dict[str, int]]:
+    """Wins, ties, losses and failures of each pair's first model, for the outcome bars."""
+    return {
+        f"{one} vs {other}": {
+            "win": result["outcomes"].count(one),
+            "tie": result["outcomes"].count("tie"),
+            "loss": result["outcomes"].count(other),
+            "failed": result["outcomes"].count("failed"),
+        }
+        for (one, other), result in judged.items()
+    }
 
 
 def render_transcript(messages: list[dict]) -> str:

@@ -103,6 +103,17 @@ def has_preferred() -> bool:
     return (paths.PREFERRED / "adapter_config.json").exists()
 
 
+MODELS = ("base", "tuned", "preferred")  # what habla makes, in the order reports list them
+ADAPTER_NAMES = {"tuned": "default", "preferred": "preferred"}  # PEFT's name for each adapter
+
+
+def models_in(model) -> list[str]:
+    """The models a loaded model can run as (see `as_model`): the base always, `tuned` and `preferred` where their
+    adapters are loaded. The one answer to "which models exist" for every stage and app that runs them."""
+    adapters = getattr(model, "peft_config", {})
+    return [name for name in MODELS if name == "base" or ADAPTER_NAMES[name] in adapters]
+
+
 def load_tuned(
     dtype: torch.dtype | str | None = None, preferred: bool = False, trainable: bool = False, quantization: str = "none"
 ):
@@ -125,9 +136,6 @@ def load_tuned(
     if not trainable:
         model.to(device()).eval()
     return model, tokenizer
-
-
-ADAPTER_NAMES = {"tuned": "default", "preferred": "preferred"}
 
 
 @contextlib.contextmanager

@@ -10,28 +10,24 @@ whose margins start far from zero or whose loss never leaves 0.693.) `check_refe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
+import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 
 from habla import paths
+from habla.errors import UserError
 from habla.io import stable_id
 from habla.model.fast_paths import cheapen_lora_steps
+from habla.model.generation import generate_replies
+from habla.model.judge_backends import make_judge, pairwise_template
+from habla.model.judging import fill, verdict
+from habla.model.loading import special_separator
 from habla.model.training import runtime_args, schedule_args
-from habla.params import Params, as_dict
+from habla.params import Params
 from habla.text.near_dups import exact_key
-
-HISTORY_KEYS = {
-    "loss": "loss",
-    "rewards/chosen": "rewards_chosen",
-    "rewards/rejected": "rewards_rejected",
-    "rewards/margins": "margins",
-    "rewards/accuracies": "accuracy",
-}
 
 
 def preference_prompts(rows: list[dict], per_conversation: int, max_pairs: int, seed: int) -> list[dict]:
@@ -76,6 +72,54 @@ def pair_up(prompts: list[dict], samples: list[str], max_similarity: float) -> t
     return pairs, dropped
 
 
+def judged_by_real_preference(params: Params, model, tokenizer, pairs: list[dict]) -> tuple[list[dict], int]:
+    """`prefer.filter: judge`: the pairs where the judge prefers the real reply in both orders (failed and flipped
+    verdicts are left out); the judge is the one `judge.*` configures, with its cache."""
+    template = pairwise_template(params.judge)
+    cases = [{"prompt": p["prompt"], "reference": "(sin referencia)"} for p in pairs]
+    judge, as_judge = make_judge(params.judge, model, tokenizer, params.evaluate.batch_size)
+    with as_judge:
+        first = judge.choose([fill(template, c, p["chosen"], p["rejected"]) for c, p in zip(cases, pairs)])
+        second = judge.choose([fill(template, c, p["rejected"], p["chosen"]) for c, p in zip(cases, pairs)])
+    kept = [p for p, a, b in zip(pairs, first, second) if verdict(a, b, ("real", "model")) == "real"]
+    return kept, len(pairs) - len(kept)
+
+
+def build_pairs(params: Params, model, tokenizer, prompts: list[dict]) -> tuple[list[dict], dict]:
+    """The SFT model samples a reply to each prompt; the pairs that survive `pair_up` (and the judge, with
+    `prefer.filter: judge`), and their counts for the report. No pair left is the user's to fix: one sentence."""
+    settings = params.prefer
+    separator = special_separator(params.group.separator)
+    model.eval()
+    started = time.perf_counter()
+    replies = generate_replies(
+        model,
+        tokenizer,
+        [p["prompt"] for p in prompts],
+        settings.sampling,
+        params.evaluate.batch_size,
+        keep_tokens=[separator] if separator else [],
+    )
+    seconds = time.perf_counter() - started
+    pairs, dropped = pair_up(prompts, [reply.text for reply in replies], settings.max_similarity)
+    judged_out = 0
+    if settings.filter == "judge":
+        pairs, judged_out = judged_by_real_preference(params, model, tokenizer, pairs)
+    if not pairs:
+        raise UserError(
+            f"no preference pairs left ({len(prompts)} built, dropped {dict(dropped)}, {judged_out} by the judge): "
+            "raise prefer.max_similarity or prefer.sampling.temperature, or set prefer.filter: none."
+        )
+    return pairs, {
+        "pairs_built": len(prompts),
+        "pairs_dropped": dict(sorted(dropped.items())),
+        "judge_filtered_out": judged_out,
+        "pairs": len(pairs),
+        "sampling_seconds": seconds,
+        "pairs_per_second": len(prompts) / seconds if seconds else None,
+    }
+
+
 def as_dataset_rows(pairs: list[dict]) -> list[dict]:
     """TRL's conversational preference format: the prompt's turns, then one assistant turn per side."""
     return [
@@ -86,16 +130,6 @@ def as_dataset_rows(pairs: list[dict]) -> list[dict]:
         }
         for pair in pairs
     ]
-
-
-def fingerprint(params: Params) -> str:
-    """What a preference checkpoint must match to be resumed: its params, the SFT adapter and the train split."""
-    settings = {k: v for k, v in as_dict(params.prefer).items() if k != "resume"}
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(json.dumps([settings, as_dict(params.model), as_dict(params.builtin)], sort_keys=True).encode())
-    for path in (paths.split_file("train"), paths.ADAPTER / "adapter_model.safetensors", paths.SOURCE_FILE):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def dpo_config(params: Params, output_dir: Path = paths.PREFER_CHECKPOINTS):
@@ -154,17 +188,21 @@ def check_reference(trainer, rows: int = 4) -> dict:
     return {"max_logit_difference": difference}
 
 
-def history(log_history: list[dict]) -> list[dict]:
-    """DPO loss, rewards, margins and accuracy per optimizer step, for the plots."""
-    rows = []
-    for entry in log_history:
-        if "loss" in entry and "rewards/margins" in entry:
-            rows.append(
-                {"step": entry["step"], **{name: round(float(entry[key]), 6) for key, name in HISTORY_KEYS.items()}}
-            )
-    return rows
-
-
 def trained_tokens(log_history: list[dict]) -> float:
     """Tokens (prompt and both replies, padding excluded) the trainer went through, from its last log entry."""
     return max((float(entry["num_tokens"]) for entry in log_history if "num_tokens" in entry), default=0.0)
+
+
+def training_report(counts: dict, result, log_history: list[dict], steps: list[dict], reference: dict) -> dict:
+    """`metrics/prefer.json`: the pairs' counts, the run's loss, speed and last step, and the reference check."""
+    last = steps[-1] if steps else {}
+    return {
+        "enabled": True,
+        **counts,
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "train_seconds": result.metrics["train_runtime"],
+        "train_tokens_per_second": trained_tokens(log_history) / result.metrics["train_runtime"],
+        "final": {k: v for k, v in last.items() if k != "step"},
+        "reference_check": reference,
+    }

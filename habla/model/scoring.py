@@ -1,4 +1,4 @@
-"""Small statistics shared by the evaluation stages: masked NLL, batched scoring and bootstrap intervals."""
+"""Small statistics shared by the evaluation stages: NLL of target tokens, batched scoring and bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -7,17 +7,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-
-
-def masked_nll(
-    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row sum of next-token negative log-likelihood over positions where `loss_mask` is 1, and their count.
-
-    `loss_mask[i, t]` marks token t as a target (it is predicted from position t-1),
-    so padding, system and user tokens are excluded simply by being 0.
-    """
-    return target_nll(logits[:, :-1], input_ids[:, 1:], loss_mask[:, 1:])
 
 
 def target_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -103,7 +103,7 @@ def unknown_chat_format(lines: pl.Series, info: dict) -> tuple[pl.DataFrame, pl.
     error = (
         "the WhatsApp header format is not recognised, so none of its lines were used. "
         "Please report it with the `sample_headers` shapes in metrics/clean.json, or set `clean.header_format` "
-        "(see the README) to read it now"
+        "(see docs/inputs.md) to read it now"
     )
     details = {"format": "unknown", "sample_headers": header_shapes(lines), "error": error}
     return kept, rejected, {**info, **details, "unit": "line", "raw_units": len(lines)}
