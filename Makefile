@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS = 1
 export GX_ANALYTICS_ENABLED = false
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install real-model lint demo test test-fast bench mutate clean-outputs
+.PHONY: install real-model export-tools lint demo test test-fast bench mutate clean-outputs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,26 @@ $(VENV)/.real-model: $(VENV)/.installed
 
 real-model: $(VENV)/.real-model
 
+# llama.cpp at one pinned version for `habla export --format gguf`: the llama-cpp-python sdist vendors llama.cpp's
+# own converters (unpacked into the venv, where habla/model/llamacpp.py finds them) and builds the quantizer and
+# runtime the export checks use (about 11 minutes on 2 cores, once per venv). Where it cannot be built, the
+# export tests are skipped and say what they need.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CPP_SDIST := llama_cpp_python-$(LLAMA_CPP_VERSION)
+LLAMA_CPP_DIR := $(VENV)/share/habla/llama.cpp-$(LLAMA_CPP_VERSION)
+$(VENV)/.export-tools: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[export]'
+	rm -rf $(VENV)/share/habla/sdist $(LLAMA_CPP_DIR) && mkdir -p $(LLAMA_CPP_DIR)
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d $(VENV)/share/habla/sdist llama-cpp-python==$(LLAMA_CPP_VERSION)
+	tar -xzf $(VENV)/share/habla/sdist/$(LLAMA_CPP_SDIST).tar.gz -C $(LLAMA_CPP_DIR) --strip-components=3 \
+		$(addprefix $(LLAMA_CPP_SDIST)/vendor/llama.cpp/,convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py LICENSE)
+	$(BIN)/python -m pip install -q $(VENV)/share/habla/sdist/$(LLAMA_CPP_SDIST).tar.gz \
+		|| echo "note: llama-cpp-python did not build: the export checks in llama.cpp will be skipped" >&2
+	rm -rf $(VENV)/share/habla/sdist
+	touch $@
+
+export-tools: $(VENV)/.export-tools
+
 demo: install
 	dvc repro
 	dvc metrics show metrics/perplexity.json metrics/reference.json
@@ -39,7 +59,7 @@ lint: install
 	ruff check $(LINTED)
 	ruff format --check $(LINTED)
 
-test: install lint real-model
+test: install lint real-model export-tools
 	bash scripts/install_test_tools.sh
 	python -m pytest
 
