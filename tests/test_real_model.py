@@ -20,7 +20,7 @@ import torch
 from habla import paths
 from habla.io import read_json, read_jsonl, write_jsonl
 from habla.model import gguf
-from tests.conftest import REPO, update_params
+from tests.helpers import REPO, update_params
 
 pytestmark = [
     pytest.mark.slow,
@@ -201,3 +201,26 @@ def test_the_merged_export_says_what_base_plus_adapter_says(project, loaded, tmp
             adapter = model.generate(**ids, **settings, eos_token_id=end_ids(model, tokenizer))
             flat = merged.generate(**ids, **settings, eos_token_id=end_ids(merged, exported_tokenizer))
         assert flat.tolist() == adapter.tolist()
+
+
+def test_a_gguf_export_keeps_the_persona_s_template_and_stop_and_answers_as_trained(project, tmp_path):
+    """SmolLM2's adapter merged and converted by llama.cpp's own converter: the file renders the inferred
+    template (no default identity), stops on `<|im_end|>`, and at f16 answers held-out prompts token for token."""
+    from habla.apps import export as command
+    from habla.errors import UserError
+    from habla.model import llamacpp
+
+    try:
+        llamacpp.converter_dir()
+    except UserError:
+        pytest.skip(f"needs llama.cpp's converter from llama-cpp-python {llamacpp.VERSION}: run `make export-tools`")
+    out = tmp_path / "gguf"
+    command.main(["--out", str(out), "--format", "gguf", "--ollama", "--check-prompts", "3", "--check-tokens", "12"])
+    record = read_json(out / "export.json")
+    checks = record["checks"]
+    assert checks["stops"]["trained"] == [END] and checks["template"]["same_as_adapter"]
+    assert checks["greedy_transformers"]["identical"] == 3
+    metadata = llamacpp.metadata(out / "persona.f16.gguf")
+    assert IDENTITY not in metadata["chat_template"] and metadata["architecture"] == "llama"
+    modelfile = (out / "Modelfile").read_text(encoding="utf-8")
+    assert f'PARAMETER stop "{END}"' in modelfile and IDENTITY not in modelfile
