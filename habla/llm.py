@@ -7,8 +7,11 @@ the way every paid call in the pipeline must be asked: the judge, the opponent m
   errors, timeouts, a body that is not a chat completion) leave nothing in the cache and are asked again next run.
 - Calls run with bounded concurrency; the `openai` client retries connection errors, 408/429/5xx with exponential
   backoff and enforces the timeout.
-- Structured output (`response_format` with a JSON schema) is asked for where given; a server that refuses the
-  field (400/422) is asked again without it, and the caller parses the first JSON object of the answer instead.
+- Structured output is asked for where a schema is given, in the first form the server takes (`RESPONSE_FORMS`):
+  OpenAI's `json_schema`, then `json_object` with the schema (llama.cpp's server and others, which answer the
+  first form with a 500 naming `response_format`), then none, the caller reading the first JSON object of the
+  answer. A refusal moves to the next form and is never counted or retried as a failed call; the form that
+  worked is remembered in the cache for the endpoint and said once in the log.
 """
 
 from __future__ import annotations
@@ -55,6 +58,30 @@ def first_json_object(text: str):
     return None
 
 
+RESPONSE_FORMS = ("json_schema", "json_object", "none")
+
+
+def response_format(form: str, schema: dict) -> dict | None:
+    if form == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+    if form == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return None
+
+
+def refuses_format(err: Exception) -> bool:
+    """A server saying no to `response_format` (a 4xx other than auth, rate or missing model, or a 5xx that names
+    the field), as opposed to a transport failure."""
+    import openai
+
+    if not isinstance(err, openai.APIStatusError):
+        return False
+    status = err.status_code
+    if 400 <= status < 500:
+        return status not in (401, 403, 404, 408, 429)
+    return status >= 500 and "response_format" in str(err)
+
+
 class AnswerCache:
     """Answers received, one JSON line each (`key`, `answer`, `usage`), appended as they come; the file is git-ignored
     because answers quote the prompts' text."""
@@ -74,6 +101,14 @@ class AnswerCache:
 
     def get(self, messages: list[dict]) -> dict | None:
         return self.entries.get(self.key(messages))
+
+    def setting(self, name: str) -> str | None:
+        """What was learned about the endpoint (`response_format`: the form it takes), kept with its answers."""
+        entry = self.entries.get(self.key([{"role": "habla", "content": name}]))
+        return entry["answer"] if entry else None
+
+    def remember(self, name: str, value: str) -> None:
+        self.put([{"role": "habla", "content": name}], value, {})
 
     def put(self, messages: list[dict], answer: str, usage: dict, finish_reason: str | None = None) -> None:
         entry = {"key": self.key(messages), "answer": answer, "usage": usage, "finish_reason": finish_reason}
@@ -111,7 +146,7 @@ class ChatEndpoint:
         self.calls = self.cache_hits = 0
         self.failures: Counter = Counter()
         self.tokens: Counter = Counter()
-        self.structured = True
+        self.form = self.cache.setting("response_format") or RESPONSE_FORMS[0]
         self.lock = threading.Lock()
 
     def complete(self, messages: list[dict], max_tokens: int, schema: dict | None = None) -> str | None:
@@ -147,18 +182,19 @@ class ChatEndpoint:
         return None if entry is None else (entry["usage"].get("completion_tokens", 0), entry.get("finish_reason"))
 
     def _create(self, messages: list[dict], max_tokens: int, schema: dict | None):
-        import openai
-
         options = {"model": self.settings.model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
-        if schema and self.structured:
+        while schema and self.form != "none":
+            form = self.form
             try:
-                return self.client.chat.completions.create(
-                    **options,
-                    response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
-                )
-            except (openai.BadRequestError, openai.UnprocessableEntityError):
-                log.info("%s refuses structured output: asking for JSON in the prompt only", self.settings.model)
-                self.structured = False
+                return self.client.chat.completions.create(**options, response_format=response_format(form, schema))
+            except Exception as err:
+                if not refuses_format(err):
+                    raise
+                with self.lock:
+                    if self.form == form:  # another thread may have moved on already
+                        self.form = RESPONSE_FORMS[RESPONSE_FORMS.index(form) + 1]
+                        log.info("%s refuses response_format %s: asking with %s", self.settings.model, form, self.form)
+                        self.cache.remember("response_format", self.form)
         return self.client.chat.completions.create(**options)
 
     def map(self, ask: Callable, items: Iterable) -> list:

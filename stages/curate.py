@@ -26,7 +26,7 @@ from habla.curation import (
     proposals,
     source_documents,
 )
-from habla.errors import run_stage
+from habla.errors import UserError, run_stage
 from habla.gates import run_gate, warm_up
 from habla.io import write_json, write_jsonl
 from habla.llm import ChatEndpoint
@@ -117,6 +117,12 @@ def main() -> None:
         tally.chunks = tally.proposed = len(units)
     else:
         units, bill = proposed_units(documents, settings, prompt_set.curate_prompt, tally)
+        if tally.chunks and sum(tally.failed.values()) == tally.chunks:
+            raise UserError(
+                f"curate read nothing from any of the {tally.chunks} chunks: {settings.model} at {settings.base_url} "
+                f"gave {dict(sorted(tally.failed.items()))}. Check the endpoint (the log says what went wrong) and "
+                "rerun: every answer received is cached."
+            )
     units = curated(merge_overlapping(units, tally), settings, bounds, tally)
     for unit in units:
         template = prompt_set.song_task if unit["source"] == "lyrics" else prompt_set.task

@@ -76,6 +76,14 @@ def main() -> None:
         report["failed"],
         report["adjusted_win_rate"],
     )
+    if report["n"] == 0 and settings.backend != "local":
+        log.warning(
+            "judge: %s at %s gave no verdict on any of %d prompts (%s): the numbers above mean nothing",
+            settings.model,
+            settings.base_url,
+            report["failed"],
+            report["failed_by_reason"],
+        )
     if versus := report.get("opponent"):
         log.info(
             "judge: against %s, adjusted win rate base %.3f, tuned %.3f; tuned − base %+.3f (95%% CI %s, sign p=%.3g)",

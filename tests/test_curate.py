@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from habla.curation import chunk_spans, locate, proposals
+from habla.errors import UserError
 from habla.io import read_json, read_jsonl
 from tests.helpers import FakeChatHandler, serve_on_localhost, serving, update_params
 
@@ -196,10 +197,12 @@ def test_a_slow_endpoint_is_a_counted_failure_asked_again_next_run(in_tmp, curat
 
     cleaned_routine(in_tmp, [FILLER[0], JOKES[1] + " SLOW", FILLER[1]])
     use_endpoint(in_tmp, curator.url, api_key_env="")
-    curate.main()
-    assert read_json("metrics/curate.json")["failed_by_reason"] == {"no_answer": 1}
-    curate.main()
-    assert read_json("metrics/curate.json")["calls"] == 1
+    with pytest.raises(UserError, match=r"read nothing from any of the 1 chunks: .* gave \{'no_answer': 1\}"):
+        curate.main()
+    calls = len(curator.calls)
+    with pytest.raises(UserError, match="no_answer"):
+        curate.main()
+    assert len(curator.calls) == 2 * calls, "a chunk that got no answer is asked again next run"
 
 
 def test_the_offline_backend_cuts_passages_with_keyphrases_and_verbatim_spans(in_tmp):

@@ -126,6 +126,21 @@ class LocalJudge:
         return grades
 
 
+# The answers the prompts ask for, as schemas a server can hold the judge to (small local models cannot follow the
+# JSON instruction unaided); the parsers still read prose and `[[A]]` from a server that takes no schema.
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {"veredicto": {"type": "string", "enum": list(CHOICES)}},
+    "required": ["veredicto"],
+}
+GRADE_SCHEMA = {
+    "type": "object",
+    "properties": {"nota": {"type": "integer", "minimum": 1, "maximum": 10}},
+    "required": ["nota"],
+}
+ANSWER_TOKENS = 64  # a JSON verdict or grade with room for the spaces and fences small models add
+
+
 class OpenAIJudge:
     """A judge behind any OpenAI-compatible endpoint (`habla.llm`: cache, retries, concurrency); this class only
     decides what an answer means."""
@@ -142,8 +157,8 @@ class OpenAIJudge:
     def cache_hits(self) -> int:
         return self.endpoint.cache_hits
 
-    def ask(self, prompt: str, parse=parse_choice):
-        answer = self.endpoint.complete([{"role": "user", "content": prompt}], max_tokens=32)
+    def ask(self, prompt: str, parse=parse_choice, schema: dict = VERDICT_SCHEMA):
+        answer = self.endpoint.complete([{"role": "user", "content": prompt}], ANSWER_TOKENS, schema)
         if answer is None:
             return None
         parsed = parse(answer)
@@ -157,7 +172,7 @@ class OpenAIJudge:
         return self.endpoint.map(self.ask, prompts)
 
     def rate(self, prompts: Sequence[str]) -> list[float | None]:
-        return self.endpoint.map(lambda p: self.ask(p, parse_grade), prompts)
+        return self.endpoint.map(lambda p: self.ask(p, parse_grade, GRADE_SCHEMA), prompts)
 
 
 def pairwise_template(settings: Judge) -> str:
