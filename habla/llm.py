@@ -147,6 +147,7 @@ class ChatEndpoint:
         self.failures: Counter = Counter()
         self.tokens: Counter = Counter()
         self.form = self.cache.setting("response_format") or RESPONSE_FORMS[0]
+        self.form_known = self.cache.setting("response_format") is not None
         self.lock = threading.Lock()
 
     def complete(self, messages: list[dict], max_tokens: int, schema: dict | None = None) -> str | None:
@@ -185,16 +186,27 @@ class ChatEndpoint:
         options = {"model": self.settings.model, "messages": messages, "temperature": 0, "max_tokens": max_tokens}
         while schema and self.form != "none":
             form = self.form
+            # until a form has worked, a 5xx may be the server refusing it: ask once, not with the client's retries
+            client = self.client if self.form_known else self.client.with_options(max_retries=0)
             try:
-                return self.client.chat.completions.create(**options, response_format=response_format(form, schema))
+                answer = client.chat.completions.create(**options, response_format=response_format(form, schema))
             except Exception as err:
                 if not refuses_format(err):
-                    raise
+                    if self.form_known:
+                        raise
+                    # a transport failure while the form is untried: ask again, with the client's retries this time
+                    return self.client.chat.completions.create(**options, response_format=response_format(form, schema))
                 with self.lock:
                     if self.form == form:  # another thread may have moved on already
                         self.form = RESPONSE_FORMS[RESPONSE_FORMS.index(form) + 1]
                         log.info("%s refuses response_format %s: asking with %s", self.settings.model, form, self.form)
                         self.cache.remember("response_format", self.form)
+                continue
+            if not self.form_known:
+                with self.lock:
+                    self.form_known = True
+                    self.cache.remember("response_format", form)
+            return answer
         return self.client.chat.completions.create(**options)
 
     def map(self, ask: Callable, items: Iterable) -> list:

@@ -79,3 +79,12 @@ def test_a_server_error_that_is_not_about_the_format_is_a_failed_call(server, tm
     ask = endpoint(server.url, tmp_path / "cache.jsonl")
     assert ask.complete([{"role": "user", "content": "x"}], 16, None) is None  # no schema: plain form refused (400)
     assert ask.failures == {"no_answer": 1}
+
+
+@pytest.mark.parametrize("server", [{"json_object", "none"}], indirect=True)
+def test_a_refusal_is_asked_once_not_with_the_client_s_retries(server, tmp_path):
+    ask = ChatEndpoint(
+        Opponent(base_url=server.url, model="local", max_retries=3, timeout_s=5), tmp_path / "c.jsonl", "judge"
+    )
+    assert ask.complete([{"role": "user", "content": "¿A o B?"}], 16, SCHEMA) == '{"veredicto": "A"}'
+    assert server.seen == ["json_schema", "json_object"], "the 500 naming response_format was not retried"
