@@ -192,20 +192,18 @@ class ChatEndpoint:
                 answer = client.chat.completions.create(**options, response_format=response_format(form, schema))
             except Exception as err:
                 if not refuses_format(err):
-                    if self.form_known:
+                    if self.form_known or self.settings.max_retries == 0:
                         raise
-                    # a transport failure while the form is untried: ask again, with the client's retries this time
-                    return self.client.chat.completions.create(**options, response_format=response_format(form, schema))
+                    # a transport failure while the form was untried: the client's retries left after that one try
+                    retry = self.client.with_options(max_retries=self.settings.max_retries - 1)
+                    return retry.chat.completions.create(**options, response_format=response_format(form, schema))
                 with self.lock:
                     if self.form == form:  # another thread may have moved on already
                         self.form = RESPONSE_FORMS[RESPONSE_FORMS.index(form) + 1]
                         log.info("%s refuses response_format %s: asking with %s", self.settings.model, form, self.form)
                         self.cache.remember("response_format", self.form)
                 continue
-            if not self.form_known:
-                with self.lock:
-                    self.form_known = True
-                    self.cache.remember("response_format", form)
+            self.form_known = True  # a form other than the first is in the cache already
             return answer
         return self.client.chat.completions.create(**options)
 
