@@ -52,7 +52,6 @@ class JsonlWriter:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = path.open(mode + "b")
-        self.rows = 0
 
     def write(self, rows: Iterable[dict] | pl.DataFrame) -> int:
         """Append `rows`; returns how many."""
@@ -64,7 +63,6 @@ class JsonlWriter:
             for row in rows:
                 self.handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True).encode() + b"\n")
                 written += 1
-        self.rows += written
         return written
 
     def __enter__(self) -> JsonlWriter:

@@ -10,8 +10,8 @@ the way every paid call in the pipeline must be asked: the judge, the opponent m
 - Structured output is asked for where a schema is given, in the first form the server takes (`RESPONSE_FORMS`):
   OpenAI's `json_schema`, then `json_object` with the schema (llama.cpp's server and others, which answer the
   first form with a 500 naming `response_format`), then none, the caller reading the first JSON object of the
-  answer. A refusal moves to the next form and is never counted or retried as a failed call; the form that
-  worked is remembered in the cache for the endpoint and said once in the log.
+  answer. A refusal moves to the next form and is never counted or retried as a failed call; a form the server
+  refused is said once in the log, and the one it moved to is remembered in the cache for the endpoint.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ class ChatEndpoint:
         self.calls = self.cache_hits = 0
         self.failures: Counter = Counter()
         self.tokens: Counter = Counter()
-        self.form = self.cache.setting("response_format") or RESPONSE_FORMS[0]
-        self.form_known = self.cache.setting("response_format") is not None
+        learned = self.cache.setting("response_format")
+        self.form, self.form_known = learned or RESPONSE_FORMS[0], learned is not None
         self.lock = threading.Lock()
 
     def complete(self, messages: list[dict], max_tokens: int, schema: dict | None = None) -> str | None:
@@ -189,7 +189,7 @@ class ChatEndpoint:
             # until a form has worked, a 5xx may be the server refusing it: ask once, not with the client's retries
             client = self.client if self.form_known else self.client.with_options(max_retries=0)
             try:
-                answer = client.chat.completions.create(**options, response_format=response_format(form, schema))
+                response = client.chat.completions.create(**options, response_format=response_format(form, schema))
             except Exception as err:
                 if not refuses_format(err):
                     if self.form_known or self.settings.max_retries == 0:
@@ -204,7 +204,7 @@ class ChatEndpoint:
                         self.cache.remember("response_format", self.form)
                 continue
             self.form_known = True  # a form other than the first is in the cache already
-            return answer
+            return response
         return self.client.chat.completions.create(**options)
 
     def map(self, ask: Callable, items: Iterable) -> list:

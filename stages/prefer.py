@@ -16,7 +16,7 @@ import shutil
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json, write_jsonl
-from habla.model.checkpoints import DPO_STEPS, prefer_fingerprint, resume_and_log, save_adapter, step_rows
+from habla.model.checkpoints import DPO_LOG, prefer_fingerprint, resume_and_log, save_adapter, step_rows
 from habla.model.launch import accelerate_launch, check_before_launch, is_worker
 from habla.model.loading import load_tuned
 from habla.model.preference import build_dpo_trainer, build_pairs, check_reference, preference_prompts, training_report
@@ -112,7 +112,7 @@ def main() -> None:
     result = trainer.train(resume_from_checkpoint=checkpoint)
     save_adapter(trainer, paths.PREFERRED, tokenizer, {"params": select(params, PARAMS)})
     if state.is_main_process:
-        steps = step_rows(trainer.state.log_history, DPO_STEPS)
+        steps = step_rows(trainer.state.log_history, DPO_LOG)
         write_json(paths.PREFER_STEPS, steps)
         write_jsonl(paths.PREFERENCE_PAIRS, pairs)
         report = training_report(counts, result, trainer.state.log_history, steps, reference)

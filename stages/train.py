@@ -14,7 +14,7 @@ from __future__ import annotations
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
-from habla.model.checkpoints import EVAL_STEPS, SFT_STEPS, resume_and_log, save_adapter, step_rows, train_fingerprint
+from habla.model.checkpoints import EVAL_LOG, SFT_LOG, resume_and_log, save_adapter, step_rows, train_fingerprint
 from habla.model.fast_paths import resolve
 from habla.model.guards import check_masks
 from habla.model.launch import accelerate_launch, check_before_launch, is_worker
@@ -70,8 +70,8 @@ def main() -> None:
     record = {"params": select(params, PARAMS), "tokenizer": notes, "fast_paths": fast.record()}
     sizes = save_adapter(trainer, paths.ADAPTER, tokenizer, record)
     if state.is_main_process:
-        write_json(paths.TRAIN_STEPS, step_rows(trainer.state.log_history, SFT_STEPS))
-        write_json(paths.EVAL_STEPS, step_rows(trainer.state.log_history, EVAL_STEPS))
+        write_json(paths.TRAIN_STEPS, step_rows(trainer.state.log_history, SFT_LOG))
+        write_json(paths.EVAL_STEPS, step_rows(trainer.state.log_history, EVAL_LOG))
         write_json(paths.TOKENS_PLOT, token_histogram)
         write_json(
             REPORT,

@@ -253,7 +253,7 @@ def test_a_workers_own_error_is_not_followed_by_the_launchers_traceback(tmp_path
 
 
 def test_step_history_puts_both_losses_on_the_optimizer_step_axis():
-    from habla.model.checkpoints import EVAL_STEPS, SFT_STEPS, step_rows
+    from habla.model.checkpoints import EVAL_LOG, SFT_LOG, step_rows
 
     log = [
         {"loss": 2.5, "grad_norm": 0.3, "learning_rate": 0.002, "epoch": 0.2, "step": 10},
@@ -262,7 +262,7 @@ def test_step_history_puts_both_losses_on_the_optimizer_step_axis():
         {"train_runtime": 9.0, "train_loss": 2.4, "epoch": 0.4, "step": 20},
         {"eval_loss": 2.4, "eval_runtime": 0.4, "epoch": 0.4, "step": 20},
     ]
-    train, validation = step_rows(log, SFT_STEPS), step_rows(log, EVAL_STEPS)
+    train, validation = step_rows(log, SFT_LOG), step_rows(log, EVAL_LOG)
     assert train == [
         {"step": 10, "loss": 2.5, "learning_rate": 0.002, "grad_norm": 0.3},
         {"step": 20, "loss": 2.25, "learning_rate": 0.001, "grad_norm": 0.2},
@@ -271,7 +271,7 @@ def test_step_history_puts_both_losses_on_the_optimizer_step_axis():
 
 
 def test_dpo_step_rows_keep_the_rewards_and_skip_entries_without_them():
-    from habla.model.checkpoints import DPO_STEPS, step_rows
+    from habla.model.checkpoints import DPO_LOG, step_rows
 
     rewards = {"rewards/chosen": 0.1, "rewards/rejected": -0.2, "rewards/margins": 0.3, "rewards/accuracies": 0.75}
     log = [
@@ -279,7 +279,7 @@ def test_dpo_step_rows_keep_the_rewards_and_skip_entries_without_them():
         {"loss": 0.5, "step": 2},  # no rewards logged: not a DPO row
         {"train_runtime": 3.0, "train_loss": 0.6, "step": 2},
     ]
-    assert step_rows(log, DPO_STEPS) == [
+    assert step_rows(log, DPO_LOG) == [
         {"step": 1, "loss": 0.693147, "rewards_chosen": 0.1, "rewards_rejected": -0.2, "margins": 0.3, "accuracy": 0.75}
     ]
 

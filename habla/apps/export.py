@@ -13,7 +13,6 @@ export with one sentence and no success is reported.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import shutil
 import time
@@ -25,6 +24,7 @@ from habla.errors import UserError, run_stage
 from habla.io import read_json, read_jsonl, write_json
 from habla.model import exporting, llamacpp
 from habla.model.generation import held_out_cases
+from habla.model.gguf import sha256
 from habla.model.loading import ADAPTER_NAMES, as_model, encode_chat, end_ids, has_preferred, load_tuned
 from habla.model.loading import special_separator as separator_token
 from habla.params import Params, load_params
@@ -51,20 +51,20 @@ def check_cases(params: Params, count: int) -> list[dict]:
     return cases[:count]
 
 
+def conversations(cases: list[dict]) -> list[list[dict]]:
+    """Each held-out case whole: its prompt and the persona's real reply."""
+    return [case["prompt"] + [{"role": "assistant", "content": case["reference"]}] for case in cases]
+
+
 def trained_stops(tokenizer, stops: list[int], cases: list[dict]) -> list[int]:
     """The stop tokens inside the loss: what the persona learned to end its replies with."""
-    conversation = cases[0]["prompt"] + [{"role": "assistant", "content": cases[0]["reference"]}]
-    encoded = encode_chat(tokenizer, conversation)
+    encoded = encode_chat(tokenizer, conversations(cases[:1])[0])
     masked = {i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m}
     return sorted(masked & set(stops)) or [tokenizer.eos_token_id]
 
 
 def file_record(path: Path, seconds: float) -> dict:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest(), "seconds": round(seconds, 2)}
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path), "seconds": round(seconds, 2)}
 
 
 def save_for_conversion(model, tokenizer, folder: Path) -> None:
@@ -108,12 +108,11 @@ def gguf_checks(gguf: Path, expected: Expected, identical: bool, adapter: Path |
 
     tokenizer = expected.tokenizer
     meta = llamacpp.metadata(gguf)
-    conversations = [c["prompt"] + [{"role": "assistant", "content": c["reference"]}] for c in expected.cases]
-    checks = {"template": exporting.check_template(tokenizer, meta["chat_template"], conversations)}
+    checks = {"template": exporting.check_template(tokenizer, meta["chat_template"], conversations(expected.cases))}
     end_of_generation = {i for i in (meta["eos_token_id"], meta["eot_token_id"]) if i is not None}
-    runtime = llamacpp.runtime()
-    if runtime is not None:
-        end_of_generation |= {i for i in expected.stops if llamacpp.is_end_of_generation(gguf, i)}
+    vocab = llamacpp.vocabulary(gguf) if llamacpp.runtime() is not None else None
+    if vocab is not None:
+        end_of_generation |= llamacpp.end_of_generation(vocab, expected.stops)
     checks["stops"] = exporting.check_stops(tokenizer, expected.learned_stops, end_of_generation)
     separator = expected.separator
     file_tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -123,13 +122,13 @@ def gguf_checks(gguf: Path, expected: Expected, identical: bool, adapter: Path |
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
         replies = exporting.greedy_ids(model, expected.prompts, expected.new_tokens, expected.stops)
         checks["greedy_transformers"] = expected.agreement(replies, gguf.name, identical)
-    if runtime is None and adapter is not None:
+    if vocab is None and adapter is not None:
         raise UserError(f"a GGUF adapter is checked in llama.cpp only, and it is not built: {llamacpp.INSTALL_HINT}.")
-    if runtime is None:
+    if vocab is None:
         checks["greedy_llama_cpp"] = {"skipped": f"llama-cpp-python {llamacpp.VERSION} is not built"}
         return checks
     texts = [tokenizer.decode(ids) for ids in expected.prompts]
-    if [llamacpp.tokenize(gguf, text) for text in texts] != expected.prompts:
+    if llamacpp.tokenize(vocab, texts) != expected.prompts:
         raise UserError(f"llama.cpp tokenizes the held-out prompts unlike the adapter's tokenizer ({gguf.name}).")
     replies = llamacpp.greedy(gguf, texts, expected.new_tokens, adapter)
     checks["greedy_llama_cpp"] = expected.agreement(replies, f"llama.cpp on {gguf.name}", identical)

@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from habla import paths
@@ -132,31 +133,43 @@ def sort_target_modules(config_path: Path) -> None:
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-# The trainer's log keys as plot columns, with the digits each keeps: (logged key, column, digits).
-SFT_STEPS = (("loss", "loss", 6), ("learning_rate", "learning_rate", 8), ("grad_norm", "grad_norm", 8))
-EVAL_STEPS = (("eval_loss", "loss", 6),)
-DPO_STEPS = (
-    ("loss", "loss", 6),
-    ("rewards/chosen", "rewards_chosen", 6),
-    ("rewards/rejected", "rewards_rejected", 6),
-    ("rewards/margins", "margins", 6),
-    ("rewards/accuracies", "accuracy", 6),
+@dataclass(frozen=True)
+class StepTable:
+    """A plot table from the trainer's log: the entries holding every `required` key become rows, with `columns`
+    as (logged key, column, digits kept), each where the entry has it."""
+
+    required: frozenset[str]
+    columns: tuple[tuple[str, str, int], ...]
+
+
+SFT_LOG = StepTable(
+    frozenset({"loss"}), (("loss", "loss", 6), ("learning_rate", "learning_rate", 8), ("grad_norm", "grad_norm", 8))
+)
+EVAL_LOG = StepTable(frozenset({"eval_loss"}), (("eval_loss", "loss", 6),))
+DPO_LOG = StepTable(
+    frozenset({"loss", "rewards/margins"}),
+    (
+        ("loss", "loss", 6),
+        ("rewards/chosen", "rewards_chosen", 6),
+        ("rewards/rejected", "rewards_rejected", 6),
+        ("rewards/margins", "margins", 6),
+        ("rewards/accuracies", "accuracy", 6),
+    ),
 )
 
 
-def step_rows(log_history: list[dict], columns: tuple[tuple[str, str, int], ...]) -> list[dict]:
-    """One plot row per optimizer step from the trainer's log: the entries holding `columns`' first key (and, for
-    DPO, its rewards), the last entry of a step winning (the evaluation after training repeats the last step's).
+def step_rows(log_history: list[dict], table: StepTable) -> list[dict]:
+    """One plot row per optimizer step, the last entry of a step winning (the evaluation after training repeats
+    the last step's).
 
     dvclive's own series count logging calls, not optimizer steps, and split train and validation loss into
     separate charts; these tables put both losses on one axis that means something.
     """
-    required = {key for key, _, _ in columns if key.startswith("rewards/")} | {columns[0][0]}
     rows: dict[int, dict] = {}
     for entry in log_history:
-        if required <= entry.keys():
+        if table.required <= entry.keys():
             rows[entry["step"]] = {
                 "step": entry["step"],
-                **{name: round(float(entry[key]), digits) for key, name, digits in columns if key in entry},
+                **{name: round(float(entry[key]), digits) for key, name, digits in table.columns if key in entry},
             }
     return list(rows.values())

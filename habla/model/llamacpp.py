@@ -8,15 +8,12 @@ habla never maps a tensor itself: the converters do, exactly as llama.cpp's own 
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from habla.errors import UserError
-
-log = logging.getLogger(__name__)
 
 VERSION = "0.3.36"
 QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -86,7 +83,7 @@ def quantize(source: Path, target: Path, ftype: int) -> None:
 
 
 def metadata(path: Path) -> dict:
-    """What the export checks read from a GGUF file: its chat template, stop ids, token list and file type."""
+    """What the export checks read from a GGUF file: its chat template, its stop ids and its architecture."""
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
@@ -99,8 +96,6 @@ def metadata(path: Path) -> dict:
         "chat_template": value("tokenizer.chat_template"),
         "eos_token_id": value("tokenizer.ggml.eos_token_id"),
         "eot_token_id": value("tokenizer.ggml.eot_token_id"),
-        "tokens": value("tokenizer.ggml.tokens"),
-        "file_type": value("general.file_type"),
         "architecture": value("general.architecture"),
     }
 
@@ -129,15 +124,17 @@ def greedy(path: Path, prompts: list[str], max_new_tokens: int, adapter: Path | 
     return outputs
 
 
-def is_end_of_generation(path: Path, token: int) -> bool:
-    """Whether llama.cpp ends generation at `token` with this file (its EOS, EOT and the tokens it knows end turns)."""
-    llama_cpp = runtime()
-    model = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    return bool(llama_cpp.llama_vocab_is_eog(model._model.vocab, token))
+def vocabulary(path: Path):
+    """The file's vocabulary as llama.cpp loads it (no weights): for `end_of_generation` and `tokenize`."""
+    return runtime().Llama(model_path=str(path), vocab_only=True, verbose=False)
 
 
-def tokenize(path: Path, text: str) -> list[int]:
-    """llama.cpp's own tokenization of `text` (special tokens parsed), from the GGUF's vocabulary only."""
-    llama_cpp = runtime()
-    model = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    return model.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+def end_of_generation(vocab, ids: list[int]) -> set[int]:
+    """The `ids` at which llama.cpp ends generation with this vocabulary (its EOS, EOT and the tokens it knows end
+    turns)."""
+    return {i for i in ids if runtime().llama_vocab_is_eog(vocab._model.vocab, i)}
+
+
+def tokenize(vocab, texts: list[str]) -> list[list[int]]:
+    """llama.cpp's own tokenization of each text (special tokens parsed)."""
+    return [vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True) for text in texts]
