@@ -301,6 +301,14 @@ class Judge(_Section):
 
 
 @dataclass(frozen=True)
+class Voice(_Section):
+    folds: int = 5
+    max_train_turns: int = 20000
+    judge: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Serve(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -326,6 +334,7 @@ class Params(_Section):
     prefer: Prefer = field(default_factory=Prefer)
     evaluate: Evaluate = field(default_factory=Evaluate)
     judge: Judge = field(default_factory=Judge)
+    voice: Voice = field(default_factory=Voice)
     serve: Serve = field(default_factory=Serve)
     resources: Resources = field(default_factory=Resources)
 
@@ -416,6 +425,8 @@ def _check(params: Params) -> None:
             f"params: `evaluate.stride` ({params.evaluate.stride}) must be positive and below `train.max_length` "
             f"({params.train.max_length}): windows overlap by max_length − stride tokens of context (e.g. half of it)."
         )
+    if params.voice.folds < 2:
+        raise UserError(f"params: `voice.folds` is {params.voice.folds}: cross-validation needs at least 2 folds.")
     if not 0 <= params.train.lora.dropout < 1:
         raise UserError(f"params: `train.lora.dropout` is {params.train.lora.dropout}: it must be in [0, 1).")
     if params.builtin.hidden_size % params.builtin.heads:

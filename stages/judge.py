@@ -41,6 +41,7 @@ DEPS = [
     "habla/llm.py",
     "habla/plots.py",
     "habla/model/scoring.py",
+    "habla/stats.py",
     "habla/model/loading.py",
     "habla/model/templates.py",
     paths.PRESETS,

@@ -46,6 +46,7 @@ DEPS = [
     "stages/perplexity.py",
     "habla/model/perplexity.py",
     "habla/model/scoring.py",
+    "habla/stats.py",
     "habla/model/loading.py",
     "habla/model/templates.py",
     paths.PRESETS,

@@ -68,6 +68,7 @@ DEPS = [
     "habla/model/sft.py",
     "habla/model/judging.py",
     "habla/model/scoring.py",
+    "habla/stats.py",
     "habla/plots.py",
     "habla/text/near_dups.py",
     "habla/llm.py",

@@ -27,6 +27,7 @@ LAYERS = {
     "habla.params": 1,
     "habla.io": 1,
     "habla.plots": 1,
+    "habla.stats": 1,
     "habla.gates": 2,
     "habla.llm": 2,
     "habla.readers": 3,

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from habla.model.generation import cut_before_reply
 from habla.model.judging import verdict, win_rate
-from habla.model.scoring import bootstrap_interval, perplexity_interval, sliding_windows, target_nll
+from habla.model.scoring import perplexity_interval, sliding_windows, target_nll
+from habla.stats import bootstrap_interval
 
 
 def masked_nll(logits, input_ids, loss_mask):

@@ -1,4 +1,4 @@
-"""The chat page and the generations page of `habla serve`, in a real browser (the `browser` fixture).
+"""The chat page, the generations page and the blind test of `habla serve`, in a real browser (the `browser` fixture).
 
 Screenshots of each page go to `build/screenshots/` (or `$HABLA_SCREENSHOTS`); the README's come from there.
 """
@@ -185,8 +185,43 @@ def test_generation_cases_join_replies_verdicts_and_ratings(tmp_path):
     assert judged["outcome"] == "loss"
 
 
+def test_the_blind_page_asks_which_reply_is_real_one_click_at_a_time_and_keeps_no_text(
+    evaluated, server, browser, tmp_path, monkeypatch
+):
+    from habla.apps import blind
+
+    answers = tmp_path / "answers.jsonl"
+    monkeypatch.setattr(habla.paths, "BLIND_ANSWERS", answers)
+    _, url = server()
+    cases = [json.loads(line) for line in (evaluated / "metrics/generations.jsonl").read_text().splitlines()]
+    references = {case["reference"].strip() for case in cases}
+    browser.get(url + "/blind")
+    picked_real = 0
+    for answered in range(1, 7):
+        wait(browser, lambda d: d.find_elements("css selector", "#choice-A:enabled"))
+        shown = [browser.find_element("css selector", f"#choice-{side} p").text for side in "AB"]
+        real = "A" if shown[0] in references else "B"
+        side = real if answered % 3 else "AB"[real == "A"]  # right twice, then wrong once
+        picked_real += side == real
+        if answered == 6:
+            browser.find_element("tag name", "body").send_keys(side.lower())  # the keyboard works too
+        else:
+            browser.find_element("id", f"choice-{side}").click()
+        wait(browser, lambda d, n=answered: d.find_element("id", "answered").get_attribute("textContent") == str(n))
+    stored = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert len(stored) == 6 and sum(row["choice"] == row["real"] for row in stored) == picked_real == 4
+    assert not any(len(text) > 3 and text in answers.read_text() for text in references)
+    browser.find_element("css selector", "details summary").click()
+    rows = [row.text for row in browser.find_elements("css selector", "#summary tr")]
+    assert len(rows) == len({row["model"] for row in stored})
+    assert all(row.split()[0] in ("base", "tuned") for row in rows)
+    shoot(browser, "blind.png")
+    report = blind.blind_report(stored)
+    assert sum(model["answers"] for model in report["models"].values()) == 6
+
+
 def test_pages_load_nothing_from_elsewhere_and_config_cannot_break_out_of_its_script():
-    for name in ("chat.html", "generations.html"):
+    for name in ("chat.html", "generations.html", "blind.html"):
         html = page(name, {"separator": "</script><script>alert(1)</script>"}).decode()
         assert "</script><script>alert(1)" not in html
         assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), f"{name} loads something remote"
@@ -202,7 +237,31 @@ def test_held_out_conversations_are_given_only_to_clients_on_this_machine(server
     assert "default-src 'none'" in policy and "connect-src 'self'" in policy
     with urllib.request.urlopen(url + "/v1/habla/generations") as response:
         assert response.status == 200
+    with urllib.request.urlopen(url + "/v1/habla/blind") as response:
+        assert response.status == 200
     monkeypatch.setattr(habla.apps.serve, "is_local", lambda host: False)
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(url + "/v1/habla/generations")
-    assert refused.value.code == 403
+    for request in (
+        url + "/v1/habla/generations",
+        url + "/v1/habla/blind",
+        urllib.request.Request(url + "/v1/habla/blind", data=b'{"token": "x", "choice": "A"}', method="POST"),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request)
+        assert refused.value.code == 403
+
+
+def test_the_blind_api_refuses_a_stale_token_a_wrong_letter_and_a_large_body(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(habla.paths, "BLIND_ANSWERS", tmp_path / "answers.jsonl")
+    _, url = server()
+
+    def post(data: bytes) -> int:
+        request = urllib.request.Request(url + "/v1/habla/blind", data=data, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request)
+        return refused.value.code
+
+    assert post(b'{"token": "never-shown", "choice": "A"}') == 409
+    assert post(b'{"token": "never-shown", "choice": "C"}') == 400
+    assert post(b"[1, 2]") == 400 and post(b"not json") == 400
+    assert post(b'{"token": "' + b"x" * 2000 + b'", "choice": "A"}') == 413
+    assert not (tmp_path / "answers.jsonl").exists()

@@ -1,4 +1,5 @@
-"""The `habla` command: `habla chat`, `habla serve`, `habla export` (the pipeline itself runs with `dvc repro`)."""
+"""The `habla` command: `habla chat`, `habla serve`, `habla export`, `habla blind` (the pipeline itself runs with
+`dvc repro`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import sys
 
 from habla.errors import run_stage
 
-COMMANDS = {"chat": "habla.apps.chat", "serve": "habla.apps.serve", "export": "habla.apps.export"}
+COMMANDS = {
+    "chat": "habla.apps.chat",
+    "serve": "habla.apps.serve",
+    "export": "habla.apps.export",
+    "blind": "habla.apps.blind",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from habla.apps.blind import BlindTest
 from habla.apps.web import PAGES, generation_cases, is_local, page
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
 from habla.model.loading import as_model, load_tuned, models_in, special_separator
@@ -31,6 +32,13 @@ from habla.params import Params, Serve, load_params
 log = logging.getLogger("serve")
 
 ROLES = {"system", "user", "assistant"}
+BLIND = "/v1/habla/blind"
+BLIND_BODY_BYTES = 1024  # a token and a letter
+# Routes that give out held-out chat text (or take answers about it): only for clients on this machine.
+LOCAL_ONLY = {
+    "/v1/habla/generations": "Held-out conversations are shown only to clients on this machine.",
+    BLIND: "The blind test shows held-out conversations: it is open only to clients on this machine.",
+}
 # The pages are inline HTML, CSS and JS that talk to this server only: nothing else may load.
 PAGE_POLICY = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
@@ -276,12 +284,12 @@ class CompletionHandler(BaseHTTPRequestHandler):
             self.send_page(PAGES[route])
         elif not self.authorised():
             self.send_json(401, RequestError(401, "Invalid API key.", kind="authentication_error").body())
+        elif route in LOCAL_ONLY and not is_local(self.client_address[0]):
+            self.send_json(403, RequestError(403, LOCAL_ONLY[route], kind="permission_error").body())
         elif route == "/v1/habla/generations":
-            if not is_local(self.client_address[0]):
-                message = "Held-out conversations are shown only to clients on this machine."
-                self.send_json(403, RequestError(403, message, kind="permission_error").body())
-            else:
-                self.send_json(200, generation_cases())
+            self.send_json(200, generation_cases())
+        elif route == BLIND:
+            self.send_json(200, self.server.blind.state())
         elif route == "/v1/models":
             data = [
                 {"id": m, "object": "model", "created": self.server.engine.created, "owned_by": "habla"}
@@ -293,15 +301,20 @@ class CompletionHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         try:
-            if self.path != "/v1/chat/completions":
+            if self.path not in ("/v1/chat/completions", BLIND):
                 raise RequestError(404, f"No route {self.path}.", kind="not_found_error")
             if not self.authorised():
                 raise RequestError(401, "Invalid API key.", kind="authentication_error")
-            raw = self.read_body(self.server.engine.params.serve.max_body_bytes)
+            if self.path in LOCAL_ONLY and not is_local(self.client_address[0]):
+                raise RequestError(403, LOCAL_ONLY[self.path], kind="permission_error")
+            limit = BLIND_BODY_BYTES if self.path == BLIND else self.server.engine.params.serve.max_body_bytes
+            raw = self.read_body(limit)
             try:
                 body = json.loads(raw or b"null")
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise RequestError(400, "The request body is not valid JSON.") from None
+            if self.path == BLIND:
+                return self.blind_answer(body)
             engine = self.server.engine
             request = engine.fit(parse_completion(body, engine.params, engine.models))
             ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -320,6 +333,16 @@ class CompletionHandler(BaseHTTPRequestHandler):
                 self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
             else:
                 self.send_json(500, error)
+
+    def blind_answer(self, body: object) -> None:
+        """Store one answer of the blind test (`{"token", "choice"}`) and send the next pair."""
+        if not isinstance(body, dict):
+            raise RequestError(400, 'Send {"token": ..., "choice": "A" or "B"}.')
+        try:
+            self.server.blind.answer(body.get("token"), body.get("choice"))
+        except ValueError as err:
+            raise RequestError(409 if body.get("choice") in ("A", "B") else 400, str(err)) from None
+        self.send_json(200, self.server.blind.state())
 
     def read_body(self, limit: int) -> bytes:
         """The body, never more than `limit` bytes: the declared length is checked before anything is read.
@@ -382,6 +405,7 @@ class ServeServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], engine: Engine, api_key: str | None):
         super().__init__(address, CompletionHandler)
         self.engine, self.api_key = engine, api_key
+        self.blind = BlindTest()
 
 
 def make_server(engine: Engine, settings: Serve) -> ServeServer:

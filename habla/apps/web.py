@@ -1,9 +1,10 @@
-"""The two pages `habla serve` shows a browser: the chat at `/` and the side-by-side generations at `/generations`.
+"""The pages `habla serve` shows a browser: the chat at `/`, the side-by-side generations at `/generations` and the
+blind test at `/blind` (habla/apps/blind.py).
 
 Both are static, self-contained files (inline CSS and JS, no CDN, no web fonts) so they work offline; they get
 their data from the server's own API with the same bearer key as any client, and render it with `textContent`,
-never as HTML. The held-out conversations behind `/generations` are other people's words: that data is given
-only to clients on the machine itself, whatever address the API is bound to.
+never as HTML. The held-out conversations behind `/generations` are other people's words: that data (and the blind
+test's) is given only to clients on the machine itself, whatever address the API is bound to.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from importlib import resources
 from pathlib import Path
 
 from habla import paths
+from habla.apps.blind import NOT_A_REPLY
 from habla.io import read_jsonl
 from habla.model.judging import chosen_model
 
-PAGES = {"/": "chat.html", "/generations": "generations.html"}
-NOT_A_REPLY = {"id", "prompt", "reference", "source"}
+PAGES = {"/": "chat.html", "/generations": "generations.html", "/blind": "blind.html"}
 
 
 def page(name: str, config: dict) -> bytes:

@@ -35,6 +35,8 @@ PAIRWISE_PROMPTS = {
     "openai": paths.PROMPTS / "judge_pairwise_json.es.txt",
 }
 RATING_PROMPTS = {"local": paths.PROMPTS / "judge_rating.es.txt", "openai": paths.PROMPTS / "judge_rating_json.es.txt"}
+# "which of the two did the person write?": no reference shown, and no tie to hide behind
+BLIND_PROMPTS = {"local": paths.PROMPTS / "judge_blind.es.txt", "openai": paths.PROMPTS / "judge_blind_json.es.txt"}
 CHOICES = ("A", "B", "C")
 GRADES = tuple(range(1, 11))
 FALLBACK = re.compile(r"\[\[\s*([ABC])\s*\]\]")
@@ -47,13 +49,14 @@ def json_field(text: str, keys: tuple[str, ...]):
     return next((data[key] for key in keys if key in data), None) if data else None
 
 
-def parse_choice(text: str) -> str | None:
-    """`{"veredicto": "A"}` (or `verdict`/`choice`), else `[[A]]` anywhere in the text; otherwise None."""
+def parse_choice(text: str, choices: tuple[str, ...] = CHOICES) -> str | None:
+    """`{"veredicto": "A"}` (or `verdict`/`choice`), else `[[A]]` anywhere in the text; otherwise (or a letter
+    outside `choices`) None."""
     value = str(json_field(text, ("veredicto", "verdict", "choice")) or "").strip().upper()
-    if value in CHOICES:
+    if value in choices:
         return value
     match = FALLBACK.search(text)
-    return match.group(1) if match else None
+    return match.group(1) if match and match.group(1) in choices else None
 
 
 def parse_grade(text: str) -> float | None:
@@ -73,7 +76,7 @@ def render_prompt(tokenizer, prompt: str) -> list[int]:
 
 
 class LocalJudge:
-    """A transformers model; the choice is the most likely of the tokens A, B and C."""
+    """A transformers model; the choice is the most likely of the letters' tokens (A, B and C, or those asked)."""
 
     def __init__(self, model, tokenizer, batch_size: int):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -81,15 +84,15 @@ class LocalJudge:
         self.failures: Counter = Counter()  # next-token probabilities always give an answer
 
     @torch.inference_mode()
-    def choose(self, prompts: Sequence[str]) -> list[str | None]:
-        choice_ids = [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in CHOICES]
+    def choose(self, prompts: Sequence[str], choices: tuple[str, ...] = CHOICES) -> list[str | None]:
+        choice_ids = [self.tokenizer.encode(c, add_special_tokens=False)[0] for c in choices]
         picks: list[str | None] = []
         for batch in prompt_batches(
             self.tokenizer, [[{"role": "user", "content": p}] for p in prompts], self.batch_size
         ):
             self.calls += 1
             logits = self.model(**batch, logits_to_keep=1).logits[:, -1, choice_ids]  # the next token's only
-            picks += [CHOICES[i] for i in logits.argmax(dim=-1).tolist()]
+            picks += [choices[i] for i in logits.argmax(dim=-1).tolist()]
         return picks
 
     @torch.inference_mode()
@@ -128,11 +131,15 @@ class LocalJudge:
 
 # The answers the prompts ask for, as schemas a server can hold the judge to (small local models cannot follow the
 # JSON instruction unaided); the parsers still read prose and `[[A]]` from a server that takes no schema.
-VERDICT_SCHEMA = {
-    "type": "object",
-    "properties": {"veredicto": {"type": "string", "enum": list(CHOICES)}},
-    "required": ["veredicto"],
-}
+def verdict_schema(choices: tuple[str, ...] = CHOICES) -> dict:
+    return {
+        "type": "object",
+        "properties": {"veredicto": {"type": "string", "enum": list(choices)}},
+        "required": ["veredicto"],
+    }
+
+
+VERDICT_SCHEMA = verdict_schema()
 GRADE_SCHEMA = {
     "type": "object",
     "properties": {"nota": {"type": "integer", "minimum": 1, "maximum": 10}},
@@ -168,8 +175,9 @@ class OpenAIJudge:
                 self.failures["not_understood"] += 1
         return parsed
 
-    def choose(self, prompts: Sequence[str]) -> list[str | None]:
-        return self.endpoint.map(self.ask, prompts)
+    def choose(self, prompts: Sequence[str], choices: tuple[str, ...] = CHOICES) -> list[str | None]:
+        schema = verdict_schema(choices)
+        return self.endpoint.map(lambda p: self.ask(p, lambda text: parse_choice(text, choices), schema), prompts)
 
     def rate(self, prompts: Sequence[str]) -> list[float | None]:
         return self.endpoint.map(lambda p: self.ask(p, parse_grade, GRADE_SCHEMA), prompts)

@@ -14,10 +14,11 @@ import math
 import numpy as np
 
 from habla.model.loading import MODELS
-from habla.model.scoring import bootstrap_interval
 from habla.params import Judge
+from habla.stats import bootstrap_interval
 
 OPPONENT = "opponent"
+BLIND = ("A", "B")  # which of two replies the person wrote: no tie to hide behind
 
 
 def comparisons(cases: list[dict]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -213,3 +214,55 @@ def rating_summary(grades: list[float | None], resamples: int) -> dict:
         "n": len(valid),
         "failed": sum(g is None for g in grades),
     }
+
+
+def blind_orders(judge, template: str, cases: list[dict], model: str) -> dict:
+    """The blind test of one model: each prompt's real reply and the model's, real first then real second; the
+    judge says which one the person wrote. Per prompt, each order's pick is `real`, `generated` or None (failed)."""
+    as_a = where_answered(
+        cases, (model,), lambda cs: judge.choose([fill(template, c, c["reference"], c[model]) for c in cs], BLIND)
+    )
+    as_b = where_answered(
+        cases, (model,), lambda cs: judge.choose([fill(template, c, c[model], c["reference"]) for c in cs], BLIND)
+    )
+    missing = sum(case.get(model) is None for case in cases)
+    if missing:
+        judge.failures["no_reply"] += missing
+    return {
+        "real_as_a": [picked_real(letter, "A") for letter in as_a],
+        "real_as_b": [picked_real(letter, "B") for letter in as_b],
+    }
+
+
+def picked_real(letter: str | None, real_shown_as: str) -> str | None:
+    return None if letter is None else "real" if letter == real_shown_as else "generated"
+
+
+def blind_summary(orders: dict, resamples: int) -> dict:
+    """How often the judge found the real reply: per prompt the share of its two orders it got right (orders that
+    failed left out), accuracy over prompts with a bootstrap interval. 0.5 is chance: a judge that always says A
+    is right once per prompt; below 0.5 the model reads more like the person than the person does."""
+    per_prompt = []
+    for first, second in zip(orders["real_as_a"], orders["real_as_b"]):
+        answered = [pick == "real" for pick in (first, second) if pick is not None]
+        if answered:
+            per_prompt.append(sum(answered) / len(answered))
+    correct = np.array(per_prompt)
+    low, high = bootstrap_interval(len(correct), lambda idx: float(correct[idx].mean()), resamples)
+    judgments = orders["real_as_a"] + orders["real_as_b"]
+    return {
+        "n": len(correct),
+        "judgments": sum(pick is not None for pick in judgments),
+        "failed": judgments.count(None),
+        "accuracy": float(correct.mean()) if len(correct) else math.nan,
+        "accuracy_ci95": [low, high],
+        "first_position_bias": first_position_share(orders),
+    }
+
+
+def first_position_share(orders: dict) -> float:
+    """The share of answered judgments that picked answer A, whichever it was: 0.5 for a judge without position
+    bias; near 1 (or 0) and an accuracy near 0.5 means the judge read the positions, not the replies."""
+    letters = [("A" if pick == "real" else "B") for pick in orders["real_as_a"] if pick is not None]
+    letters += [("B" if pick == "real" else "A") for pick in orders["real_as_b"] if pick is not None]
+    return letters.count("A") / len(letters) if letters else math.nan

@@ -1,12 +1,14 @@
-"""Small statistics shared by the evaluation stages: NLL of target tokens, batched scoring and bootstrap intervals."""
+"""NLL of target tokens, batched scoring and perplexity intervals for the evaluation stages."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from habla.stats import bootstrap_interval
 
 
 def target_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,18 +38,6 @@ def sliding_windows(ids: list[int], mask: list[int], window: int, stride: int) -
         out.append((ids[begin:end], fresh))
         scored_until, end = end, end + stride
     return out
-
-
-def bootstrap_interval(
-    n: int, statistic: Callable[[np.ndarray], float], resamples: int, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap over items (conversations, prompts): resample indices with replacement."""
-    if n == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    values = [statistic(rng.integers(0, n, n)) for _ in range(resamples)]
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
 def perplexity_interval(
