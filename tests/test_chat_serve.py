@@ -242,6 +242,35 @@ def test_api_key_is_required_when_configured(server, monkeypatch):
     assert len(client(url, "s3cret").models.list().data) == 2
 
 
+def test_a_network_address_without_a_key_is_refused_unless_the_user_means_it(monkeypatch):
+    from habla.apps.serve import api_key_for, loopback_only
+    from habla.errors import UserError
+    from habla.params import Serve
+
+    assert all(loopback_only(host) for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"))
+    assert not any(loopback_only(host) for host in ("0.0.0.0", "::", "192.168.1.20", "no-such-host.invalid"))
+    with pytest.raises(UserError, match="--network-without-key"):
+        api_key_for(Serve(host="0.0.0.0"))
+    assert api_key_for(Serve(host="0.0.0.0"), network_without_key=True) is None
+    monkeypatch.setenv("HABLA_TEST_KEY", "s3cret")
+    assert api_key_for(Serve(host="0.0.0.0", api_key_env="HABLA_TEST_KEY")) == "s3cret"
+    assert api_key_for(Serve(host="127.0.0.1")) is None
+
+
+def test_habla_serve_on_every_address_without_a_key_stops_before_loading_the_model(in_tmp):
+    """As a new user would try it: one sentence and exit status 2, in seconds (no model exists in this folder)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "habla.apps.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 2
+    assert "0.0.0.0 reaches beyond this machine and no API key is set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_concurrent_requests_queue_on_one_model_and_overflow_gets_503(server):
     import openai
 

@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 
 from habla.apps.blind import BlindTest
 from habla.apps.web import PAGES, generation_cases, is_local, page
+from habla.errors import UserError
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
 from habla.model.loading import as_model, load_tuned, models_in, special_separator
 from habla.params import Params, Serve, load_params
@@ -408,13 +410,41 @@ class ServeServer(ThreadingHTTPServer):
         self.blind = BlindTest()
 
 
-def make_server(engine: Engine, settings: Serve) -> ServeServer:
+def loopback_only(host: str) -> bool:
+    """Whether every address `host` names is this machine's loopback (a name is resolved; one that does not
+    resolve is not taken for loopback)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(addresses) and all(is_local(address.split("%")[0]) for address in addresses)
+
+
+def api_key_for(settings: Serve, network_without_key: bool = False) -> str | None:
+    """The API key (None: no key), refusing to serve a model trained on private chats beyond this machine without
+    one: it can be prompted to repeat them. `network_without_key` (`--network-without-key`) is the user saying
+    they mean it."""
     api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     if settings.api_key_env and not api_key:
-        from habla.errors import UserError
-
         raise UserError(f"serve.api_key_env names `{settings.api_key_env}`, but that environment variable is empty.")
-    return ServeServer((settings.host, settings.port), engine, api_key)
+    if not api_key and not network_without_key and not loopback_only(settings.host):
+        raise UserError(
+            f"habla serve: {settings.host} reaches beyond this machine and no API key is set, so anyone on the "
+            "network could prompt the persona into repeating its chats: set one (`export HABLA_KEY=$(openssl rand "
+            "-hex 16)` and `--api-key-env HABLA_KEY`, or serve.api_key_env), or pass --network-without-key if you "
+            "mean it."
+        )
+    return api_key
+
+
+def make_server(engine: Engine, settings: Serve, network_without_key: bool = False) -> ServeServer:
+    return ServeServer((settings.host, settings.port), engine, api_key_for(settings, network_without_key))
+
+
+def served_addresses(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        return f"every address of this machine, port {port}"
+    return f"http://{host}:{port}/v1" if ":" not in host else f"http://[{host}]:{port}/v1"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -422,6 +452,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--api-key-env", help="environment variable that holds the API key")
+    parser.add_argument(
+        "--network-without-key",
+        action="store_true",
+        help="serve a non-loopback address without an API key (anyone who reaches it can prompt the persona)",
+    )
     args = parser.parse_args(argv)
     params = load_params()
     overrides = {
@@ -430,11 +465,19 @@ def main(argv: list[str] | None = None) -> None:
         if v is not None
     }
     params = dataclasses.replace(params, serve=dataclasses.replace(params.serve, **overrides))
+    api_key_for(params.serve, args.network_without_key)  # a refusal before minutes of loading the model
     model, tokenizer = load_tuned(preferred=True)
     engine = Engine(model, tokenizer, params)
-    server = make_server(engine, params.serve)
+    server = make_server(engine, params.serve, args.network_without_key)
     host, port = server.server_address[:2]
-    log.info("serving models %s on http://%s:%d/v1 (Ctrl-C stops)", ", ".join(engine.models), host, port)
+    log.info(
+        "serving models %s on %s; API key %s (Ctrl-C stops)",
+        ", ".join(engine.models),
+        served_addresses(host, port),
+        "required" if server.api_key else "not required",
+    )
+    if server.api_key is None and not loopback_only(host):
+        log.warning("no API key: anyone who can reach this machine can prompt the persona (--network-without-key)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
