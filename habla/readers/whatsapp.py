@@ -32,11 +32,19 @@ _LOCAL_DIGITS = (
     "\u0966\u0967\u0968\u0969\u096a\u096b\u096c\u096d\u096e\u096f"
 )
 _DIGIT = f"[0-9{_LOCAL_DIGITS}]"
-_DATE = rf"(?P<d1>{_DIGIT}{{1,4}})[./-]\s?(?P<d2>{_DIGIT}{{1,2}})[./-]\s?(?P<d3>{_DIGIT}{{1,4}})\.?"
+_ERA = "[RH]"  # Reiwa (2019–) and Heisei (1989–2019): year n is 2018 + n and 1988 + n
+_ERA_START = {"R": 2018, "H": 1988}
+# The middle field is a year in month/year/day exports (`[06/2018/13, …]`); the last may be a Japanese-era year
+# (`3/27/R4`: Reiwa 4), which iOS writes with the Japanese calendar.
+_DATE = (
+    rf"(?P<d1>{_DIGIT}{{1,4}})[./-]\s?(?P<d2>{_DIGIT}{{4}}|{_DIGIT}{{1,2}})[./-]\s?"
+    rf"(?P<d3>{_ERA}?{_DIGIT}{{1,4}})\.?"
+)
 # Twelve-hour markers: after the time (a. m., PM, م, μ.μ.) or, in East Asian locales, before it (午後, 오후, 下午).
 _AM_PM_AFTER = r"(?:\s?(?P<ampm>[aApP]\.?\s?[mM]\.?|ص|م|[πμ]\.\s?μ\.|[πμ]μ))?"
 _AM_PM_BEFORE = r"(?P<pre>午前|午後|오전|오후|上午|下午)\s?"
-_TIME = rf"(?P<hh>{_DIGIT}{{1,2}})[:.](?P<mi>{_DIGIT}{{2}})(?:[:.](?P<ss>{_DIGIT}{{2}}))?{_AM_PM_AFTER}"
+_TIME_24 = rf"(?P<hh>{_DIGIT}{{1,2}})[:.](?P<mi>{_DIGIT}{{2}})(?:[:.](?P<ss>{_DIGIT}{{2}}))?"
+_TIME = _TIME_24 + _AM_PM_AFTER
 # Between date and time: a comma (Latin or Arabic) and, in some languages, a word (à, klo, um, at, às, alle, om, kl.).
 _BETWEEN = rf"[,،]?\s+(?:{_AM_PM_BEFORE}|[^\d\s\[\]]{{1,4}}\.?\s+)?"
 # Each pattern is a header up to where the message starts (the rest of the line is the message): matching only the
@@ -45,12 +53,33 @@ HEADER_PATTERNS = {
     "ios": rf"^\s*\[{_DATE}{_BETWEEN}{_TIME}\]\s*",
     "ios_time_first": rf"^\s*\[{_TIME}[,،]\s*{_DATE}\]\s*",
     "android": rf"^\s*{_DATE}{_BETWEEN}{_TIME}\s+[-–]\s",
-    "legacy": rf"^\s*{_DATE}{_BETWEEN}{_TIME}:\s",
+    "legacy": rf"^\s*{_DATE}{_BETWEEN}{_TIME}[:;]\s",  # `13.06.18 21.25.15: a: m`, `12.07.2017 - 22:35:22; a: m`
+    # Croatian and Serbian phones: `13. 6. 2018. 21:25:15 a: m`, nothing between the time and the author. Last, so a
+    # file that another format reads as well goes to that one (detection keeps the first of equal counts).
+    "dotted_bare": (
+        rf"^\s*(?P<d1>{_DIGIT}{{1,2}})\.\s?(?P<d2>{_DIGIT}{{1,2}})\.\s?(?P<d3>{_DIGIT}{{4}})\.\s+{_TIME_24}\s+"
+    ),
 }
 # `clean.header_format` names its groups for people; the parser's own names are positional.
 CUSTOM_GROUPS = {"day": "d1", "month": "d2", "year": "d3", "hour": "hh", "minute": "mi", "second": "ss", "ampm": "ampm"}
 REQUIRED_CUSTOM_GROUPS = ("day", "month", "year", "hour", "minute", "rest")
 AUTHOR_PATTERN = r"(?s)^(?P<author>[^:\n]{1,80}?)\s?: (?P<text>.*)$"
+# iOS begins the text of each of its placeholders and system lines with a directional mark (U+200E; U+200F in
+# right-to-left languages) in every app language, and the whole line too for attachments and placeholders: evidence
+# that needs no wording, for the languages the locale table lacks. Read on the raw first line (normalising removes
+# marks), after the first `: ` (the author's): a mark opening the text, or after a file name (`Resume.pdf • ‎2 pages
+# ‎document omitted`); a mark before `<…>` counts only before an attachment's numbered name, not an edit notice.
+_MARK = "[\u200e\u200f]"
+MARKED_TEXT = rf"^(?:[^:\n]|:[^ \n])*: (?:[^\n]*?\.\w{{1,8}} (?:• [^\n]*?)?)?{_MARK}(?:[^<\n]|<[^>\n]*\d{{8}}-)"
+MARKED_LINE = rf"^\s*{_MARK}"
+NUMBERED_ATTACHMENT = r"<[^>\n]*\d{8}-[^>\n]*>"
+URL = r"https?://"
+# Android writes a shared document as `<Media omitted>` with the file's name on the next line, where a caption goes:
+# a lone file name there is the document's, not words the person typed.
+DOCUMENT_NAME = (
+    r"(?i)^[^\n]{1,160}\.(?:pdf|docx?|xlsx?|pptx?|odt|ods|odp|rtf|txt|csv|json|xml|html?|epub|zip|rar|7z|apk|vcf"
+    r"|mp3|m4a|wav|ogg|opus|aac|mp4|mov|avi|mkv|3gp|jpe?g|png|gif|webp|heic)\s*$"
+)
 # Lines that start like a chat export (a date, or an iOS time-first header), whatever follows.
 CHAT_LIKE_START = (
     rf"^\s*\[?(?:{_DIGIT}{{1,4}}[./-]\s?{_DIGIT}{{1,2}}[./-]"
@@ -62,7 +91,7 @@ _PM = ("pm", "م", "μμ", "午後", "오후", "下午")
 
 @dataclass(frozen=True)
 class DateOrder:
-    order: str  # "dmy", "mdy" or "ymd"
+    order: str  # "dmy", "mdy", "ymd" or "myd" (month/year/day, as some exports write it)
     confidence: float  # 1.0 when a field > 12 settles it
     evidence: str
 
@@ -147,6 +176,8 @@ def decide_date_order(d1: pl.Series, d2: pl.Series, d3: pl.Series) -> DateOrder:
     consecutive messages is the day, and the reading under which the dates run in
     order is preferred; confidence says how clear that was.
     """
+    if d2.str.len_chars().max() == 4:
+        return DateOrder("myd", 1.0, "four-digit middle field")
     a, b = d1.cast(pl.Int32), d2.cast(pl.Int32)
     if d1.str.len_chars().max() == 4:
         return DateOrder("ymd", 1.0, "four-digit first field")
@@ -178,9 +209,16 @@ def _ascii_digits(field: pl.Expr) -> pl.Expr:
     return field.str.replace_many(local, [str(i % 10) for i in range(len(local))])
 
 
+def _gregorian_year(field: pl.Expr) -> pl.Expr:
+    """A Japanese-era year (`R4`) as its Gregorian year (`2022`); other years as they are."""
+    era, year = field.str.slice(0, 1), field.str.slice(1).cast(pl.Int32, strict=False)
+    converted = pl.coalesce(*(pl.when(era == name).then(year + start) for name, start in _ERA_START.items()))
+    return pl.when(field.str.contains(f"^{_ERA}")).then(converted.cast(pl.String)).otherwise(field)
+
+
 def _timestamp(order: str) -> pl.Expr:
     d1, d2, d3 = (pl.col(c).cast(pl.Int32, strict=False) for c in ("d1", "d2", "d3"))
-    year, month, day = {"dmy": (d3, d2, d1), "mdy": (d3, d1, d2), "ymd": (d1, d2, d3)}[order]
+    year, month, day = {"dmy": (d3, d2, d1), "mdy": (d3, d1, d2), "ymd": (d1, d2, d3), "myd": (d2, d1, d3)}[order]
     year = pl.when(year < 100).then(year + 2000).when(year >= 2400).then(year - 543).otherwise(year)  # Buddhist era
     hour = pl.col("hh").cast(pl.Int32, strict=False)
     marker = pl.coalesce(pl.col("ampm"), pl.col("pre")).str.to_lowercase().str.replace_all(r"[\s.]", "")
@@ -256,6 +294,8 @@ def parse_whatsapp(
     )
     if frame["d1"].str.contains(f"[{_LOCAL_DIGITS}]").any() or frame["hh"].str.contains(f"[{_LOCAL_DIGITS}]").any():
         frame = frame.with_columns(_ascii_digits(pl.col(c)) for c in ("d1", "d2", "d3", "hh", "mi", "ss"))
+    if frame["d3"].str.contains(_ERA).any():
+        frame = frame.with_columns(d3=_gregorian_year(pl.col("d3")))
 
     candidates = frame.filter(pl.col("rest").is_not_null())
     decision = (
@@ -345,16 +385,28 @@ def classify(messages: pl.DataFrame) -> pl.DataFrame:
         screened=pl.col("text").str.contains(PATTERNS.screen),
         group_event=pl.col("text").str.contains(PATTERNS.group_event),
         notice_like=pl.col("text").str.contains("|".join(pattern for _, pattern in PATTERNS.notices)),
+        marked=pl.col("raw").str.contains(MARKED_TEXT),
     )
     authored = authored.with_columns(chat_name=(pl.col("notice_like") | pl.col("group_event")).all().over("author"))
-    plain = authored.filter(~pl.col("screened") & ~pl.col("group_event")).with_columns(reason=pl.lit(None, pl.String))
-    looked_at = authored.filter(pl.col("screened") | pl.col("group_event")).with_columns(
-        notice=_reason(pl.col("text"), PATTERNS.notices),
-        media=pl.col("text").str.contains(PATTERNS.media_line),
-        text=pl.col("text").str.replace(PATTERNS.edited_mark, ""),
+    needs_look = pl.col("screened") | pl.col("group_event") | pl.col("marked")
+    plain = authored.filter(~needs_look).with_columns(reason=pl.lit(None, pl.String))
+    looked_at = (
+        authored.filter(needs_look)
+        .with_columns(
+            notice=_reason(pl.col("text"), PATTERNS.notices),
+            media=pl.col("text").str.contains(PATTERNS.media_line),
+            # a marked text on a marked line: a placeholder or attachment in a language the table lacks
+            marked_media=pl.col("marked") & pl.col("raw").str.contains(MARKED_LINE),
+            text=pl.col("text").str.replace(PATTERNS.edited_mark, ""),
+        )
+        .with_columns(marked_media=pl.col("marked_media") & ~pl.col("media"))
     )
     media_kind = (
-        pl.when(~pl.col("media"))
+        pl.when(pl.col("marked_media") & pl.col("text").str.contains(f"^[^\n]*{NUMBERED_ATTACHMENT}"))
+        .then(pl.lit("attachment"))
+        .when(pl.col("marked_media"))
+        .then(pl.lit("media_omitted"))
+        .when(~pl.col("media"))
         .then(None)
         .when(pl.col("text").str.contains(PATTERNS.contact_file))
         .then(pl.lit("contact_card"))
@@ -362,15 +414,33 @@ def classify(messages: pl.DataFrame) -> pl.DataFrame:
         .then(pl.lit("attachment"))
         .otherwise(pl.lit("media_omitted"))
     )
-    looked_at = looked_at.with_columns(
-        media=media_kind,
-        text=pl.when("media").then(pl.col("text").str.replace(PATTERNS.media_line, "")).otherwise("text"),
-    ).with_columns(
-        reason=pl.coalesce(
-            "notice",
-            pl.when(pl.col("group_event") & pl.col("chat_name")).then(pl.lit("group_event")),
-            _reason(pl.col("text"), PATTERNS.content),
-            pl.when(pl.col("text").str.strip_chars() == "").then(pl.col("media")),
+    looked_at = (
+        looked_at.with_columns(
+            media=media_kind,
+            text=pl.when("marked_media")
+            .then(pl.col("text").str.replace(r"^[^\n]*\n?", ""))
+            .when("media")
+            .then(pl.col("text").str.replace(PATTERNS.media_line, ""))
+            .otherwise("text"),
+        )
+        .with_columns(
+            text=pl.when(pl.col("media").is_not_null() & pl.col("text").str.contains(DOCUMENT_NAME))
+            .then(pl.lit(""))
+            .otherwise("text")
+        )
+        .with_columns(
+            reason=pl.coalesce(
+                "notice",
+                pl.when(pl.col("group_event") & pl.col("chat_name")).then(pl.lit("group_event")),
+                _reason(pl.col("text"), PATTERNS.content),
+                pl.when(pl.col("text").str.strip_chars() == "").then(pl.col("media")),
+                # a marked text alone: one of WhatsApp's own lines (a shared location, a deleted message, a notice)
+                pl.when(pl.col("marked") & pl.col("media").is_null()).then(
+                    pl.when(pl.col("text").str.contains(URL))
+                    .then(pl.lit("location"))
+                    .otherwise(pl.lit("system_message"))
+                ),
+            )
         )
     )
     columns = ["line", "lines", "ts", "author", "text", "reason", "raw"]

@@ -467,13 +467,20 @@ LOCALES: dict[str, Locale] = {
     ),
     "cs": Locale(
         media_omitted=("<Média vynechána>", "<média vynechány>", "obrázek vynechán", "video vynecháno"),
-        attached=("soubor připojen",),
+        attached=("soubor připojen", "soubor byl přiložen"),
         attached_ios=("příloha",),
-        deleted=("Tato zpráva byla smazána", "Smazali jste tuto zprávu"),
+        deleted=(
+            "Tato zpráva byla smazána",
+            "Smazali jste tuto zprávu",
+            "Tato zpráva byla odstraněna",
+            "Tuto zprávu jste odstranil/a",
+            "Tuto zprávu jste odstranil",
+            "Tuto zprávu jste odstranila",
+        ),
         edited=("Tato zpráva byla upravena",),
         location=("poloha",),
         live_location=("Sdílení polohy živě",),
-        missed_call=("Zmeškaný hlasový hovor", "Zmeškaný videohovor"),
+        missed_call=("Zmeškaný hlasový hovor", "Zmeškaný videohovor", "Zmeškaný hovor"),
         poll=("ANKETA",),
         encryption_notice=("koncovým šifrováním",),
         security_code=("bezpečnostní kód",),
@@ -546,6 +553,11 @@ LOCALES: dict[str, Locale] = {
 # Android writes `null` for a view-once photo or video the exporting phone never opened, in every language.
 VIEW_ONCE_EVERYWHERE = ("null",)
 _NAME = r"[^\n]+?"
+# A shared venue, in every language: `Name (Address): URL` on iOS; name, address and URL on three lines on Android.
+_PLACE_URL = (
+    r"https?://(?:foursquare\.com/v/|maps\.google\.[a-z.]+/|goo\.gl/maps/|maps\.app\.goo\.gl/|maps\.apple\.com/)\S*"
+)
+VENUE = rf"[^\n]+ \([^\n]+\): {_PLACE_URL}|[^\n]+\n[^\n]+\n{_PLACE_URL}"
 
 
 def _alternation(kind: str, strip: str = "") -> str:
@@ -595,7 +607,8 @@ def patterns() -> Patterns:
     attached, attached_ios = _alternation("attached"), _alternation("attached_ios")
     file_name = r"[^\n]*?\.\w{1,5}"
     attachment = (
-        rf"(?:{file_name} )?<(?:{attached_ios})\s?:\s?[^>\n]*>"  # iOS: [name.txt ]<attached: 00000046-name.txt>
+        # iOS: [name.pdf[ • 2 pages] ]<attached: 00000046-name.pdf>, with spaces inside the brackets in some versions
+        rf"(?:{file_name}(?: • [^\n]*?)? )?<\s?(?:{attached_ios})\s?:\s?[^>\n]*>"
         rf"|{file_name} \((?:{attached})\)"  # Android: IMG-….jpg (file attached)
         rf"|{file_name} <(?:{attached_ios})>"  # old iOS: 2015-08-04-PHOTO-00004762.jpg <attached>
     )
@@ -610,7 +623,7 @@ def patterns() -> Patterns:
             ("waiting", _stop(_alternation("waiting"))),
             ("view_once", _stop("|".join([*VIEW_ONCE_EVERYWHERE, _alternation("view_once")]))),
             ("live_location", _stop(_alternation("live_location"))),
-            ("location", rf"(?i)^(?:{_alternation('location')})\s?:\s?https?://\S+$"),
+            ("location", rf"(?i)^(?:(?:{_alternation('location')})\s?:\s?https?://\S+|{VENUE})$"),
             ("contact_card", _stop(_alternation("contact_card"))),
             ("poll", rf"^(?:{_alternation('poll')})\s?:\n"),
             ("missed_call", rf"(?i)^(?:{_alternation('missed_call')})(?:[,.][^\n]*)?$"),
