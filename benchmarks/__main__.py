@@ -11,6 +11,7 @@ from datetime import date
 from pathlib import Path
 
 from benchmarks import data_stages, evaluation, train_throughput
+from benchmarks import gpu as gpu_check
 from benchmarks.machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -298,6 +299,7 @@ def render(
                 f"| {row['name']} | {params}M | {row['tokens_per_second']:,.0f} | {row['peak_memory_mib']:,.0f} MiB | "
                 f"{100 * row['mfu']:.1f}% |"
             )
+    out += gpu_check.section()
     return "\n".join(out) + "\n"
 
 

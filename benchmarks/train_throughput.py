@@ -94,6 +94,9 @@ SUITES = {
 PROFILE_STEPS = (4, 12)
 # Self CPU time of torch ops, by what they do in a LoRA step (first match wins).
 OP_GROUPS = [
+    ("optimizer", ("Optimizer.step", "adamw", "_foreach_", "_fused_adam")),
+    ("host syncs", ("aten::item", "_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize")),
+    ("data", ("DataLoader", "collate", "pin_memory")),
     ("dropout masks", ("bernoulli", "randint", "random_")),
     ("attention", ("scaled_dot_product", "softmax_backward", "_softmax")),
     ("loss kernels", ("ChunkedLogProb", "log_softmax", "nll_loss", "cross_entropy")),
@@ -102,27 +105,36 @@ OP_GROUPS = [
 
 
 def profiled_callback():
-    """Profiles the steps between PROFILE_STEPS; `split()` gives each op group's share of the self CPU time."""
+    """Profiles the steps between PROFILE_STEPS; `split()` gives each op group's share of the self time: device
+    time on a GPU (what the kernels cost), CPU time otherwise."""
+    import torch
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
+
+    device = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if device else [])]
+
+    def self_time(event) -> float:
+        return event.self_device_time_total if device else event.self_cpu_time_total
 
     class Profiled(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == PROFILE_STEPS[0]:
-                self.profiler = profile(activities=[ProfilerActivity.CPU])
+                self.profiler = profile(activities=activities)
                 self.profiler.__enter__()
             if state.global_step == PROFILE_STEPS[1]:
                 self.profiler.__exit__(None, None, None)
 
         def split(self) -> dict[str, float]:
-            """Shares of self CPU time by op group, plus TRL's fused head whole (its own products included)."""
+            """Shares of self time by op group, plus TRL's fused head whole (its own products included)."""
             totals: dict[str, float] = {}
             events = self.profiler.key_averages()
             for event in events:
                 group = next((g for g, keys in OP_GROUPS if any(k in event.key for k in keys)), "everything else")
-                totals[group] = totals.get(group, 0.0) + event.self_cpu_time_total
+                totals[group] = totals.get(group, 0.0) + self_time(event)
             whole = sum(totals.values()) or 1.0
-            head = sum(e.cpu_time_total for e in events if e.key.startswith("ChunkedLogProbFunction"))
+            total = "device_time_total" if device else "cpu_time_total"
+            head = sum(getattr(e, total) for e in events if e.key.startswith("ChunkedLogProbFunction"))
             return {**{g: round(t / whole, 3) for g, t in totals.items()}, "fused head, whole": round(head / whole, 3)}
 
     return Profiled()
@@ -165,6 +177,13 @@ def build_base(work: Path, rows: list[dict], spec: dict) -> None:
     from habla.model.loading import BUILTIN
     from habla.params import Builtin
 
+    if spec.get("base") in ("qwen2.5-1.5b", "qwen-tiny"):
+        from benchmarks.gpu import build_qwen_shape
+
+        build_qwen_shape(work, rows, tiny=spec["base"] == "qwen-tiny")
+        return
+    if spec.get("base") == "smollm2-tiny":  # the GPU check's SmolLM2 rows on CPU: the builtin at a tiny size
+        spec = {**spec, "hidden": 64, "layers": 2}
     if spec.get("base") == "smollm2":
         if not (REAL_BASE / "config.json").exists():
             gguf.dequantize(gguf.locate(gguf.SMOLLM2), REAL_BASE)
@@ -291,9 +310,10 @@ def measure(spec: dict) -> dict:
     from benchmarks.machine import peak_flops, peak_memory_mib
     from habla.io import read_jsonl
 
-    if not TRAIN_SPLIT.exists():
-        raise SystemExit(f"{TRAIN_SPLIT} is missing: run `dvc repro split` first.")
-    rows = read_jsonl(TRAIN_SPLIT)
+    split = Path(spec.get("train_split", TRAIN_SPLIT))
+    if not split.exists():
+        raise SystemExit(f"{split} is missing: run `dvc repro split` first.")
+    rows = read_jsonl(split)
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         work = Path(tmp)
         build_base(work, rows, spec)

@@ -74,10 +74,22 @@ def require_cuda_for(quantization: str) -> None:
         )
 
 
+def qlora_config():
+    """QLoRA's base quantization: nf4 with double quantization, bf16 compute (Dettmers et al. 2023)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
 def load_base(quantization: str = "none", dtype: torch.dtype | str | None = None, attention: str | None = None):
     """The base model and its tokenizer, ready for inference or LoRA (compute dtype unless `dtype` says otherwise;
     transformers' default attention unless `attention` names one)."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     location, revision = base_reference()
     kwargs: dict = {"dtype": dtype or compute_dtype(), "revision": revision}
@@ -85,12 +97,7 @@ def load_base(quantization: str = "none", dtype: torch.dtype | str | None = None
         kwargs["attn_implementation"] = attention
     require_cuda_for(quantization)
     if quantization == "4bit":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+        kwargs["quantization_config"] = qlora_config()
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except OSError as err:
