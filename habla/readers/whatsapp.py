@@ -385,13 +385,14 @@ def classify(messages: pl.DataFrame) -> pl.DataFrame:
         screened=pl.col("text").str.contains(PATTERNS.screen),
         group_event=pl.col("text").str.contains(PATTERNS.group_event),
         notice_like=pl.col("text").str.contains("|".join(pattern for _, pattern in PATTERNS.notices)),
-        marked=pl.col("raw").str.contains(MARKED_TEXT),
+        has_mark=pl.col("raw").str.contains(_MARK),  # a cheap screen: the evidence itself is read on these only
     )
     authored = authored.with_columns(chat_name=(pl.col("notice_like") | pl.col("group_event")).all().over("author"))
-    needs_look = pl.col("screened") | pl.col("group_event") | pl.col("marked")
+    needs_look = pl.col("screened") | pl.col("group_event") | pl.col("has_mark")
     plain = authored.filter(~needs_look).with_columns(reason=pl.lit(None, pl.String))
     looked_at = (
         authored.filter(needs_look)
+        .with_columns(marked=pl.col("raw").str.contains(MARKED_TEXT))
         .with_columns(
             notice=_reason(pl.col("text"), PATTERNS.notices),
             media=pl.col("text").str.contains(PATTERNS.media_line),
