@@ -477,3 +477,14 @@ def test_a_conversation_longer_than_the_context_loses_its_oldest_turns_only(load
     assert fit_to_context(tokenizer, short, window) == (short, prompt_length(tokenizer, short), 0)
     alone = [{"role": "user", "content": "palabra " * 200}]
     assert fit_to_context(tokenizer, alone, window)[1] >= window, "a last message too long alone stays too long"
+
+
+def test_the_latency_benchmark_measures_concurrent_streams_against_the_real_server(server):
+    from benchmarks.serve_latency import measure, table
+
+    _, url = server()
+    row = measure(url, clients=3, requests=2, max_tokens=4)
+    assert row["requests"] == 6 and row["errors"] == 0
+    assert 0 < row["first_token_p50_s"] <= row["first_token_p95_s"] and row["total_p50_s"] <= row["total_p95_s"]
+    assert row["first_token_p50_s"] <= row["total_p50_s"] and row["requests_per_second"] > 0
+    assert table([row])[2].startswith("| 3 | 6 |")
