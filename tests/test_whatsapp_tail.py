@@ -255,3 +255,25 @@ def test_every_line_is_kept_or_rejected_once_across_the_new_forms():
     kept, rejected, _ = parse_whatsapp(lines)
     assert int(kept["lines"].sum()) + int(rejected["lines"].sum()) == len(lines)
     assert kept.filter(pl.col("text").str.contains(LRM)).height == 0
+
+
+def test_english_day_periods_instead_of_am_and_pm():
+    """`9:15 in the morning`: English phones on a day-period clock (seen in other projects' real exports)."""
+    lines = [
+        "03/01/2021, 9:15 in the morning - Nico: wena",
+        "03/01/2021, 3:07 in the afternoon - Cami: ¿vamos?",
+        "03/01/2021, 7:00 in the evening - Nico: ya po",
+        "03/01/2021, 11:40 at night - Cami: llegué",
+        "04/01/2021, 12:10 at night - Nico: buenas noches",
+        "04/01/2021, 12:00 noon - Cami: almuerzo",
+    ]
+    kept, rejected, report = parse_whatsapp(lines)
+    assert report["format"] == "android" and rejected.height == 0
+    assert [ts.strftime("%d %H:%M") for ts in kept["ts"]] == [
+        "03 09:15",
+        "03 15:07",
+        "03 19:00",
+        "03 23:40",
+        "04 00:10",
+        "04 12:00",
+    ]

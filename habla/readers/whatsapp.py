@@ -41,7 +41,11 @@ _DATE = (
     rf"(?P<d3>{_ERA}?{_DIGIT}{{1,4}})\.?"
 )
 # Twelve-hour markers: after the time (a. m., PM, م, μ.μ.) or, in East Asian locales, before it (午後, 오후, 下午).
-_AM_PM_AFTER = r"(?:\s?(?P<ampm>[aApP]\.?\s?[mM]\.?|ص|م|[πμ]\.\s?μ\.|[πμ]μ))?"
+# English phones set to a "day period" clock write `9:15 in the morning`, `3:07 in the afternoon`, `11:40 at night`.
+_AM_PM_AFTER = (
+    r"(?:\s?(?P<ampm>[aApP]\.?\s?[mM]\.?|ص|م|[πμ]\.\s?μ\.|[πμ]μ"
+    r"|in the morning|in the afternoon|in the evening|at night|noon))?"
+)
 _AM_PM_BEFORE = r"(?P<pre>午前|午後|오전|오후|上午|下午)\s?"
 _TIME_24 = rf"(?P<hh>{_DIGIT}{{1,2}})[:.](?P<mi>{_DIGIT}{{2}})(?:[:.](?P<ss>{_DIGIT}{{2}}))?"
 _TIME = _TIME_24 + _AM_PM_AFTER
@@ -85,8 +89,9 @@ CHAT_LIKE_START = (
     rf"^\s*\[?(?:{_DIGIT}{{1,4}}[./-]\s?{_DIGIT}{{1,2}}[./-]"
     rf"|{_DIGIT}{{1,2}}[:.]{_DIGIT}{{2}}(?:[:.]{_DIGIT}{{2}})?[,،]\s*{_DIGIT})"
 )
-_AM = ("am", "ص", "πμ", "午前", "오전", "上午")
-_PM = ("pm", "م", "μμ", "午後", "오후", "下午")
+_AM = ("am", "ص", "πμ", "午前", "오전", "上午", "inthemorning")
+_PM = ("pm", "م", "μμ", "午後", "오후", "下午", "intheafternoon", "intheevening", "noon")
+_NIGHT = "atnight"  # 9–11 at night are evening hours, 12–5 at night the small hours
 
 
 @dataclass(frozen=True)
@@ -222,7 +227,15 @@ def _timestamp(order: str) -> pl.Expr:
     year = pl.when(year < 100).then(year + 2000).when(year >= 2400).then(year - 543).otherwise(year)  # Buddhist era
     hour = pl.col("hh").cast(pl.Int32, strict=False)
     marker = pl.coalesce(pl.col("ampm"), pl.col("pre")).str.to_lowercase().str.replace_all(r"[\s.]", "")
-    hour = pl.when(marker.is_in(_AM)).then(hour % 12).when(marker.is_in(_PM)).then(hour % 12 + 12).otherwise(hour)
+    hour = (
+        pl.when(marker.is_in(_AM))
+        .then(hour % 12)
+        .when(marker.is_in(_PM))
+        .then(hour % 12 + 12)
+        .when(marker == _NIGHT)
+        .then(pl.when((hour >= 6) & (hour < 12)).then(hour + 12).otherwise(hour % 12))
+        .otherwise(hour)
+    )
     second = pl.col("ss").cast(pl.Int32, strict=False).fill_null(0)
     pad = lambda e: e.cast(pl.String).str.zfill(2)  # noqa: E731 - local formatting helper
     stamp = pl.format("{}-{}-{} {}:{}:{}", year, pad(month), pad(day), pad(hour), pl.col("mi"), pad(second))
