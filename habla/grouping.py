@@ -10,30 +10,49 @@ roles alternate. The persona's turns are `assistant`, everyone else is `user`
 
 from __future__ import annotations
 
+import dataclasses
+from collections import Counter
 from collections.abc import Iterator
 
 import polars as pl
 
 from habla.errors import UserError
 from habla.io import stable_id
-from habla.params import Group, Persona
+from habla.params import Group, Params, Persona, persona_specs
 
 ROLES = ["system", "user", "assistant"]
 PLACEHOLDER_ONLY = r"^(?:\s*<(?:URL|EMAIL|TELEFONO|RUT|CURP|DNI|NIE)>\s*)+$"
 
 
-def check_persona(author_counts: pl.DataFrame, persona: Persona) -> None:
-    """`author_counts`: one row per chat author with its number of messages (`author`, `len`)."""
+def chosen_personas(params: Params) -> dict[str, Persona]:
+    """The personas one run trains, by id: `personas` under `group.speakers: conditioned`, else the one `persona`
+    under the id `persona`.
+
+    A conditioned persona without its own system prompt gets `group.speaker_prompt` with its id: the system turn
+    is what tells the one adapter who is speaking, in training and when served."""
+    if params.group.speakers == "single":
+        return {"persona": params.persona}
+    chosen = {}
+    for ident, persona in persona_specs(params).items():
+        prompt = persona.system_prompt or params.group.speaker_prompt.replace("{persona}", ident)
+        chosen[ident] = dataclasses.replace(persona, system_prompt=prompt)
+        object.__setattr__(chosen[ident], "_path", f"personas.{ident}")
+    return chosen
+
+
+def check_persona(author_counts: pl.DataFrame, persona: Persona, key: str = "persona.authors") -> None:
+    """`author_counts`: one row per chat author with its number of messages (`author`, `len`); `key` is where
+    params.yaml names this persona's authors."""
     authors = author_counts.sort("len", "author", descending=[True, False])
     if not persona.authors:
         found = ", ".join(f"{a} ({n})" for a, n in authors.head(10).iter_rows())
-        raise UserError(f"params: `persona.authors` is empty. Authors found (messages): {found}.")
+        raise UserError(f"params: `{key}` is empty. Authors found (messages): {found}.")
     missing = [name for name in persona.authors if name not in set(authors["author"])]
     if missing:
         found = ", ".join(f"{a} ({n})" for a, n in authors.head(15).iter_rows())
         raise UserError(
             f"persona author(s) {missing} not found in the chats. Authors found (messages): {found}.\n"
-            "Set `persona.authors` in params.yaml to the name exactly as it appears in the export."
+            f"Set `{key}` in params.yaml to the name exactly as it appears in the export."
         )
 
 
@@ -47,22 +66,32 @@ def filter_messages(chats: pl.DataFrame, persona: Persona, settings: Group) -> t
     return chats.filter(~placeholder & ~too_long), {k: int(v) for k, v in counts.items()}
 
 
-def turns(chats: pl.DataFrame, persona: Persona, settings: Group) -> pl.DataFrame:
-    """Messages → one row per turn: session, role, content, with sessions and roles assigned."""
+def turns(chats: pl.DataFrame, persona: Persona, settings: Group, labels: dict[str, str] | None = None) -> pl.DataFrame:
+    """Messages → one row per turn: session, role, content, with sessions and roles assigned.
+
+    `labels` names the other chosen personas in user turns (`[cami]`) instead of a numbered pseudonym, so a
+    speaker-conditioned model sees who it answers; every author not chosen stays `[Persona n]`."""
+    labels = labels or {}
     gap = pl.duration(minutes=settings.session_gap_minutes)
     speakers = chats.group_by("chat").agg(pl.col("author").n_unique().alias("speakers"))
     first_seen = (
-        chats.filter(~pl.col("author").is_in(persona.authors))
+        chats.filter(~pl.col("author").is_in([*persona.authors, *labels]))
         .sort("chat", "ts", "line")
         .group_by("chat", "author", maintain_order=True)
         .agg(pl.col("ts").first())
         .with_columns(pseudonym=pl.format("[Persona {}]", pl.col("ts").rank("ordinal").over("chat").cast(pl.Int64) + 1))
         .select("chat", "author", "pseudonym")
     )
+    named = pl.DataFrame(
+        {"author": list(labels), "label": [f"[{label}]" for label in labels.values()]},
+        schema={"author": pl.String, "label": pl.String},
+    )
     frame = (
         chats.sort("chat", "ts", "line")
         .join(speakers, on="chat", how="left", maintain_order="left")
         .join(first_seen, on=["chat", "author"], how="left", maintain_order="left")
+        .join(named, on="author", how="left", maintain_order="left")
+        .with_columns(pseudonym=pl.coalesce("label", "pseudonym"))
         .with_columns(
             role=pl.when(pl.col("author").is_in(persona.authors)).then(pl.lit("assistant")).otherwise(pl.lit("user"))
         )
@@ -119,9 +148,16 @@ def reply_windows(frame: pl.DataFrame, context_turns: int) -> pl.DataFrame:
     return joined.filter(pl.col("position") >= first_user).sort("session", "window", "position", maintain_order=True)
 
 
-def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) -> tuple[pl.DataFrame, dict]:
-    """Turns → conversation examples (windows of at most `max_turns`), with filter counts."""
-    frame = turn_rows.with_columns(position=pl.int_range(pl.len()).over("session"))
+def conversations(
+    turn_rows: pl.DataFrame, persona: Persona, settings: Group, speaker: str = ""
+) -> tuple[pl.DataFrame, dict]:
+    """Turns → conversation examples (windows of at most `max_turns`), with filter counts.
+
+    With a `speaker` (a conditioned persona's id) each example also carries `persona` and `conversation`: its
+    session's id, the same in every speaker's view (their windows differ), which `split` keeps together."""
+    frame = turn_rows.with_columns(
+        position=pl.int_range(pl.len()).over("session"), session_start=pl.col("start").min().over("session")
+    )
     dropped: dict[str, int] = {}
     opening = (pl.col("role") == "assistant") & (pl.col("position") == 0)
     if settings.persona_opens == "trim":
@@ -144,6 +180,7 @@ def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) ->
     grouped = frame.group_by("session", "window", maintain_order=True).agg(
         chat=pl.col("chat").first(),
         start=pl.col("start").first(),
+        session_start=pl.col("session_start").first(),
         messages=pl.struct("role", "content"),
         assistant_turns=(pl.col("role") == "assistant").sum(),
         n_turns=pl.len(),
@@ -169,9 +206,35 @@ def conversations(turn_rows: pl.DataFrame, persona: Persona, settings: Group) ->
     if persona.system_prompt:
         system = pl.lit([{"role": "system", "content": persona.system_prompt}], dtype=kept.schema["messages"])
         kept = kept.with_columns(messages=pl.concat_list(system, pl.col("messages")))
-    return kept.select(
-        "id", "source", "chat", pl.col("start").dt.to_string("%Y-%m-%dT%H:%M:%S").alias("start"), "messages"
-    ), dropped
+    columns = ["id", "source", "chat", pl.col("start").dt.to_string("%Y-%m-%dT%H:%M:%S").alias("start"), "messages"]
+    if speaker:
+        views = [stable_id(window, speaker) for window in kept["id"]]
+        sessions = [stable_id(chat, str(start)) for chat, start in kept.select("chat", "session_start").iter_rows()]
+        kept = kept.with_columns(
+            id=pl.Series(views, dtype=pl.String),
+            persona=pl.lit(speaker),
+            conversation=pl.Series(sessions, dtype=pl.String),
+        )
+        columns += ["persona", "conversation"]
+    return kept.select(columns), dropped
+
+
+def speaker_conversations(
+    chats: pl.DataFrame, personas: dict[str, Persona], settings: Group
+) -> tuple[pl.DataFrame, dict]:
+    """`group.speakers: conditioned`: one view of each conversation per chosen persona who speaks in it, that
+    persona's turns `assistant` under its system prompt, the other chosen personas named in the user turns.
+
+    One adapter learns every voice; who speaks is the system turn. Filter counts add up over the views (a
+    conversation without one persona's turn is counted once for each persona who is silent in it)."""
+    owners = {name: ident for ident, persona in personas.items() for name in persona.authors}
+    views, dropped = [], Counter()
+    for ident, persona in personas.items():
+        others = {name: owner for name, owner in owners.items() if owner != ident}
+        examples, counts = conversations(turns(chats, persona, settings, others), persona, settings, speaker=ident)
+        views.append(examples)
+        dropped.update(counts)
+    return pl.concat(views), dict(dropped)
 
 
 def unit_tasks(units: list[dict], persona: Persona) -> tuple[list[dict], int]:
@@ -236,6 +299,7 @@ class Summary:
         self.turns: list[pl.Series] = []
         self.chars: list[pl.Series] = []
         self.persona_turns = self.all_turns = self.documents = self.tasks = 0
+        self.by_persona: Counter = Counter()
 
     def add_conversations(self, examples: pl.DataFrame, flat: pl.DataFrame) -> None:
         """`flat` is `flatten(examples)`, computed once for this and the gate."""
@@ -243,6 +307,8 @@ class Summary:
         self.chars.append(flat.filter(pl.col("role") != "system")["content"].str.len_chars())
         self.persona_turns += int((flat["role"] == "assistant").sum())
         self.all_turns += flat.height
+        if "persona" in examples.columns:
+            self.by_persona.update(dict(examples["persona"].value_counts().iter_rows()))
 
     def turn_counts(self) -> list[int]:
         """User and persona turns per conversation (a system prompt is not a turn)."""
@@ -253,6 +319,7 @@ class Summary:
         return {
             "messages_by_source": by_source,
             "conversations": turns.len(),
+            **({"conversations_by_persona": dict(sorted(self.by_persona.items()))} if self.by_persona else {}),
             "documents": self.documents,
             "keyword_tasks": self.tasks,
             "turns_per_conversation": {"mean": turns.mean(), "median": turns.median(), "max": turns.max()},

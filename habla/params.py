@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import types
 import typing
@@ -74,6 +75,9 @@ class Persona(_Section):
     system_prompt: str = ""
 
 
+PERSONA_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
 @dataclass(frozen=True)
 class Redaction(_Section):
     phones: bool = True
@@ -133,6 +137,8 @@ class Group(_Section):
     min_turn_chars: int = 1
     max_turn_chars: int = 3000
     keyword_tasks: KeywordTasks = field(default_factory=KeywordTasks)
+    speakers: Literal["single", "conditioned"] = "single"
+    speaker_prompt: str = "Eres {persona}."
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,7 @@ class Serve(_Section):
 class Params(_Section):
     preset: str = ""
     persona: Persona = field(default_factory=Persona)
+    personas: dict = field(default_factory=dict)
     clean: Clean = field(default_factory=Clean)
     curate: Curate = field(default_factory=Curate)
     group: Group = field(default_factory=Group)
@@ -398,7 +405,42 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     return built
 
 
+def persona_specs(params: Params) -> dict[str, Persona]:
+    """`personas` as written, by id: each `id: name`, `id: [names]` or `id: {authors, system_prompt}`."""
+    specs = {}
+    for ident, spec in params.personas.items():
+        raw = {"authors": [spec]} if isinstance(spec, str) else {"authors": spec} if isinstance(spec, list) else spec
+        specs[ident] = _build(Persona, raw, f"personas.{ident}")
+    return specs
+
+
+def _check_personas(params: Params) -> None:
+    if params.group.speakers == "single":
+        return
+    if not params.personas:
+        raise UserError(
+            "params: `group.speakers: conditioned` trains every persona under `personas`, which is empty: add one "
+            "line per persona, e.g. `personas: {nico: [Nico], cami: [Cami, Camila]}`."
+        )
+    owners: dict[str, str] = {}
+    for ident, persona in persona_specs(params).items():
+        if not isinstance(ident, str) or not PERSONA_ID.match(ident):
+            raise UserError(
+                f"params: persona id {ident!r} must be a short plain id (lowercase letters, digits, - or _), "
+                "such as `nico`: it names folders, models and system prompts."
+            )
+        if not persona.authors:
+            raise UserError(f"params: `personas.{ident}` names no author: give the names it appears under.")
+        for name in persona.authors:
+            if name in owners:
+                raise UserError(f"params: the author `{name}` is under both `personas.{owners[name]}` and `{ident}`.")
+            owners[name] = ident
+    if "{persona}" not in params.group.speaker_prompt:
+        raise UserError("params: `group.speaker_prompt` must contain `{persona}` (where the speaker's id goes).")
+
+
 def _check(params: Params) -> None:
+    _check_personas(params)
     ratios = params.split.ratios
     if abs(ratios.train + ratios.val + ratios.test - 1.0) > 1e-6 or min(ratios.train, ratios.val, ratios.test) <= 0:
         raise UserError("params: `split.ratios` must be three positive numbers that add up to 1 (e.g. 0.8, 0.1, 0.1).")

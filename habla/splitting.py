@@ -75,10 +75,13 @@ def move_overlaps(frame: pl.DataFrame, min_chars: int) -> tuple[pl.DataFrame, in
     """
     moved = 0
     while (leaking := leaking_ids(frame, min_chars)).len():
-        frame = frame.with_columns(
-            split=pl.when(pl.col("id").is_in(leaking.implode())).then(pl.lit("train")).otherwise(pl.col("split"))
+        before = frame["split"]
+        frame = together(
+            frame.with_columns(
+                split=pl.when(pl.col("id").is_in(leaking.implode())).then(pl.lit("train")).otherwise(pl.col("split"))
+            )
         )
-        moved += leaking.len()
+        moved += int((frame["split"] != before).sum())
     return frame, moved
 
 
@@ -96,16 +99,29 @@ def near_duplicate_test_ids(frame: pl.DataFrame, settings: Split) -> list[str]:
     return sorted({test["id"][i] for i, _, _ in pairs})
 
 
+def together(frame: pl.DataFrame) -> pl.DataFrame:
+    """Every speaker's view of one conversation (`conversation`, under `group.speakers: conditioned`) in one
+    split, the earliest any view has (train before val before test): one persona's test reply must not be
+    another persona's training context."""
+    if "conversation" not in frame.columns:
+        return frame
+    rank = pl.col("split").replace_strict(SPLITS, list(range(len(SPLITS))), return_dtype=pl.Int8)
+    earliest = rank.min().over("conversation")
+    return frame.with_columns(split=earliest.replace_strict(list(range(len(SPLITS))), SPLITS, return_dtype=pl.String))
+
+
 def split_conversations(frame: pl.DataFrame, settings: Split) -> tuple[pl.DataFrame, dict]:
     if settings.strategy == "time":
         frame = assign_by_time(frame, settings)
     else:
-        frame = frame.with_columns(split=pl.Series(assign(frame["id"].to_list(), settings), dtype=pl.String))
+        key = "conversation" if "conversation" in frame.columns else "id"
+        frame = frame.with_columns(split=pl.Series(assign(frame[key].to_list(), settings), dtype=pl.String))
+    frame = together(frame)
     frame, exact = move_overlaps(frame, settings.overlap_min_chars)
     near = near_duplicate_test_ids(frame, settings)
     if settings.near_dups == "move":
-        frame = frame.with_columns(
-            split=pl.when(pl.col("id").is_in(near)).then(pl.lit("train")).otherwise(pl.col("split"))
+        frame = together(
+            frame.with_columns(split=pl.when(pl.col("id").is_in(near)).then(pl.lit("train")).otherwise(pl.col("split")))
         )
         frame, more = move_overlaps(frame, settings.overlap_min_chars)
         exact += more

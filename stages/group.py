@@ -1,7 +1,8 @@
 """`group` stage: cleaned chat messages → conversations; curated units → documents and keyword tasks.
 
 Chats go through `habla.grouping` (sessions, bursts, turns, persona = `assistant`)
-batch by batch. Each unit `curate` kept (a transcript passage, a song, a joke) is a
+batch by batch; under `group.speakers: conditioned`, once per chosen persona, each
+view under a system turn naming its speaker. Each unit `curate` kept (a transcript passage, a song, a joke) is a
 plain-text document for language modelling and, when `group.keyword_tasks.enabled`,
 an instruction example: the request its prompt set words ("write a joke about …")
 answered by the unit's own text.
@@ -25,14 +26,16 @@ from habla.grouping import (
     Summary,
     batches,
     check_persona,
+    chosen_personas,
     conversations,
     filter_messages,
     flatten,
+    speaker_conversations,
     turns,
     unit_tasks,
 )
 from habla.io import JsonlWriter, read_jsonl, write_json, write_jsonl
-from habla.params import load_params
+from habla.params import Persona, load_params
 from habla.plots import bin_width, histogram, monthly_messages
 
 log = logging.getLogger("group")
@@ -41,7 +44,7 @@ MESSAGES = paths.MESSAGES
 OUT_DIR = paths.GROUPED
 REPORT = paths.report("group")
 
-PARAMS = ["persona", "group"]
+PARAMS = ["persona", "personas", "group"]
 DEPS = [MESSAGES, paths.UNITS, "stages/group.py", "habla/grouping.py", "habla/gates.py", "habla/plots.py"]
 OUTS = [OUT_DIR, paths.MONTHLY_PLOT]
 METRICS = [REPORT, paths.gate_report("group")]
@@ -89,20 +92,28 @@ def gate_frame(flat: pl.DataFrame) -> pl.DataFrame:
 def main() -> None:
     params = load_params()
     persona, settings, batch_rows = params.persona, params.group, params.resources.batch_rows
+    conditioned = settings.speakers == "conditioned"
+    personas = chosen_personas(params)
+    everyone = Persona(authors=[name for chosen in personas.values() for name in chosen.authors])
     messages = pl.scan_parquet(MESSAGES)
     chats = messages.filter(pl.col("source") == "whatsapp")
     author_counts = chats.group_by("author").len().collect()
     if author_counts.is_empty():
         raise UserError("no chat messages in data/cleaned/messages.parquet: add WhatsApp exports under data/raw/.")
-    check_persona(author_counts, persona)
+    for ident, chosen in personas.items():
+        check_persona(author_counts, chosen, f"personas.{ident}" if conditioned else "persona.authors")
     gate, summary, dropped = Gate("group", GATE), Summary(), Counter()
     OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=OUT_DIR.parent, prefix=".group-") as spill:
         spill = Path(spill)
         with JsonlWriter(spill / "conversations.jsonl") as out:
             for batch in batches(chats, "chat", batch_rows):
-                kept_messages, dropped_messages = filter_messages(batch, persona, settings)
-                examples, dropped_examples = conversations(turns(kept_messages, persona, settings), persona, settings)
+                kept_messages, dropped_messages = filter_messages(batch, everyone, settings)
+                examples, dropped_examples = (
+                    speaker_conversations(kept_messages, personas, settings)
+                    if conditioned
+                    else conversations(turns(kept_messages, persona, settings), persona, settings)
+                )
                 dropped.update(dropped_messages)
                 dropped.update(dropped_examples)
                 flat = flatten(examples)
@@ -126,7 +137,7 @@ def main() -> None:
     by_source = dict(sorted(messages.group_by("source").len().collect().iter_rows()))
     stats = summary.report(dict(dropped), by_source)
     write_json(REPORT, stats)
-    write_json(paths.MONTHLY_PLOT, monthly_messages(chats, persona.authors))
+    write_json(paths.MONTHLY_PLOT, monthly_messages(chats, everyone.authors))
     turn_counts = summary.turn_counts()
     write_json(
         paths.TURNS_PLOT,

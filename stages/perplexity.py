@@ -19,7 +19,7 @@ from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
 from habla.model.loading import as_model, load_tuned, models_in
-from habla.model.perplexity import by_source, encode_conversations, encode_documents, score_windowed, summarise
+from habla.model.perplexity import by_field, encode_conversations, encode_documents, score_windowed, summarise
 from habla.params import load_params
 
 log = logging.getLogger("perplexity")
@@ -89,7 +89,9 @@ def main() -> None:
             },
         }
     if len({r["source"] for r in rows}) > 1:
-        report["by_source"] = by_source(rows, chats)
+        report["by_source"] = by_field(rows, chats, "source")
+    if any(r["persona"] for r in rows):
+        report["by_persona"] = by_field(rows, chats, "persona")
     write_json(REPORT, report)
     write_json(
         PLOT,

@@ -87,37 +87,66 @@ def blind_judge(params, cases: list[dict], models: list[str]) -> dict:
     }
 
 
+def attributions(train: list[dict], cases: list[dict], models: list[str], settings, resamples: int) -> dict:
+    """The share of each model's replies a classifier of `train`'s chat turns attributes to the persona, between
+    the ceiling (its real held-out replies) and the floor (what the others wrote just before them)."""
+    persona, others = speaker_turns(train)
+    if not persona or not others:
+        raise UserError(
+            f"{TRAIN} has no chat turns of both the persona and someone else: the voice tests learn who writes "
+            "like the persona from a chat export (data/raw/whatsapp, see docs/inputs.md)."
+        )
+    classifier = fit_attribution(persona, others, settings.max_train_turns, settings.seed)
+    found = {
+        "train_turns": {"persona": len(persona), "others": len(others)},
+        "ceiling": attribution_summary(persona_probability(classifier, [c["reference"] for c in cases]), resamples),
+        "floor": attribution_summary(
+            persona_probability(classifier, [last_user_turn(c["prompt"]) for c in cases]), resamples
+        ),
+    }
+    for name in models:
+        replies = [case[name] for case in cases if case.get(name) is not None]
+        found[name] = attribution_summary(persona_probability(classifier, replies), resamples)
+    return found
+
+
+def by_persona(train: list[dict], cases: list[dict], models: list[str], settings, resamples: int) -> dict:
+    """A speaker-conditioned model's attribution per persona: each persona's classifier learns its own turns
+    against everyone else's (the other personas included), so a reply in cami's voice given as nico's counts
+    against it."""
+    report = {}
+    for ident in sorted({case["persona"] for case in cases if case.get("persona")}):
+        own = [case for case in cases if case.get("persona") == ident]
+        conversations = [c for c in train if c.get("persona") == ident]
+        report[ident] = {
+            "prompts": len(own),
+            "attribution": attributions(conversations, own, models, settings, resamples),
+        }
+    return report
+
+
 def main() -> None:
     params = load_params()
     settings, resamples = params.voice, params.evaluate.bootstrap
     cases = read_jsonl(GENERATIONS)
     if not cases:
         raise UserError(f"{GENERATIONS} is empty: the generate stage wrote no replies.")
-    persona, others = speaker_turns(read_jsonl(TRAIN))
-    if not persona or not others:
-        raise UserError(
-            f"{TRAIN} has no chat turns of both the persona and someone else: the voice tests learn who writes "
-            "like the persona from a chat export (data/raw/whatsapp, see docs/inputs.md)."
-        )
+    train = read_jsonl(TRAIN)
     models = answered(cases)
-    classifier = fit_attribution(persona, others, settings.max_train_turns, settings.seed)
-    references = [case["reference"] for case in cases]
-    attribution = {
-        "train_turns": {"persona": len(persona), "others": len(others)},
-        "ceiling": attribution_summary(persona_probability(classifier, references), resamples),
-        "floor": attribution_summary(
-            persona_probability(classifier, [last_user_turn(c["prompt"]) for c in cases]), resamples
-        ),
-    }
+    attribution = attributions(train, cases, models, settings, resamples)
     told_apart = {}
     for name in models:
         replied = [case for case in cases if case.get(name) is not None]
-        replies = [case[name] for case in replied]
-        attribution[name] = attribution_summary(persona_probability(classifier, replies), resamples)
         told_apart[name] = discrimination(
-            [case["reference"] for case in replied], replies, settings.folds, resamples, settings.seed
+            [case["reference"] for case in replied],
+            [case[name] for case in replied],
+            settings.folds,
+            resamples,
+            settings.seed,
         )
     report = {"prompts": len(cases), "attribution": attribution, "discrimination": told_apart}
+    if any(case.get("persona") for case in cases):
+        report["by_persona"] = by_persona(train, cases, models, settings, resamples)
     if settings.judge:
         report["judge"] = blind_judge(params, cases, models)
     write_json(REPORT, report)

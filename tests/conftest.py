@@ -4,6 +4,7 @@ session with its model loaded and served, and the browser. Helpers that are not 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import threading
@@ -56,14 +57,19 @@ def loaded(trained_project):
 
 @pytest.fixture
 def server(loaded):
-    """`server(**serve_settings)` starts `habla serve` on the loaded persona on a free local port: (engine, url)."""
+    """`server(personas=None, **serve_settings)` starts `habla serve` on the loaded persona on a free local port:
+    (engine, url)."""
     from habla.apps.serve import Engine, make_server
 
     servers = []
 
-    def start(**serve):
+    def start(personas: dict | None = None, **serve):
+        """`personas` (id → names): serve them as a speaker-conditioned model (`group.speakers: conditioned`)."""
         model, tokenizer = loaded
         params = greedy_params(**serve)
+        if personas:
+            group = dataclasses.replace(params.group, speakers="conditioned")
+            params = dataclasses.replace(params, group=group, personas=personas)
         engine = Engine(model, tokenizer, params)
         instance = make_server(engine, params.serve)
         threading.Thread(target=instance.serve_forever, daemon=True).start()

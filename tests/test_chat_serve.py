@@ -68,7 +68,7 @@ def test_session_keeps_history_with_system_prompt_and_reset_clears_it(loaded):
     params = dataclasses.replace(params, persona=dataclasses.replace(params.persona, system_prompt="Eres Nico."))
     session = Session(model, tokenizer, params, params.evaluate.sampling)
     first = "".join(session.reply("hola"))
-    assert session.history == [{"role": "user", "content": "hola"}, {"role": "assistant", "content": first.strip()}]
+    assert session.history == [("", "hola"), ("persona", first.strip())]
     assert session.messages("¿y?")[0] == {"role": "system", "content": "Eres Nico."}
     assert len(session.messages("¿y?")) == 4
     session.reset()
@@ -128,7 +128,7 @@ def test_ctrl_c_stops_a_reply_and_at_the_prompt_ends_the_chat(loaded):
     out = Terminal()
     interactive(session, "Nico", out=out, read=read)
     assert "Nico>  (interrumpido)\n" in out.getvalue()
-    assert [m["content"] for m in session.history][0] == "¿y?", "an interrupted exchange is not kept"
+    assert [text for _, text in session.history][0] == "¿y?", "an interrupted exchange is not kept"
     assert threading.active_count() == threads_before, "the interrupted generation must have stopped"
 
 

@@ -83,8 +83,9 @@ def test_the_chat_page_streams_replies_in_bubbles_switches_model_and_shows_api_e
     assert texts(browser, ".meta")[-1] == "Modelo: base"
     send(browser, "¿Y mañana?")
     history = browser.execute_script("return history")
-    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
-    base = api.chat.completions.create(model="base", messages=history[:3], temperature=0, max_tokens=16)
+    assert [m["who"] for m in history] == ["", "tuned", "", "base"]
+    said = [{"role": "assistant" if m["who"] else "user", "content": m["content"]} for m in history[:3]]
+    base = api.chat.completions.create(model="base", messages=said, temperature=0, max_tokens=16)
     assert history[3]["content"] == base.choices[0].message.content.strip()
     assert texts(browser, ".assistant")[-len(bubbles_of(history[3]["content"])) :] == bubbles_of(history[3]["content"])
 
@@ -128,6 +129,40 @@ def test_the_chat_page_asks_for_the_api_key_once_and_sends_it(server, browser, m
     browser.get(url + "/")  # entered once: a reload keeps it for the tab
     wait(browser, lambda d: texts(d, "#model option") == ["tuned", "base"])
     assert not texts(browser, ".error")
+
+
+def test_the_chat_page_picks_a_persona_or_the_whole_group_and_each_answers_in_turn(server, browser):
+    from selenium.webdriver.support.ui import Select
+
+    personas = {"nico": ["Nico"], "cami": ["Cami"], "fena": ["Feña"]}
+    _, url = server(personas=personas)
+    api = client(url)
+    browser.get(url + "/")
+    options = ["nico", "cami", "fena", "tuned", "base", "grupo: nico, cami, fena"]
+    wait(browser, lambda d: texts(d, "#model option") == options)
+    assert Select(browser.find_element("id", "model")).first_selected_option.text == "nico"
+    set_field(browser, "temperature", "0")
+    set_field(browser, "max-tokens", "4")  # the tiny model's context is 64 tokens: the last one hears two replies
+    Select(browser.find_element("id", "model")).select_by_value("__group__")
+    assert texts(browser, ".meta")[-1] == "Grupo: responden nico, cami, fena"
+    send(browser, "¿Vamos?")
+
+    heard = "¿Vamos?"
+    expected = []
+    for ident in personas:
+        reply = api.chat.completions.create(
+            model=ident, messages=[{"role": "user", "content": heard}], temperature=0, max_tokens=4
+        )
+        text = reply.choices[0].message.content.strip()
+        expected += [(ident, bubble) for bubble in bubbles_of(text)]
+        heard += f"\n[{ident}]: {text}"
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('.assistant')].map((b) => [b.dataset.who, b.textContent]);"
+    )
+    assert [tuple(pair) for pair in shown] == expected, "each persona answers in turn, hearing the ones before it"
+    assert [m["who"] for m in browser.execute_script("return history")] == ["", "nico", "cami", "fena"]
+    assert len({who for who, _ in expected}) >= 2, "the tiny model must say something for this to show turns"
+    shoot(browser, "group.png")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from habla.errors import UserError
 from habla.io import append_jsonl, read_jsonl
 from habla.stats import wilson_interval
 
-NOT_A_REPLY = {"id", "prompt", "reference", "source"}
+NOT_A_REPLY = {"id", "prompt", "reference", "source", "persona"}
 SIDES = ("A", "B")
 PENDING_LIMIT = 256  # pairs shown and not yet answered that the server remembers (oldest forgotten first)
 

@@ -15,33 +15,60 @@ from collections.abc import Iterator
 
 from habla import paths
 from habla.errors import UserError
+from habla.grouping import chosen_personas
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
 from habla.model.loading import as_model, load_base, load_tuned, models_in, special_separator
 from habla.params import Params, Sampling, load_params
 
-HELP = "/reset empieza de nuevo · /base, /tuned o /preferred cambia de modelo · /exit sale"
+HELP = (
+    "/reset empieza de nuevo · /base, /tuned o /preferred cambia de modelo · /as <id> habla con otra persona · "
+    "/group todas responden · /exit sale"
+)
+YOU = ""  # the speaker of the user's own lines in the history
+
+
+def speaker_view(history: list[tuple[str, str]], speaker: str, system_prompt: str) -> list[dict]:
+    """The conversation as `speaker` saw it in training: its own lines are `assistant`, everyone else's `user`,
+    the other personas' lines labelled with their id (`[cami]: …`, as `group` labels them) and consecutive user
+    lines joined into one turn, so roles alternate."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for who, text in history:
+        role = "assistant" if who == speaker else "user"
+        content = text if who in (speaker, YOU) else f"[{who}]: {text}"
+        if messages and messages[-1]["role"] == role == "user":
+            messages[-1] = {"role": "user", "content": f"{messages[-1]['content']}\n{content}"}
+        else:
+            messages.append({"role": role, "content": content})
+    return messages
 
 
 class Session:
     """A multi-turn chat with base+adapters, switchable between the base, the fine-tuned (SFT) and the
-    preference-tuned model (where `prefer` made one)."""
+    preference-tuned model (where `prefer` made one), and, for a speaker-conditioned model
+    (`group.speakers: conditioned`), between its personas, or with all of them in a group."""
 
     def __init__(self, model, tokenizer, params: Params, sampling: Sampling, tuned: bool = True):
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
-        self.system_prompt = params.persona.system_prompt
+        self.personas = chosen_personas(params)
+        self.speaker = next(iter(self.personas))
         self.separator = params.group.separator
         self.available = models_in(model)
         self.name = "tuned" if tuned and "tuned" in self.available else "base"
-        self.history: list[dict] = []
+        self.history: list[tuple[str, str]] = []
+
+    @property
+    def system_prompt(self) -> str:
+        return self.personas[self.speaker].system_prompt
 
     def reset(self) -> None:
         self.history = []
 
-    def messages(self, user_text: str) -> list[dict]:
-        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return system + self.history + [{"role": "user", "content": user_text}]
+    def messages(self, user_text: str | None) -> list[dict]:
+        """The prompt for the current speaker; `user_text` None: it answers what was said (group mode)."""
+        said = self.history + ([(YOU, user_text)] if user_text is not None else [])
+        return speaker_view(said, self.speaker, self.system_prompt)
 
-    def reply(self, user_text: str) -> Iterator[str]:
+    def reply(self, user_text: str | None) -> Iterator[str]:
         """Stream the reply's pieces, then keep the exchange in the history.
 
         A long conversation loses its oldest turns to fit the model's context (the model would otherwise warn inside
@@ -55,7 +82,8 @@ class Session:
         stream = ReplyStream(self.model, self.tokenizer, messages, sampling, keep_tokens=keep)
         with as_model(self.model, self.name):
             yield from stream
-        self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": stream.text.strip()}]
+        said = [(YOU, user_text)] if user_text is not None else []
+        self.history += [*said, (self.speaker, stream.text.strip())]
 
 
 def load_session(params: Params, sampling: Sampling, base_only: bool) -> Session:
@@ -77,6 +105,7 @@ def bubbles(pieces: Iterator[str], separator: str, indent: str) -> Iterator[str]
 def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> None:
     """The terminal loop. Ctrl-C during a reply stops that reply; Ctrl-C or Ctrl-D at the prompt ends the chat."""
     print(f"Chat con {persona} ({session.name}). {HELP}", file=out)
+    group = False
     while True:
         try:
             text = read("tú> ").strip()
@@ -98,10 +127,35 @@ def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> N
             else:
                 session.name = command[1:]
                 print(f"(modelo: {session.name})", file=out)
+        elif command.startswith("/as ") or command == "/group":
+            group = speak_as(session, text, out)
         elif command.startswith("/"):
             print(HELP, file=out)
+        elif group:
+            for index, speaker in enumerate(session.personas):
+                session.speaker = speaker
+                answer(session, text if index == 0 else None, speaker, out)
         else:
-            answer(session, text, {"tuned": persona}.get(session.name, session.name), out)
+            label = session.speaker if len(session.personas) > 1 else persona
+            answer(session, text, {"tuned": label}.get(session.name, session.name), out)
+
+
+def speak_as(session: Session, command: str, out) -> bool:
+    """`/as <id>`: talk to one persona (the history stays: what the others said is theirs); `/group`: every persona
+    answers each message, in the order of `personas`. Returns whether group mode is on."""
+    if len(session.personas) < 2:
+        print("(un solo hablante: `/as` y `/group` son para group.speakers: conditioned)", file=out)
+        return False
+    if command.lower() == "/group":
+        print(f"(grupo: responden {', '.join(session.personas)}, en ese orden)", file=out)
+        return True
+    ident = command[4:].strip()
+    if ident not in session.personas:
+        print(f"(no hay persona `{ident}`; hay {', '.join(session.personas)})", file=out)
+        return False
+    session.speaker = ident
+    print(f"(hablas con {ident})", file=out)
+    return False
 
 
 def answer(session: Session, text: str, label: str, out) -> None:
@@ -155,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     sampling = dataclasses.replace(params.evaluate.sampling, **overrides)
     session = load_session(params, sampling, args.base_only)
-    persona = (params.persona.authors or ["persona"])[0]
+    persona = session.speaker if len(session.personas) > 1 else (params.persona.authors or ["persona"])[0]
     if args.prompt is not None:
         try:
             for piece in bubbles(session.reply(args.prompt), session.separator, ""):

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from habla.apps.blind import BlindTest
 from habla.apps.web import PAGES, generation_cases, is_local, page
 from habla.errors import UserError
+from habla.grouping import chosen_personas
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
 from habla.model.loading import as_model, load_tuned, models_in, special_separator
 from habla.params import Params, Serve, load_params
@@ -146,16 +147,21 @@ class Engine:
         self.lock = threading.Lock()
         self.waiting = threading.BoundedSemaphore(params.serve.queue_limit + 1)
         self.created = int(time.time())
-        self.models = tuple(sorted(models_in(model), key=lambda name: name != "tuned"))  # the page's default first
+        adapters = tuple(sorted(models_in(model), key=lambda name: name != "tuned"))  # the page's default first
+        self.voices = persona_models(params, adapters)
+        self.models = (*self.voices, *adapters)
 
     def fit(self, request: Completion) -> Completion:
         """The request within the model's context, checked before it waits for the model: a prompt that cannot fit
         is a 400 naming the limit (or loses its oldest turns under `serve.truncate: oldest`), and max_tokens is
-        cut to the room left."""
+        cut to the room left. A persona's model gets that persona's system turn unless the request sends one."""
         oldest = self.params.serve.truncate == "oldest"
+        messages = request.messages
+        if request.model in self.voices and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.voices[request.model][1]}, *messages]
         try:
             messages, max_tokens, dropped = fit_prompt(
-                self.model, self.tokenizer, request.messages, request.max_tokens, drop_oldest=oldest
+                self.model, self.tokenizer, messages, request.max_tokens, drop_oldest=oldest
             )
         except PromptTooLong as err:
             hint = "" if oldest else ", or start the server with serve.truncate: oldest"
@@ -186,10 +192,22 @@ class Engine:
         try:
             with self.lock:
                 stream = self.stream(request)
-                with as_model(self.model, request.model):
+                adapter = self.voices[request.model][0] if request.model in self.voices else request.model
+                with as_model(self.model, adapter):
                     consume(stream)
         finally:
             self.waiting.release()
+
+
+def persona_models(params: Params, adapters: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """Each persona of a speaker-conditioned model (`group.speakers: conditioned`) as a model of its own: its id →
+    (the adapter that speaks, the system turn naming it). The preference-tuned adapter speaks where there is one."""
+    if params.group.speakers != "conditioned":
+        return {}
+    voice = "preferred" if "preferred" in adapters else "tuned"
+    if voice not in adapters:
+        return {}
+    return {ident: (voice, persona.system_prompt) for ident, persona in chosen_personas(params).items()}
 
 
 def completion_body(request: Completion, stream: ReplyStream, ident: str, created: int) -> dict:
@@ -266,6 +284,7 @@ class CompletionHandler(BaseHTTPRequestHandler):
             "separator": special_separator(params.group.separator) or params.group.separator,
             "key_required": bool(self.server.api_key),
             "max_tokens_limit": params.serve.max_tokens_limit,
+            "personas": list(self.server.engine.voices),
         }
         data = page(name, config)
         self.send_response(200)

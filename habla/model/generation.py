@@ -47,9 +47,13 @@ def held_out_cases(test: list[dict], settings: Evaluate) -> tuple[list[dict], di
     for conversation in test[: settings.max_prompts]:
         cut = cut_before_reply(conversation, settings.cut, settings.cut_seed)
         if cut:
-            cases.append(
-                {"id": conversation["id"], "source": conversation.get("source"), "prompt": cut[0], "reference": cut[1]}
-            )
+            case = {
+                "id": conversation["id"],
+                "source": conversation.get("source"),
+                "prompt": cut[0],
+                "reference": cut[1],
+            }
+            cases.append({**case, "persona": conversation["persona"]} if conversation.get("persona") else case)
     considered = min(len(test), settings.max_prompts)
     return cases, {"no_persona_reply": considered - len(cases), "over_max_prompts": len(test) - considered}
 

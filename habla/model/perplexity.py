@@ -22,6 +22,7 @@ def encode_conversations(tokenizer, conversations: list[dict]) -> list[dict]:
             {
                 "id": conversation["id"],
                 "source": conversation.get("source", "unknown"),
+                "persona": conversation.get("persona"),
                 "input_ids": ids,
                 "mask": mask,
                 "bytes": len(tokenizer.decode(reply_ids, skip_special_tokens=True).encode("utf-8")),
@@ -78,15 +79,19 @@ def summarise(rows: list[dict], scores: list[tuple[float, int]], resamples: int)
     }
 
 
-def by_source(rows: list[dict], scores: dict[str, list[tuple[float, int]]]) -> dict[str, dict[str, float]]:
-    """Token-weighted perplexity per source (whatsapp, transcript, …) for each model: where the fine-tune helped."""
+def by_field(rows: list[dict], scores: dict[str, list[tuple[float, int]]], field: str) -> dict[str, dict[str, float]]:
+    """Token-weighted perplexity per value of `field` for each model: per source (whatsapp, transcript, …), where
+    the fine-tune helped, or per persona of a speaker-conditioned model, whose voice it learned. Rows without
+    the field are left out."""
     totals: dict[str, dict[str, list[float]]] = {}
     for name, model_scores in scores.items():
         for row, (nll, count) in zip(rows, model_scores):
-            total = totals.setdefault(row["source"], {}).setdefault(name, [0.0, 0])
+            if row.get(field) is None:
+                continue
+            total = totals.setdefault(row[field], {}).setdefault(name, [0.0, 0])
             total[0] += nll
             total[1] += count
     return {
-        source: {name: math.exp(nll / max(count, 1)) for name, (nll, count) in models.items()}
-        for source, models in sorted(totals.items())
+        value: {name: math.exp(nll / max(count, 1)) for name, (nll, count) in models.items()}
+        for value, models in sorted(totals.items())
     }

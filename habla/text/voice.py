@@ -23,7 +23,8 @@ CHAR_NGRAMS = (2, 5)
 MAX_FEATURES = 2**18  # the most frequent n-grams: enough for a chat's style, bounded memory for a large export
 # Pseudonyms `group` puts before each group-chat speaker's lines (habla/grouping.py): a label would give the
 # speaker away, so the classifiers read the words only.
-SPEAKER_LABEL = re.compile(r"(?m)^\[Persona \d+\]: ")
+# `group`'s labels: a pseudonym, or a chosen persona's id under `group.speakers: conditioned` (params.PERSONA_ID)
+SPEAKER_LABEL = re.compile(r"(?m)^\[(?:Persona \d+|[a-z0-9][a-z0-9_-]{0,31})\]: ")
 
 
 def unlabelled(text: str) -> str:
