@@ -32,7 +32,9 @@ real-model: $(VENV)/.real-model
 # llama.cpp at one pinned version for `habla export --format gguf`: the llama-cpp-python sdist vendors llama.cpp's
 # own converters (unpacked into the venv, where habla/model/llamacpp.py finds them) and builds the quantizer and
 # runtime the export checks use (about 11 minutes on 2 cores, once per venv). Where it cannot be built, the
-# export tests are skipped and say what they need.
+# export tests are skipped and say what they need. GGML_NATIVE=OFF: a native build on a CPU with AMX runs AMX
+# tile instructions, which a VM that does not grant them kills with a protection fault (seen here); the portable
+# build (AVX2, FMA, F16C) runs wherever the export checks do.
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_CPP_SDIST := llama_cpp_python-$(LLAMA_CPP_VERSION)
 LLAMA_CPP_DIR := $(VENV)/share/habla/llama.cpp-$(LLAMA_CPP_VERSION)
@@ -42,7 +44,8 @@ $(VENV)/.export-tools: $(VENV)/.installed
 	$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d $(VENV)/share/habla/sdist llama-cpp-python==$(LLAMA_CPP_VERSION)
 	tar -xzf $(VENV)/share/habla/sdist/$(LLAMA_CPP_SDIST).tar.gz -C $(LLAMA_CPP_DIR) --strip-components=3 \
 		$(addprefix $(LLAMA_CPP_SDIST)/vendor/llama.cpp/,convert_hf_to_gguf.py convert_lora_to_gguf.py conversion gguf-py LICENSE)
-	$(BIN)/python -m pip install -q $(VENV)/share/habla/sdist/$(LLAMA_CPP_SDIST).tar.gz \
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip install -q --no-cache-dir \
+		$(VENV)/share/habla/sdist/$(LLAMA_CPP_SDIST).tar.gz \
 		|| echo "note: llama-cpp-python did not build: the export checks in llama.cpp will be skipped" >&2
 	rm -rf $(VENV)/share/habla/sdist
 	touch $@

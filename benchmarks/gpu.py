@@ -173,9 +173,19 @@ def shaped(row: dict, tiny: bool) -> dict:
     return {**row, **TINY, "base": base}
 
 
+QWEN_CACHE = REPO / "build" / "bench"
+
+
 def build_qwen_shape(work: Path, rows: list[dict], tiny: bool) -> None:
     """A Qwen2-architecture model with Qwen2.5-1.5B's config and random weights, and habla's builtin tokenizer
-    (its ids are a subset of the model's vocabulary): saved where `load_base` looks for a builtin base."""
+    (its ids are a subset of the model's vocabulary), linked where `load_base` looks for a builtin base.
+
+    Built once per shape and data (under build/bench/, in bf16, initialised on the GPU where there is one) and
+    shared by every row: at 1.5B, initialising on CPU and saving 6 GB of fp32 per row would take most of the
+    check's minutes."""
+    import hashlib
+
+    import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from habla import paths
@@ -183,12 +193,27 @@ def build_qwen_shape(work: Path, rows: list[dict], tiny: bool) -> None:
     from habla.model.builtin import IM_END, train_tokenizer
     from habla.model.loading import BUILTIN
 
-    tokenizer = train_tokenizer([m["content"] for r in rows for m in r["messages"]], 2048)
     shape = QWEN_TINY if tiny else QWEN_1_5B
-    end, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.pad_token_id
-    config = Qwen2Config(**shape, eos_token_id=end, pad_token_id=pad)
-    Qwen2ForCausalLM(config).save_pretrained(work / paths.BASE_MODEL)
-    tokenizer.save_pretrained(work / paths.BASE_MODEL)
+    texts = [m["content"] for r in rows for m in r["messages"]]
+    digest = hashlib.sha256(json.dumps([shape, texts], ensure_ascii=False).encode()).hexdigest()[:16]
+    folder = QWEN_CACHE / f"qwen-shape-{digest}"
+    if not (folder / "config.json").exists():
+        tokenizer = train_tokenizer(texts, 2048)
+        end, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.pad_token_id
+        config = Qwen2Config(**shape, eos_token_id=end, pad_token_id=pad)
+        torch.manual_seed(0)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = Qwen2ForCausalLM(config)
+        QWEN_CACHE.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=QWEN_CACHE))  # one per process (fsdp)
+        model.to(torch.bfloat16).save_pretrained(building)
+        tokenizer.save_pretrained(building)
+        try:
+            building.replace(folder)
+        except OSError:  # another process of the same launch finished first: theirs is the same model's shape
+            shutil.rmtree(building)
+    (work / paths.BASE_MODEL).parent.mkdir(parents=True, exist_ok=True)
+    (work / paths.BASE_MODEL).symlink_to(folder, target_is_directory=True)
     write_json(work / paths.SOURCE_FILE, {"kind": BUILTIN, "location": str(paths.BASE_MODEL)})
 
 

@@ -28,13 +28,11 @@ DEPS = [GENERATIONS, TRAIN, "stages/reference.py", "habla/text/style.py"]
 METRICS = [REPORT]
 
 
-def main() -> None:
+def scores(cases: list[dict], conversations: list[dict]) -> dict:
+    """chrF, BLEU, distinct-n and voice fidelity of every model that answered every case, and the references'
+    own; characteristic n-grams from `conversations`' persona turns against their other speakers'."""
     import sacrebleu
 
-    cases = read_jsonl(GENERATIONS)
-    if not cases:
-        raise UserError(f"{GENERATIONS} is empty: the generate stage wrote no replies.")
-    conversations = read_jsonl(TRAIN)
     persona = counts(m["content"] for c in conversations for m in c["messages"] if m["role"] == "assistant")
     others = counts(m["content"] for c in conversations for m in c["messages"] if m["role"] == "user")
     characteristic = characteristic_ngrams(persona, others)
@@ -58,6 +56,24 @@ def main() -> None:
         "voice_fidelity": voice_fidelity(references, characteristic),
         "mean_words": sum(len(words(r)) for r in references) / len(references),
     }
+    return report
+
+
+def main() -> None:
+    cases = read_jsonl(GENERATIONS)
+    if not cases:
+        raise UserError(f"{GENERATIONS} is empty: the generate stage wrote no replies.")
+    conversations = read_jsonl(TRAIN)
+    report = scores(cases, conversations)
+    personas = sorted({case["persona"] for case in cases if case.get("persona")})
+    if personas:  # a speaker-conditioned model: each persona against its own train turns
+        report["by_persona"] = {
+            ident: scores(
+                [case for case in cases if case.get("persona") == ident],
+                [c for c in conversations if c.get("persona") == ident],
+            )
+            for ident in personas
+        }
     write_json(REPORT, report)
     log.info(
         "reference: chrF base %.1f → fine-tuned %.1f; voice fidelity %.2f → %.2f (references %.2f)",

@@ -316,3 +316,39 @@ def test_voice_attributes_each_personas_replies_with_its_own_classifier_so_a_swa
         assert found["ceiling"]["attributed"] > 0.9 and found["floor"]["attributed"] < 0.1
         assert found["tuned"]["attributed"] > 0.9, "its own voice is attributed to it"
         assert found["base"]["attributed"] < 0.1, "the other persona's voice counts against it"
+
+
+def test_reference_scores_each_persona_against_its_own_replies_and_train_turns(in_tmp):
+    from habla import paths
+    from habla.io import read_json, write_jsonl
+    from stages import reference
+
+    rng = random.Random(2)
+    train = [
+        {
+            "id": f"{ident}{index}",
+            "chat": "whatsapp/grupo.txt",
+            "persona": ident,
+            "messages": [
+                {"role": "user", "content": " ".join(rng.sample(WORDS, 5))},
+                {"role": "assistant", "content": f"{word} {word} po" if ident == "nico" else f"{word} amiga"},
+            ],
+        }
+        for index, (ident, word) in enumerate((i, w) for i in ("nico", "cami") for w in WORDS)
+    ]
+    cases = []
+    for index in range(10):
+        ident = ("nico", "cami")[index % 2]
+        real = f"{WORDS[index]} {WORDS[index]} po" if ident == "nico" else f"{WORDS[index]} amiga"
+        cases.append({"id": f"t{index}", "persona": ident, "prompt": [], "reference": real, "tuned": real,
+                      "base": "no sé qué decirte la verdad"})  # fmt: skip
+    write_jsonl(paths.split_file("train"), train)
+    write_jsonl(paths.GENERATIONS, cases)
+    reference.main()
+    report = read_json(paths.report("reference"))
+    assert set(report["by_persona"]) == {"nico", "cami"}
+    for ident in ("nico", "cami"):
+        mine = report["by_persona"][ident]
+        assert mine["prompts"] == 5 and mine["tuned"]["chrf"] == pytest.approx(100.0)
+        assert mine["base"]["chrf"] < 30 and mine["tuned"]["voice_fidelity"] > mine["base"]["voice_fidelity"]
+    assert report["by_persona"]["nico"]["characteristic_ngrams"] > 0, "nico's `po` is his, against his own chats"
