@@ -37,6 +37,7 @@ METRICS = Path("metrics")
 GATES = METRICS / "gates"
 TRAIN_LIVE = METRICS / "train"
 PERPLEXITY_PLOT = METRICS / "plots" / "perplexity.json"
+PERSONA_PERPLEXITY_PLOT = METRICS / "plots" / "persona_perplexity.json"  # drawn by the top-level plot
 TRAIN_STEPS = METRICS / "plots" / "train_steps.json"  # loss, learning rate, gradient norm per optimizer step
 EVAL_STEPS = METRICS / "plots" / "eval_steps.json"  # validation loss per optimizer step
 PREFER_LIVE = METRICS / "prefer"

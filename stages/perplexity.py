@@ -28,6 +28,7 @@ TEST = paths.split_file("test")
 TEST_DOCUMENTS = paths.document_split("test")
 REPORT = paths.report("perplexity")
 PLOT = paths.PERPLEXITY_PLOT
+PERSONA_PLOT = paths.PERSONA_PERPLEXITY_PLOT
 
 PARAMS = [
     "preset",
@@ -51,6 +52,7 @@ DEPS = [
     "habla/model/templates.py",
     paths.PRESETS,
 ]
+OUTS = [PERSONA_PLOT]
 METRICS = [REPORT]
 PLOTS = [PLOT]
 
@@ -90,9 +92,13 @@ def main() -> None:
         }
     if len({r["source"] for r in rows}) > 1:
         report["by_source"] = by_field(rows, chats, "source")
+    # Chat replies per persona (one persona: `persona`); writing tasks made from documents are nobody's chat.
+    speakers = [{**r, "speaker": r["persona"] or (None if r["source"] == "keywords" else "persona")} for r in rows]
+    per_persona = by_field(speakers, chats, "speaker")
     if any(r["persona"] for r in rows):
-        report["by_persona"] = by_field(rows, chats, "persona")
+        report["by_persona"] = per_persona
     write_json(REPORT, report)
+    write_json(PERSONA_PLOT, [{"persona": ident, **by_model} for ident, by_model in per_persona.items()])
     write_json(
         PLOT,
         [

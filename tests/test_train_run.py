@@ -186,6 +186,19 @@ def test_perplexity_scores_long_conversations_and_documents_whole_with_sliding_w
     assert report["documents"]["count"] == 1 and report["documents"]["windowed"] == 1
     assert report["documents"]["base"]["tokens"] == len(doc_ids) - 1
     assert report["tuned"]["perplexity"] > 1 and report["documents"]["tuned"]["perplexity"] > 1
+    (one,) = read_json(perplexity.PERSONA_PLOT)
+    assert one == {"persona": "persona", **{m: pytest.approx(report[m]["perplexity"]) for m in ("base", "tuned")}}
+
+    asked = [{"role": "user", "content": "Escribe sobre el estadio"}, {"role": "assistant", "content": "lleno"}]
+    task = {"id": "k", "source": "keywords", "messages": asked}
+    voices = [{**row, "persona": ("nico", "cami")[i % 2]} for i, row in enumerate(test_rows)]
+    write_jsonl(perplexity.TEST, [*voices, task])
+    perplexity.main()
+    report = read_json(perplexity.REPORT)
+    assert sorted(report["by_persona"]) == ["cami", "nico"], "the writing task is nobody's chat"
+    plot = read_json(perplexity.PERSONA_PLOT)
+    assert [row["persona"] for row in plot] == ["cami", "nico"]
+    assert plot[1]["tuned"] == pytest.approx(report["by_persona"]["nico"]["tuned"])
 
 
 def test_rslora_and_dora_options_reach_the_saved_adapter(tiny_project):
