@@ -1,7 +1,7 @@
 """`habla serve` under concurrent streaming clients: time to first token and to the end, p50 and p95, and requests/s.
 
-The "before" of issue 35's move to an ASGI server (Starlette on uvicorn): the same command measures the server as
-it is, on the project's own models, with 4 and 16 clients each sending `--requests` streaming chat completions.
+Measured before and after issue 35's move from the standard library's server to uvicorn (docs/serving.md), on the
+project's own models, with 4 and 16 clients each sending `--requests` streaming chat completions.
 
     python -m benchmarks.serve_latency                 # in a project after `dvc repro` (the demo's models)
     python -m benchmarks.serve_latency --clients 4 16 --requests 8 --max-tokens 32
@@ -41,13 +41,20 @@ def stream_once(url: str, max_tokens: int, prompt: str) -> tuple[float, float]:
             raise RuntimeError(f"HTTP {response.status}: {response.read()[:200]!r}")
         first = None
         for line in response:
-            if first is None and line.startswith(b"data: {") and b'"content"' in line:
+            if first is None and line.startswith(b"data: {") and has_text(line):
                 first = time.perf_counter() - started
             if line.strip() == b"data: [DONE]":
                 break
         return (first if first is not None else time.perf_counter() - started), time.perf_counter() - started
     finally:
         connection.close()
+
+
+def has_text(line: bytes) -> bool:
+    """Whether an event carries reply text: the opening `{"role": "assistant", "content": ""}` is no token (a server
+    may send it as soon as the request is accepted, before the model is free)."""
+    choices = json.loads(line.removeprefix(b"data: ")).get("choices") or [{}]
+    return bool(choices[0].get("delta", {}).get("content"))
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -56,9 +56,10 @@ def check_persona(author_counts: pl.DataFrame, persona: Persona, key: str = "per
         )
 
 
-def filter_messages(chats: pl.DataFrame, persona: Persona, settings: Group) -> tuple[pl.DataFrame, dict]:
-    """Leave out persona messages that are only redaction placeholders, and over-long messages, with counts."""
-    placeholder = pl.col("author").is_in(persona.authors) & pl.col("text").str.contains(PLACEHOLDER_ONLY)
+def filter_messages(chats: pl.DataFrame, authors: list[str], settings: Group) -> tuple[pl.DataFrame, dict]:
+    """Leave out the chosen `authors`' messages that are only redaction placeholders, and over-long messages, with
+    counts."""
+    placeholder = pl.col("author").is_in(authors) & pl.col("text").str.contains(PLACEHOLDER_ONLY)
     too_long = pl.col("text").str.len_chars() > settings.max_message_chars
     counts = chats.select(
         persona_placeholder_only=placeholder.sum(), message_too_long=(too_long & ~placeholder).sum()

@@ -35,7 +35,7 @@ from habla.grouping import (
     unit_tasks,
 )
 from habla.io import JsonlWriter, read_jsonl, write_json, write_jsonl
-from habla.params import Persona, load_params
+from habla.params import load_params
 from habla.plots import bin_width, histogram, monthly_messages
 
 log = logging.getLogger("group")
@@ -94,7 +94,7 @@ def main() -> None:
     persona, settings, batch_rows = params.persona, params.group, params.resources.batch_rows
     conditioned = settings.speakers == "conditioned"
     personas = chosen_personas(params)
-    everyone = Persona(authors=[name for chosen in personas.values() for name in chosen.authors])
+    speakers = [name for chosen in personas.values() for name in chosen.authors]
     messages = pl.scan_parquet(MESSAGES)
     chats = messages.filter(pl.col("source") == "whatsapp")
     author_counts = chats.group_by("author").len().collect()
@@ -108,7 +108,7 @@ def main() -> None:
         spill = Path(spill)
         with JsonlWriter(spill / "conversations.jsonl") as out:
             for batch in batches(chats, "chat", batch_rows):
-                kept_messages, dropped_messages = filter_messages(batch, everyone, settings)
+                kept_messages, dropped_messages = filter_messages(batch, speakers, settings)
                 examples, dropped_examples = (
                     speaker_conversations(kept_messages, personas, settings)
                     if conditioned
@@ -137,7 +137,7 @@ def main() -> None:
     by_source = dict(sorted(messages.group_by("source").len().collect().iter_rows()))
     stats = summary.report(dict(dropped), by_source)
     write_json(REPORT, stats)
-    write_json(paths.MONTHLY_PLOT, monthly_messages(chats, everyone.authors))
+    write_json(paths.MONTHLY_PLOT, monthly_messages(chats, speakers))
     turn_counts = summary.turn_counts()
     write_json(
         paths.TURNS_PLOT,

@@ -355,19 +355,22 @@ def test_lying_missing_and_oversized_lengths_are_refused_before_reading(server):
     assert status_of(raw_exchange(url, f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())) == 411
     for length in ("-1", "abc", "1e3", "²"):
         response = raw_exchange(url, f"{head}Content-Length: {length}\r\n\r\n".encode() + huge[:5000])
-        assert status_of(response) == 400 and b"Content-Length must be a number" in response, length
+        assert status_of(response) == 400, length  # h11 refuses a malformed length before the application runs
     started = time.monotonic()
     response = raw_exchange(url, f"{head}Content-Length: {len(huge)}\r\n\r\n".encode() + huge[:1000])
     assert status_of(response) == 413 and time.monotonic() - started < 2, "answered without reading the body"
 
 
-def test_half_sent_requests_and_lying_bodies_free_their_thread_after_the_read_timeout(server):
+def test_half_sent_heads_and_stalled_bodies_are_let_go_after_the_read_timeout(server):
     _, url = server(read_timeout_s=1)
     head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-    for stalled in (head.encode(), f'{head}Content-Length: 500\r\n\r\n{{"model":'.encode()):
-        started = time.monotonic()
-        assert raw_exchange(url, stalled, wait=20) == b""
-        assert time.monotonic() - started < 10, "the server must hang up on a silent client"
+    started = time.monotonic()
+    assert raw_exchange(url, head.encode(), wait=20) == b"", "a head that never ends: hung up, nothing to answer"
+    assert time.monotonic() - started < 10, "the server must hang up on a silent client"
+    started = time.monotonic()
+    stalled = raw_exchange(url, f'{head}Content-Length: 500\r\n\r\n{{"model":'.encode(), wait=20)
+    assert status_of(stalled) == 408 and b"did not arrive in time" in stalled
+    assert time.monotonic() - started < 10, "a body that stops coming: 408, and the connection closed"
 
 
 def test_a_prompt_over_the_context_is_a_400_or_loses_its_oldest_turns(server, loaded):

@@ -289,7 +289,7 @@ def test_placeholder_only_and_overlong_messages_are_filtered_with_counts():
             (4, "Cami", "x" * 2000),
         ]
     )
-    kept, counts = filter_messages(frame, PERSONA, Group(max_message_chars=1500))
+    kept, counts = filter_messages(frame, PERSONA.authors, Group(max_message_chars=1500))
     assert kept["text"].to_list() == ["mira", "ya po <URL>"]
     assert counts == {"persona_placeholder_only": 2, "message_too_long": 1}
 

@@ -136,11 +136,11 @@ def test_reply_bytes_count_the_persona_s_words_in_utf8_only():
 
 
 def test_perplexity_by_source_is_token_weighted_within_each_source():
-    from habla.model.perplexity import by_source
+    from habla.model.perplexity import by_field
 
     rows = [{"source": "whatsapp"}, {"source": "whatsapp"}, {"source": "transcript"}, {"source": "lyrics"}]
     scores = {"base": [(2.0, 1), (4.0, 3), (3.0, 3), (0.5, 1)], "tuned": [(1.0, 1), (1.0, 3), (0.0, 3), (0.25, 1)]}
-    assert by_source(rows, scores) == {
+    assert by_field(rows, scores, "source") == {
         "lyrics": {"base": pytest.approx(math.exp(0.5)), "tuned": pytest.approx(math.exp(0.25))},  # one token
         "transcript": {"base": pytest.approx(math.e), "tuned": pytest.approx(1.0)},
         "whatsapp": {"base": pytest.approx(math.exp(6 / 4)), "tuned": pytest.approx(math.exp(2 / 4))},

@@ -231,20 +231,24 @@ def test_the_blind_page_asks_which_reply_is_real_one_click_at_a_time_and_keeps_n
     cases = [json.loads(line) for line in (evaluated / "metrics/generations.jsonl").read_text().splitlines()]
     references = {case["reference"].strip() for case in cases}
     browser.get(url + "/blind")
-    picked_real = 0
+    clicked, known = [], []
     for answered in range(1, 7):
         wait(browser, lambda d: d.find_elements("css selector", "#choice-A:enabled"))
         shown = [browser.find_element("css selector", f"#choice-{side} p").text for side in "AB"]
         real = "A" if shown[0] in references else "B"
+        # a tiny model's reply can equal a held-out one: then only the server knows which side is real
+        known.append(real if (shown[0] in references) != (shown[1] in references) else None)
         side = real if answered % 3 else "AB"[real == "A"]  # right twice, then wrong once
-        picked_real += side == real
+        clicked.append(side)
         if answered == 6:
             browser.find_element("tag name", "body").send_keys(side.lower())  # the keyboard works too
         else:
             browser.find_element("id", f"choice-{side}").click()
         wait(browser, lambda d, n=answered: d.find_element("id", "answered").get_attribute("textContent") == str(n))
     stored = [json.loads(line) for line in answers.read_text().splitlines()]
-    assert len(stored) == 6 and sum(row["choice"] == row["real"] for row in stored) == picked_real == 4
+    assert [row["choice"] for row in stored] == clicked, "each click stored as given, in order"
+    assert [row["real"] for row, real in zip(stored, known) if real] == [real for real in known if real]
+    assert sum(real is not None for real in known) >= 4, "most pairs must be told apart by text for this to mean much"
     assert not any(len(text) > 3 and text in answers.read_text() for text in references)
     browser.find_element("css selector", "details summary").click()
     rows = [row.text for row in browser.find_elements("css selector", "#summary tr")]

@@ -1,16 +1,17 @@
 """`habla serve`: an OpenAI-compatible HTTP API over the base and fine-tuned models.
 
 Any tool that speaks the chat-completions API (the `openai` client, LangChain,
-the judge's `openai` backend, chat UIs) can talk to the persona. One model
-serves every request, so requests take turns on a lock; the ones waiting beyond
-`serve.queue_limit` get 503 instead of piling up. The server is the standard
-library's threaded HTTP server: generation is serialised anyway, so an async
-framework would add dependencies and no throughput.
+the judge's `openai` backend, chat UIs) can talk to the persona. It runs on
+uvicorn, as vLLM's and llama.cpp's Python servers do: one event loop holds every
+connection (slow or idle clients cost no thread), and each generation runs in a
+worker thread. One model serves every request, so generations take turns on a
+lock; the ones waiting beyond `serve.queue_limit` get 503 instead of piling up.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import hmac
@@ -21,8 +22,9 @@ import socket
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from habla.apps.blind import BlindTest
 from habla.apps.web import PAGES, generation_cases, is_local, page
@@ -37,6 +39,7 @@ log = logging.getLogger("serve")
 ROLES = {"system", "user", "assistant"}
 BLIND = "/v1/habla/blind"
 BLIND_BODY_BYTES = 1024  # a token and a letter
+BACKLOG = 128  # connections the kernel holds before accept; a small backlog resets bursts of clients
 # Routes that give out held-out chat text (or take answers about it): only for clients on this machine.
 LOCAL_ONLY = {
     "/v1/habla/generations": "Held-out conversations are shown only to clients on this machine.",
@@ -54,11 +57,19 @@ class ClientGone(Exception):
 
 
 class RequestError(Exception):
-    """A client mistake, answered with an OpenAI-style error body."""
+    """A client mistake, answered with an OpenAI-style error body; `close` ends the connection after it (a refused
+    body left unread would be taken for the next request)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        close: bool = False,
+    ):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param, self.kind, self.close = status, message, param, kind, close
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
@@ -185,18 +196,22 @@ class Engine:
         keep = [separator] if separator else []  # a learned separator token stays in the text: it ends a message
         return ReplyStream(self.model, self.tokenizer, request.messages, sampling, stop=request.stop, keep_tokens=keep)
 
-    def run(self, request: Completion, consume) -> None:
-        """Hold the model for one request; `consume` iterates the stream."""
+    def admit(self) -> None:
+        """A place in the line for one request, or a 503 when `serve.queue_limit` requests already wait; given back
+        by `release` when its generation ends."""
         if not self.waiting.acquire(blocking=False):
             raise RequestError(503, "The server is busy; retry shortly.", kind="server_error")
-        try:
-            with self.lock:
-                stream = self.stream(request)
-                adapter = self.voices[request.model][0] if request.model in self.voices else request.model
-                with as_model(self.model, adapter):
-                    consume(stream)
-        finally:
-            self.waiting.release()
+
+    def release(self) -> None:
+        self.waiting.release()
+
+    def generate(self, request: Completion, consume) -> None:
+        """Hold the model for one admitted request; `consume` iterates the stream (in the calling thread)."""
+        with self.lock:
+            stream = self.stream(request)
+            adapter = self.voices[request.model][0] if request.model in self.voices else request.model
+            with as_model(self.model, adapter):
+                consume(stream)
 
 
 def persona_models(params: Params, adapters: tuple[str, ...]) -> dict[str, tuple[str, str]]:
@@ -247,186 +262,362 @@ def chunk(request: Completion, ident: str, created: int, delta: dict, finish: st
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
 
-class CompletionHandler(BaseHTTPRequestHandler):
-    """One request of the OpenAI-compatible API; the model and the API key are the server's (see `ServeServer`)."""
+class ClientTimedOut(Exception):
+    """The client stopped sending its body: answered 408 and the connection closed."""
 
-    server: ServeServer
-    protocol_version = "HTTP/1.1"
-    server_version = "habla"
 
-    @property
-    def timeout(self) -> float:
-        """Seconds a socket read or write may wait (applied by `StreamRequestHandler.setup`): a half-sent request
-        or a client that stops reading a stream frees its thread instead of holding it forever."""
-        return self.server.engine.params.serve.read_timeout_s
+def head_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol, hanging up on a connection whose request head has not arrived within `seconds`.
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-        log.debug("%s %s", self.address_string(), format % args)
+    uvicorn times out idle keep-alive connections but waits forever for the rest of a request's head (a slowloris
+    client holds its connection open with a byte a minute); written here because uvicorn has no such setting."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    def send_json(self, status: int, body: dict) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    class HeadInTime(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
 
-    def authorised(self) -> bool:
-        api_key = self.server.api_key
-        if not api_key:
-            return True
-        given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given.encode(), api_key.encode())
+        def _waiting_for_head(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
 
-    def send_page(self, name: str) -> None:
-        params = self.server.engine.params
-        config = {
-            "separator": special_separator(params.group.separator) or params.group.separator,
-            "key_required": bool(self.server.api_key),
-            "max_tokens_limit": params.serve.max_tokens_limit,
-            "personas": list(self.server.engine.voices),
-        }
-        data = page(name, config)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Content-Security-Policy", PAGE_POLICY)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Referrer-Policy", "no-referrer")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(data)
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(seconds, self._too_slow)
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        route = urlsplit(self.path).path
-        if route in ("/health", "/healthz"):
-            self.send_json(200, {"status": "ok", "models": list(self.server.engine.models)})
-        elif route in PAGES:
-            self.send_page(PAGES[route])
-        elif not self.authorised():
-            self.send_json(401, RequestError(401, "Invalid API key.", kind="authentication_error").body())
-        elif route in LOCAL_ONLY and not is_local(self.client_address[0]):
-            self.send_json(403, RequestError(403, LOCAL_ONLY[route], kind="permission_error").body())
-        elif route == "/v1/habla/generations":
-            self.send_json(200, generation_cases())
-        elif route == BLIND:
-            self.send_json(200, self.server.blind.state())
-        elif route == "/v1/models":
-            data = [
-                {"id": m, "object": "model", "created": self.server.engine.created, "owned_by": "habla"}
-                for m in self.server.engine.models
-            ]
-            self.send_json(200, {"object": "list", "data": data})
-        else:
-            self.send_json(404, RequestError(404, f"No route {route}.", kind="not_found_error").body())
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
 
-    def do_POST(self):  # noqa: N802
+        def _too_slow(self) -> None:
+            if self._waiting_for_head() and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if not self._waiting_for_head():
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeadInTime
+
+
+class Reply:
+    """One generation running in a worker thread, its pieces handed to the event loop through a queue, cancellable
+    from the loop (a client that went away stops the model at its next token)."""
+
+    END = object()
+
+    def __init__(self, engine: Engine, request: Completion, loop: asyncio.AbstractEventLoop):
+        self.engine, self.request, self.loop = engine, request, loop
+        self.pieces: asyncio.Queue = asyncio.Queue()
+        self.stream: ReplyStream | None = None
+        self.cancelled = threading.Event()
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        """Run in a thread of its own (the line is bounded by `serve.queue_limit`, so the threads are too); the
+        request's place in the line is given back when the generation ends, however it ends."""
+        threading.Thread(target=self._work, daemon=True).start()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if self.stream is not None:
+            self.stream.cancel()
+
+    def _put(self, item) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server stopped, nobody is reading
+            self.loop.call_soon_threadsafe(self.pieces.put_nowait, item)
+
+    def _work(self) -> None:
         try:
-            if self.path not in ("/v1/chat/completions", BLIND):
-                raise RequestError(404, f"No route {self.path}.", kind="not_found_error")
-            if not self.authorised():
-                raise RequestError(401, "Invalid API key.", kind="authentication_error")
-            if self.path in LOCAL_ONLY and not is_local(self.client_address[0]):
-                raise RequestError(403, LOCAL_ONLY[self.path], kind="permission_error")
-            limit = BLIND_BODY_BYTES if self.path == BLIND else self.server.engine.params.serve.max_body_bytes
-            raw = self.read_body(limit)
-            try:
-                body = json.loads(raw or b"null")
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise RequestError(400, "The request body is not valid JSON.") from None
-            if self.path == BLIND:
-                return self.blind_answer(body)
-            engine = self.server.engine
-            request = engine.fit(parse_completion(body, engine.params, engine.models))
-            ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-            self.server.engine.run(
-                request, (self.stream_reply if request.stream else self.whole_reply)(request, ident, created)
-            )
+            self.engine.generate(self.request, self._consume)
+        except BaseException as err:  # noqa: BLE001 - handed to the loop, which answers or logs it
+            self.error = err
+        finally:
+            self.engine.release()
+            self._put(self.END)
+
+    def _consume(self, stream: ReplyStream) -> None:
+        self.stream = stream
+        if self.cancelled.is_set():
+            stream.cancel()
+        with contextlib.closing(iter(stream)) as pieces:
+            for piece in pieces:
+                self._put(piece)
+
+    async def __aiter__(self):
+        while (piece := await self.pieces.get()) is not self.END:
+            yield piece
+        if self.error is not None:
+            raise self.error
+
+
+class API:
+    """The ASGI application: the OpenAI-compatible API, the pages and the blind test, over one `Engine`.
+
+    Written against ASGI directly (Starlette's request and response classes, no router): every route's checks are
+    in one place and in the order that matters (authentication before the loopback-only check, body limits before
+    the body is read), and a streamed reply sends each piece as it comes and stops the model when the client
+    leaves."""
+
+    def __init__(self, engine: Engine, api_key: str | None):
+        self.engine, self.api_key = engine, api_key
+        self.blind = BlindTest()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        try:
+            if request.method == "POST":
+                await self.post(request, send)
+            elif request.method in ("GET", "HEAD"):
+                await self.get(request).__call__(scope, receive, send)
+            else:
+                raise RequestError(405, f"Method {request.method} is not allowed.", kind="invalid_request_error")
         except RequestError as err:
-            self.send_json(err.status, err.body())
-        except (ClientGone, TimeoutError, ConnectionError) as err:
-            self.close_connection = True
-            log.info("%s went away (%s); its request was dropped", self.address_string(), type(err).__name__)
+            await error_response(err).__call__(scope, receive, send)
+        except ClientTimedOut:
+            timeout = RequestError(408, "The request body did not arrive in time.", close=True)
+            await error_response(timeout).__call__(scope, receive, send)
+        except ClientGone as err:
+            log.info("%s went away (%s); its request was dropped", client_of(request), err)
         except Exception:  # noqa: BLE001 - a server answers every request; the traceback goes to the log
             log.exception("request failed")
-            error = RequestError(500, "Internal error while generating.", kind="server_error").body()
-            if getattr(self, "streaming", False):  # headers already sent: end the stream with an error event
-                self.wfile.write(f"data: {json.dumps(error)}\n\n".encode())
-            else:
-                self.send_json(500, error)
+            failed = RequestError(500, "Internal error while generating.", kind="server_error")
+            await error_response(failed).__call__(scope, receive, send)
 
-    def blind_answer(self, body: object) -> None:
+    def authorised(self, request: Request) -> bool:
+        if not self.api_key:
+            return True
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return hmac.compare_digest(given.encode(), self.api_key.encode())
+
+    def check_access(self, request: Request, route: str) -> None:
+        if not self.authorised(request):
+            raise RequestError(401, "Invalid API key.", kind="authentication_error")
+        if route in LOCAL_ONLY and not is_local(client_of(request)):
+            raise RequestError(403, LOCAL_ONLY[route], kind="permission_error")
+
+    def get(self, request: Request) -> Response:
+        route, engine = request.url.path, self.engine
+        if route in ("/health", "/healthz"):
+            return JSONResponse({"status": "ok", "models": list(engine.models)})
+        if route in PAGES:
+            return self.page(PAGES[route])
+        self.check_access(request, route)
+        if route == "/v1/habla/generations":
+            return JSONResponse(generation_cases())
+        if route == BLIND:
+            return JSONResponse(self.blind.state())
+        if route == "/v1/models":
+            data = [{"id": m, "object": "model", "created": engine.created, "owned_by": "habla"} for m in engine.models]
+            return JSONResponse({"object": "list", "data": data})
+        raise RequestError(404, f"No route {route}.", kind="not_found_error")
+
+    def page(self, name: str) -> Response:
+        params = self.engine.params
+        config = {
+            "separator": special_separator(params.group.separator) or params.group.separator,
+            "key_required": bool(self.api_key),
+            "max_tokens_limit": params.serve.max_tokens_limit,
+            "personas": list(self.engine.voices),
+        }
+        headers = {
+            "Content-Security-Policy": PAGE_POLICY,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        }
+        return Response(page(name, config), media_type="text/html; charset=utf-8", headers=headers)
+
+    async def post(self, request: Request, send) -> None:
+        route = request.url.path
+        if route not in ("/v1/chat/completions", BLIND):
+            raise RequestError(404, f"No route {route}.", kind="not_found_error")
+        self.check_access(request, route)
+        settings = self.engine.params.serve
+        limit = BLIND_BODY_BYTES if route == BLIND else settings.max_body_bytes
+        raw = await read_body(request, limit, settings.read_timeout_s)
+        try:
+            body = json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError(400, "The request body is not valid JSON.") from None
+        if route == BLIND:
+            await self.blind_answer(body).__call__(request.scope, request.receive, send)
+            return
+        engine = self.engine
+        completion = await asyncio.to_thread(engine.fit, parse_completion(body, engine.params, engine.models))
+        engine.admit()
+        reply = Reply(engine, completion, asyncio.get_running_loop())
+        reply.start()
+        ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        watcher = asyncio.ensure_future(wait_for_disconnect(request.receive))
+        try:
+            if completion.stream:
+                await stream_reply(send, reply, watcher, completion, ident, created, settings.read_timeout_s)
+            else:
+                await whole_reply(request, send, reply, watcher, completion, ident, created)
+        finally:
+            watcher.cancel()
+            reply.cancel()
+
+    def blind_answer(self, body: object) -> Response:
         """Store one answer of the blind test (`{"token", "choice"}`) and send the next pair."""
         if not isinstance(body, dict):
             raise RequestError(400, 'Send {"token": ..., "choice": "A" or "B"}.')
         try:
-            self.server.blind.answer(body.get("token"), body.get("choice"))
+            self.blind.answer(body.get("token"), body.get("choice"))
         except ValueError as err:
             raise RequestError(409 if body.get("choice") in ("A", "B") else 400, str(err)) from None
-        self.send_json(200, self.server.blind.state())
+        return JSONResponse(self.blind.state())
 
-    def read_body(self, limit: int) -> bytes:
-        """The body, never more than `limit` bytes: the declared length is checked before anything is read.
 
-        A missing, negative or non-numeric Content-Length is refused (a negative one used to mean "read until the
-        connection closes", which let any size through); the connection is closed after a refusal, since the unread
-        body would otherwise be taken for the next request.
-        """
-        declared = self.headers.get("Content-Length")
-        digits = (declared or "").strip()
-        length = int(digits) if digits.isascii() and digits.isdigit() else None
-        problem = None
-        if declared is None or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            problem = RequestError(411, "Send the body with a Content-Length header.")
-        elif length is None:
-            problem = RequestError(400, f"Content-Length must be a number of bytes, got {declared[:40]!r}.")
-        elif length > limit:
-            problem = RequestError(413, f"The request body is {length} bytes; the limit is {limit}.")
-        if problem:
-            self.close_connection = True
-            raise problem
-        raw = self.rfile.read(length)
-        if len(raw) < length:
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def error_response(err: RequestError) -> Response:
+    return JSONResponse(err.body(), status_code=err.status, headers={"Connection": "close"} if err.close else {})
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, never more than `limit` bytes: the declared length is checked before anything is read, and a
+    client that stops sending for `timeout` seconds gets a 408. h11 itself refuses a malformed Content-Length
+    (400) before the application sees the request; a missing one, or a chunked body, is refused here (411)."""
+    declared = request.headers.get("content-length")
+    if declared is None or "chunked" in request.headers.get("transfer-encoding", "").lower():
+        raise RequestError(411, "Send the body with a Content-Length header.", close=True)
+    digits = declared.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise RequestError(400, f"Content-Length must be a number of bytes, got {declared[:40]!r}.", close=True)
+    if int(digits) > limit:
+        raise RequestError(413, f"The request body is {int(digits)} bytes; the limit is {limit}.", close=True)
+    body = bytearray()
+    while True:
+        try:
+            message = await asyncio.wait_for(request.receive(), timeout)
+        except TimeoutError:
+            raise ClientTimedOut from None
+        if message["type"] == "http.disconnect":
             raise ClientGone("the body ended before its Content-Length")
-        return raw
-
-    def whole_reply(self, request: Completion, ident: str, created: int):
-        def consume(stream: ReplyStream) -> None:
-            for _ in stream:
-                pass
-            self.send_json(200, completion_body(request, stream, ident, created))
-
-        return consume
-
-    def stream_reply(self, request: Completion, ident: str, created: int):
-        def consume(stream: ReplyStream) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = self.streaming = True
-            self.wfile.write(chunk(request, ident, created, {"role": "assistant", "content": ""}))
-            with contextlib.closing(iter(stream)) as pieces:  # a write that fails stops the generation at once
-                for piece in pieces:
-                    self.wfile.write(chunk(request, ident, created, {"content": piece}))
-                    self.wfile.flush()
-            self.wfile.write(chunk(request, ident, created, {}, stream.finish_reason))
-            self.wfile.write(b"data: [DONE]\n\n")
-
-        return consume
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return bytes(body)
 
 
-class ServeServer(ThreadingHTTPServer):
-    """A thread per request; every handler reads the one engine (model lock, queue) and the API key from here."""
+async def wait_for_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
-    daemon_threads = True
-    request_queue_size = 128  # connections the kernel holds before accept; the default 5 resets bursts of clients
+
+async def next_piece(pieces, watcher: asyncio.Future):
+    """The reply's next piece, or ClientGone as soon as the client disconnects (whichever comes first)."""
+    step = asyncio.ensure_future(anext(pieces))
+    done, _ = await asyncio.wait({step, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    if step not in done:
+        step.cancel()
+        raise ClientGone("disconnected")
+    return step.result()
+
+
+async def whole_reply(request, send, reply: Reply, watcher, completion: Completion, ident: str, created: int):
+    pieces = aiter(reply)
+    with contextlib.suppress(StopAsyncIteration):
+        while True:
+            await next_piece(pieces, watcher)
+    body = completion_body(completion, reply.stream, ident, created)
+    await JSONResponse(body).__call__(request.scope, request.receive, send)
+
+
+async def stream_reply(
+    send, reply: Reply, watcher, completion: Completion, ident: str, created: int, timeout: float
+) -> None:
+    """Server-sent events, one per piece; an error after the headers ends the stream with an error event. A client
+    that stops reading (its socket buffer full for `timeout` seconds) is let go, and the model with it."""
+    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    async def event(data: bytes, more: bool = True) -> None:
+        try:
+            await asyncio.wait_for(send({"type": "http.response.body", "body": data, "more_body": more}), timeout)
+        except TimeoutError:
+            raise ClientGone("not reading its stream") from None
+
+    await event(chunk(completion, ident, created, {"role": "assistant", "content": ""}))
+    pieces = aiter(reply)
+    try:
+        while True:
+            try:
+                piece = await next_piece(pieces, watcher)
+            except StopAsyncIteration:
+                break
+            await event(chunk(completion, ident, created, {"content": piece}))
+    except ClientGone:
+        raise
+    except Exception:  # noqa: BLE001 - the headers are sent: the error goes into the stream, the traceback to the log
+        log.exception("request failed")
+        error = RequestError(500, "Internal error while generating.", kind="server_error").body()
+        await event(f"data: {json.dumps(error)}\n\n".encode(), more=False)
+        return
+    await event(chunk(completion, ident, created, {}, reply.stream.finish_reason))
+    await event(b"data: [DONE]\n\n", more=False)
+
+
+class ServeServer:
+    """uvicorn serving `API` on a socket bound at once (port 0 gives a free port, known before serving starts);
+    `serve_forever` blocks until `shutdown` (or Ctrl-C in the main thread)."""
 
     def __init__(self, address: tuple[str, int], engine: Engine, api_key: str | None):
-        super().__init__(address, CompletionHandler)
-        self.engine, self.api_key = engine, api_key
-        self.blind = BlindTest()
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(address)
+        self.socket.listen(BACKLOG)
+        self.server_address = self.socket.getsockname()
+        self.app = API(engine, api_key)
+        self.api_key, self.blind = api_key, self.app.blind
+        timeout = engine.params.serve.read_timeout_s
+        config = uvicorn.Config(
+            self.app,
+            http=head_timeout_protocol(timeout),
+            timeout_keep_alive=max(1, int(timeout)),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            backlog=BACKLOG,
+            timeout_graceful_shutdown=5,
+        )
+        self.server = uvicorn.Server(config)
+        self.stopped = threading.Event()
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop lines, not its errors
+
+    def serve_forever(self) -> None:
+        try:
+            self.server.run(sockets=[self.socket])
+        finally:
+            self.stopped.set()
+
+    def shutdown(self) -> None:
+        self.server.should_exit = True
+        self.stopped.wait(30)
+
+    def server_close(self) -> None:
+        self.socket.close()
 
 
 def loopback_only(host: str) -> bool:
