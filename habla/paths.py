@@ -8,7 +8,12 @@ declaration and `dvc.yaml` disagree.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Set by a per-persona instance of a matrix stage (`HABLA_PERSONA=nico python -m stages.train` is `train_persona@nico`
+# in dvc.yaml): the stage reads that persona's splits and writes its own adapter and reports, under `personas/<id>/`.
+PERSONA = os.environ.get("HABLA_PERSONA", "")
 
 RAW = Path("data/raw")
 CLEANED = Path("data/cleaned")
@@ -24,29 +29,32 @@ DOCUMENTS = GROUPED / "documents.jsonl"
 KEYWORD_TASKS = GROUPED / "keyword_tasks.jsonl"
 SPLITS = Path("data/splits")
 
-BASE_MODEL = Path("models/base")
+BASE_MODEL = Path("models/base")  # shared by every persona's adapter
 SOURCE_FILE = BASE_MODEL / "source.json"
-ADAPTER = Path("models/adapter")
-CHECKPOINTS = Path("models/checkpoints")  # scratch for `train.resume`, never a DVC output
-PREFERRED = Path("models/preferred")  # the preference-tuned adapter (`prefer`), on the same base as ADAPTER
+PERSONAS = Path("personas")
+MODELS = Path("models") / PERSONAS / PERSONA if PERSONA else Path("models")
+ADAPTER = MODELS / "adapter"
+CHECKPOINTS = Path("models/checkpoints") / PERSONAS / PERSONA if PERSONA else Path("models/checkpoints")  # scratch
+PREFERRED = MODELS / "preferred"  # the preference-tuned adapter (`prefer`), on the same base as ADAPTER
 PREFER_CHECKPOINTS = Path("models/checkpoints-prefer")  # scratch for `prefer.resume`, never a DVC output
 MERGED = Path("models/merged")  # `habla export` (hf): never a DVC output, git-ignored
 GGUF_EXPORT = Path("models/gguf")  # `habla export --format gguf / gguf-adapter`, git-ignored
 
 METRICS = Path("metrics")
+OWN_METRICS = METRICS / PERSONAS / PERSONA if PERSONA else METRICS  # a per-persona instance's reports and plots
 GATES = METRICS / "gates"
-TRAIN_LIVE = METRICS / "train"
-PERPLEXITY_PLOT = METRICS / "plots" / "perplexity.json"
-PERSONA_PERPLEXITY_PLOT = METRICS / "plots" / "persona_perplexity.json"  # drawn by the top-level plot
-TRAIN_STEPS = METRICS / "plots" / "train_steps.json"  # loss, learning rate, gradient norm per optimizer step
-EVAL_STEPS = METRICS / "plots" / "eval_steps.json"  # validation loss per optimizer step
+TRAIN_LIVE = OWN_METRICS / "train"
+PERPLEXITY_PLOT = OWN_METRICS / "plots" / "perplexity.json"
+PERSONA_PERPLEXITY_PLOT = OWN_METRICS / "plots" / "persona_perplexity.json"  # drawn by the top-level plot
+TRAIN_STEPS = OWN_METRICS / "plots" / "train_steps.json"  # loss, learning rate, gradient norm per optimizer step
+EVAL_STEPS = OWN_METRICS / "plots" / "eval_steps.json"  # validation loss per optimizer step
 PREFER_LIVE = METRICS / "prefer"
 PREFERENCE_PAIRS = Path("data/preference/pairs.jsonl")  # chat text: a DVC-cached output, never in git
 PREFER_STEPS = METRICS / "plots" / "prefer_steps.json"  # DPO loss, rewards, margins, accuracy per optimizer step
 CLEAN_OUTCOMES_PLOT = METRICS / "plots" / "clean_outcomes.json"
 MONTHLY_PLOT = METRICS / "plots" / "messages_per_month.json"
 TURNS_PLOT = METRICS / "plots" / "conversation_turns.json"
-TOKENS_PLOT = METRICS / "plots" / "train_tokens.json"
+TOKENS_PLOT = OWN_METRICS / "plots" / "train_tokens.json"
 SPLIT_PLOT = METRICS / "plots" / "split_sizes.json"
 JUDGE_OUTCOMES_PLOT = METRICS / "plots" / "judge_outcomes.json"
 JUDGE_RATINGS_PLOT = METRICS / "plots" / "judge_ratings.json"
@@ -65,8 +73,15 @@ ACCELERATE = Path("configs/accelerate")
 
 
 def split_file(name: str) -> Path:
-    """`data/splits/<name>.jsonl`: conversations and keyword tasks of one split."""
-    return SPLITS / f"{name}.jsonl"
+    """`data/splits/<name>.jsonl`: conversations and keyword tasks of one split (a per-persona instance: its
+    persona's views, `persona_split`)."""
+    return persona_split(PERSONA, name) if PERSONA else SPLITS / f"{name}.jsonl"
+
+
+def persona_split(persona: str, name: str) -> Path:
+    """`data/splits/personas/<id>/<name>.jsonl`: one persona's views of one split (`group.speakers: conditioned`),
+    what its own adapter trains and is scored on."""
+    return SPLITS / PERSONAS / persona / f"{name}.jsonl"
 
 
 def document_split(name: str) -> Path:
@@ -80,7 +95,7 @@ def accelerate_config(profile: str) -> Path:
 
 
 def report(stage: str) -> Path:
-    return METRICS / f"{stage}.json"
+    return OWN_METRICS / f"{stage}.json"
 
 
 def gate_report(stage: str) -> Path:

@@ -38,12 +38,14 @@ PARAMS = [
     "evaluate.max_conversations",
     "train.max_length",
 ]
+# A per-persona instance (`perplexity_persona@<id>`) scores its persona's adapter on its persona's chat replies:
+# no preference-tuned adapter, no documents (nobody's chat).
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
-    paths.PREFERRED,
+    *([] if paths.PERSONA else [paths.PREFERRED]),
     TEST,
-    TEST_DOCUMENTS,
+    *([] if paths.PERSONA else [TEST_DOCUMENTS]),
     "stages/perplexity.py",
     "habla/model/perplexity.py",
     "habla/model/scoring.py",
@@ -55,6 +57,8 @@ DEPS = [
 OUTS = [PERSONA_PLOT]
 METRICS = [REPORT]
 PLOTS = [PLOT]
+if paths.PERSONA:  # `perplexity_persona@<id>`: its report is the metric to compare, its charts are not drawn
+    OUTS, PLOTS = [*OUTS, *PLOTS], []
 
 
 def main() -> None:
@@ -63,7 +67,8 @@ def main() -> None:
     model, tokenizer = load_tuned(preferred=True)
     test = read_jsonl(TEST)
     rows = encode_conversations(tokenizer, test[: params.evaluate.max_conversations or len(test)])
-    documents = encode_documents(tokenizer, read_jsonl(TEST_DOCUMENTS)) if TEST_DOCUMENTS.exists() else []
+    scored_documents = TEST_DOCUMENTS in DEPS and TEST_DOCUMENTS.exists()
+    documents = encode_documents(tokenizer, read_jsonl(TEST_DOCUMENTS)) if scored_documents else []
     everything = rows + documents
     models = models_in(model)
 

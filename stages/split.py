@@ -13,6 +13,7 @@ moved to train, so the test set measures generalisation, not recall.
 from __future__ import annotations
 
 import logging
+import shutil
 
 import polars as pl
 
@@ -95,6 +96,13 @@ def main() -> None:
             paths.document_split(name),
             sorted((d for d, s in zip(docs, doc_splits) if s == name), key=lambda d: d["id"]),
         )
+    own = paths.SPLITS / paths.PERSONAS
+    shutil.rmtree(own, ignore_errors=True)
+    personas = sorted(set(conversations["persona"].drop_nulls())) if "persona" in conversations.columns else []
+    for ident in personas:  # each persona's own views, for its own adapter (`train_persona@<id>` in dvc.yaml)
+        for name in SPLITS:
+            mine = conversations.filter((pl.col("split") == name) & (pl.col("persona") == ident))
+            write_jsonl(paths.persona_split(ident, name), mine.drop("split").sort("id"))
     report = {
         "conversations": stats(conversations),
         "leakage": leakage,

@@ -47,6 +47,8 @@ DEPS = [
 OUTS = [paths.ADAPTER, LIVE_DIR / "plots" / "metrics", paths.TRAIN_STEPS, paths.EVAL_STEPS]
 PLOTS = [paths.TOKENS_PLOT]
 METRICS = [REPORT, LIVE_DIR / "metrics.json"]
+if paths.PERSONA:  # one persona's own adapter (`train_persona@<id>`): reports kept, not N more charts and columns
+    OUTS, PLOTS, METRICS = [*OUTS, *PLOTS, *METRICS], [], []
 
 
 def main() -> None:

@@ -20,6 +20,9 @@ from habla.params import Params, as_dict
 from tests.helpers import REPO
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+# A matrix stage (one instance per persona) runs another stage's module with HABLA_PERSONA set: stage → module.
+MATRIX = {name: spec["cmd"].rsplit("-m stages.", 1)[1] for name, spec in DVC.items() if "matrix" in spec}
+PERSONA_TEMPLATE = "${item.persona}"
 # A module may import from lower layers, and from its own subpackage (without cycles).
 LAYERS = {
     "habla.errors": 0,
@@ -52,20 +55,40 @@ def declared(module, attribute: str) -> set[str]:
 
 def test_stages_holds_exactly_the_dvc_stages():
     modules = {p.stem for p in (REPO / "stages").glob("*.py")} - {"__init__"}
-    assert modules == set(DVC)
+    assert modules == set(DVC) - set(MATRIX)
+    assert set(MATRIX.values()) <= modules
+
+
+def declarations(stage: str) -> dict[str, set[str]]:
+    """What the stage's module declares; a matrix stage's module is imported in a fresh interpreter with
+    HABLA_PERSONA set to the template dvc.yaml writes (paths under `personas/${item.persona}/`)."""
+    attributes = ("DEPS", "OUTS", "METRICS", "PLOTS", "PARAMS")
+    if stage not in MATRIX:
+        module = importlib.import_module(f"stages.{stage}")
+        return {attribute: declared(module, attribute) for attribute in attributes}
+    code = (
+        f"import json, stages.{MATRIX[stage]} as m; "
+        f"print(json.dumps({{a: sorted(map(str, getattr(m, a, []))) for a in {list(attributes)!r}}}))"
+    )
+    env = {**__import__("os").environ, "HABLA_PERSONA": PERSONA_TEMPLATE}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return {attribute: set(values) for attribute, values in __import__("json").loads(done.stdout).items()}
 
 
 @pytest.mark.parametrize("stage", sorted(DVC))
 def test_each_stage_module_declares_what_dvc_yaml_says(stage):
-    module = importlib.import_module(f"stages.{stage}")
-    spec = DVC[stage]
-    assert spec["cmd"].endswith(f"-m stages.{stage}")
-    assert declared(module, "DEPS") == names(spec.get("deps", []))
-    assert declared(module, "OUTS") == names(spec.get("outs", []))
-    assert declared(module, "METRICS") == names(spec.get("metrics", []))
-    assert declared(module, "PLOTS") == names(spec.get("plots", []))
-    assert declared(module, "PARAMS") == names(spec.get("params", []))
-    for path in declared(module, "DEPS"):
+    spec, found = DVC[stage], declarations(stage)
+    module = MATRIX.get(stage, stage)
+    prefix = f"HABLA_PERSONA={PERSONA_TEMPLATE} " if stage in MATRIX else ""
+    assert spec["cmd"] == f"{prefix}python -m stages.{module}"
+    if stage in MATRIX:
+        assert spec["matrix"] == {"persona": "${personas}"}, "one instance per id under `personas`"
+    assert found["DEPS"] == names(spec.get("deps", []))
+    assert found["OUTS"] == names(spec.get("outs", []))
+    assert found["METRICS"] == names(spec.get("metrics", []))
+    assert found["PLOTS"] == names(spec.get("plots", []))
+    assert found["PARAMS"] == names(spec.get("params", []))
+    for path in found["DEPS"]:
         if path.startswith(("stages/", "habla/", "configs", "prompts")):
             assert (REPO / path).exists(), f"{stage} depends on {path}, which does not exist"
 
@@ -84,7 +107,7 @@ def test_a_whole_params_section_is_listed_only_where_every_key_is_read(stage):
     """Listing a whole section reruns the stage for any key in it, so every key must be read somewhere in the
     code the stage runs (the stage module and the habla modules it depends on). A coarse textual check: the
     runtime check is `test_pipeline.py::test_every_params_key_a_stage_reads_is_one_of_its_dvc_params`."""
-    module = importlib.import_module(f"stages.{stage}")
+    module = importlib.import_module(f"stages.{MATRIX.get(stage, stage)}")
     code_paths = [REPO / p for p in declared(module, "DEPS") if p.startswith(("stages/", "habla/"))]
     files = [f for p in code_paths for f in ([p] if p.is_file() else sorted(p.rglob("*.py")))]
     code = "\n".join(f.read_text(encoding="utf-8") for f in files)
@@ -250,6 +273,6 @@ def test_each_stage_depends_on_every_habla_module_it_runs(stage):
     """Edit a module a stage imports (directly or through another) and `dvc repro` must rerun the stage: its deps
     cover every such module (a folder dep covers its files), plumbing aside."""
     deps = names(DVC[stage].get("deps", []))
-    needed = transitive_imports(f"stages/{stage}.py") - PLUMBING
+    needed = transitive_imports(f"stages/{MATRIX.get(stage, stage)}.py") - PLUMBING
     missing = sorted(f for f in needed if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
     assert not missing, f"stage {stage} runs {missing} but does not depend on them"

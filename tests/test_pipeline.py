@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, chromium, shoot, write_params
+from tests.helpers import REPO, chromium, read_params, shoot, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,8 @@ def test_every_params_key_a_stage_reads_is_one_of_its_dvc_params(reproduced):
     """A key a stage reads but dvc.yaml does not list is a change `dvc repro` would not rerun it for
     (`perplexity` once read `evaluate.stride` undeclared). `resources` says how to run, not what to compute."""
     stages = yaml.safe_load((reproduced.root / "dvc.yaml").read_text())["stages"]
-    assert set(reproduced.params_read) == set(stages) - {"reference"}  # reference reads no params
+    matrix = {name for name, spec in stages.items() if "matrix" in spec}  # no instance: `personas` is empty
+    assert set(reproduced.params_read) == set(stages) - {"reference"} - matrix  # reference reads no params
     for stage, keys in reproduced.params_read.items():
         listed = [e if isinstance(e, str) else next(iter(e)) for e in stages[stage].get("params", [])]
         undeclared = {
@@ -378,6 +379,35 @@ def test_experiments_rerun_training_and_after_only_and_compare(reproduced, tmp_p
     (loss,) = diff["data"]["Training and validation loss"]
     assert set(loss["revisions"]) == {"rank4", "slow-lr"}
     assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"rank4", "slow-lr"}
+
+
+def test_each_persona_trains_as_a_matrix_instance_and_an_edit_reruns_only_its_own(reproduced, tmp_path):
+    """`group.speakers: conditioned` with two personas: one conditioned adapter and one adapter per persona
+    (`train_persona@<id>`), scored on the same held-out replies; editing one persona reruns its instances only."""
+    project = clone_of(reproduced.root, tmp_path)
+    personas = {"nico": ["Nico"], "cami": ["Cami"]}
+    write_params(project, {"group": {"speakers": "conditioned"}, "personas": personas}, read_params(project))
+    output = run(["dvc", "repro"], project)
+    conditioned = json.loads((project / "metrics/perplexity.json").read_text())["by_persona"]
+    assert set(conditioned) == set(personas)
+    for ident in personas:
+        for stage in ("train_persona", "perplexity_persona"):
+            assert f"Running stage '{stage}@{ident}'" in output
+        assert (project / f"models/personas/{ident}/adapter/adapter_model.safetensors").exists()
+        own = json.loads((project / f"metrics/personas/{ident}/perplexity.json").read_text())
+        assert own["base"]["perplexity"] == pytest.approx(conditioned[ident]["base"]), "the same held-out replies"
+        assert own["tuned"]["perplexity"] > 1
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project))
+    assert any("metrics/personas/cami/perplexity.json" in str(entry) for entry in shown.values())
+
+    edited = read_params(project)
+    edited["personas"]["cami"] = {"authors": ["Cami"], "system_prompt": "Soy la Cami, de Ñuñoa."}
+    write_params(project, base=edited)
+    output = run(["dvc", "repro"], project)
+    for stage in ("train_persona@cami", "perplexity_persona@cami", "train"):
+        assert f"Running stage '{stage}'" in output
+    for stage in ("train_persona@nico", "perplexity_persona@nico"):
+        assert f"Running stage '{stage}'" not in output, f"{stage} reran for an edit to cami"
 
 
 def test_training_under_dvc_exp_run_is_deterministic(reproduced, tmp_path):

@@ -118,7 +118,11 @@ def pretrain(model, blocks: torch.Tensor, settings: Builtin) -> dict:
 def build_builtin(settings: Builtin) -> dict:
     random.seed(settings.seed)
     torch.manual_seed(settings.seed)
-    conversations = read_jsonl(paths.split_file("train"))
+    # The chats' language without their framing: a system prompt (one persona's, repeated in every example) is not
+    # data, and an edit to it must not make a new base, which would retrain every persona's adapter.
+    conversations = [
+        {"messages": [m for m in c["messages"] if m["role"] != "system"]} for c in read_jsonl(paths.split_file("train"))
+    ]
     documents = read_jsonl(paths.document_split("train"))
     raw_texts = [m["content"] for c in conversations for m in c["messages"]] + [d["text"] for d in documents]
     tokenizer = train_tokenizer(raw_texts, settings.vocab_size)
