@@ -180,7 +180,7 @@ def build_qwen_shape(work: Path, rows: list[dict], tiny: bool) -> None:
     """A Qwen2-architecture model with Qwen2.5-1.5B's config and random weights, and habla's builtin tokenizer
     (its ids are a subset of the model's vocabulary), linked where `load_base` looks for a builtin base.
 
-    Built once per shape and data (under build/bench/, in bf16, initialised on the GPU where there is one) and
+    Built once per shape and data (under build/bench/, in bf16 and initialised on the GPU where there is one) and
     shared by every row: at 1.5B, initialising on CPU and saving 6 GB of fp32 per row would take most of the
     check's minutes."""
     import hashlib
@@ -194,19 +194,21 @@ def build_qwen_shape(work: Path, rows: list[dict], tiny: bool) -> None:
     from habla.model.loading import BUILTIN
 
     shape = QWEN_TINY if tiny else QWEN_1_5B
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32  # bf16 halves the bytes on a GPU; on CPU habla trains in fp32
     texts = [m["content"] for r in rows for m in r["messages"]]
-    digest = hashlib.sha256(json.dumps([shape, texts], ensure_ascii=False).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps([shape, texts, str(dtype)], ensure_ascii=False).encode()).hexdigest()[:16]
     folder = QWEN_CACHE / f"qwen-shape-{digest}"
     if not (folder / "config.json").exists():
         tokenizer = train_tokenizer(texts, 2048)
         end, pad = tokenizer.convert_tokens_to_ids(IM_END), tokenizer.pad_token_id
         config = Qwen2Config(**shape, eos_token_id=end, pad_token_id=pad)
         torch.manual_seed(0)
-        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        with torch.device("cuda" if cuda else "cpu"):
             model = Qwen2ForCausalLM(config)
         QWEN_CACHE.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=QWEN_CACHE))  # one per process (fsdp)
-        model.to(torch.bfloat16).save_pretrained(building)
+        model.to(dtype).save_pretrained(building)
         tokenizer.save_pretrained(building)
         try:
             building.replace(folder)
