@@ -14,6 +14,13 @@ from pathlib import Path
 # Set by a per-persona instance of a matrix stage (`HABLA_PERSONA=nico python -m stages.train` is `train_persona@nico`
 # in dvc.yaml): the stage reads that persona's splits and writes its own adapter and reports, under `personas/<id>/`.
 PERSONA = os.environ.get("HABLA_PERSONA", "")
+PERSONAS = Path("personas")
+
+
+def _own(root: Path) -> Path:
+    """`root`, or `root/personas/<id>` in a per-persona instance."""
+    return root / PERSONAS / PERSONA if PERSONA else root
+
 
 RAW = Path("data/raw")
 CLEANED = Path("data/cleaned")
@@ -31,17 +38,16 @@ SPLITS = Path("data/splits")
 
 BASE_MODEL = Path("models/base")  # shared by every persona's adapter
 SOURCE_FILE = BASE_MODEL / "source.json"
-PERSONAS = Path("personas")
-MODELS = Path("models") / PERSONAS / PERSONA if PERSONA else Path("models")
+MODELS = _own(Path("models"))
 ADAPTER = MODELS / "adapter"
-CHECKPOINTS = Path("models/checkpoints") / PERSONAS / PERSONA if PERSONA else Path("models/checkpoints")  # scratch
+CHECKPOINTS = _own(Path("models/checkpoints"))  # scratch for `train.resume`, never a DVC output
 PREFERRED = MODELS / "preferred"  # the preference-tuned adapter (`prefer`), on the same base as ADAPTER
 PREFER_CHECKPOINTS = Path("models/checkpoints-prefer")  # scratch for `prefer.resume`, never a DVC output
 MERGED = Path("models/merged")  # `habla export` (hf): never a DVC output, git-ignored
 GGUF_EXPORT = Path("models/gguf")  # `habla export --format gguf / gguf-adapter`, git-ignored
 
 METRICS = Path("metrics")
-OWN_METRICS = METRICS / PERSONAS / PERSONA if PERSONA else METRICS  # a per-persona instance's reports and plots
+OWN_METRICS = _own(METRICS)  # a per-persona instance's reports and plots
 GATES = METRICS / "gates"
 TRAIN_LIVE = OWN_METRICS / "train"
 PERPLEXITY_PLOT = OWN_METRICS / "plots" / "perplexity.json"
@@ -75,7 +81,7 @@ ACCELERATE = Path("configs/accelerate")
 def split_file(name: str) -> Path:
     """`data/splits/<name>.jsonl`: conversations and keyword tasks of one split (a per-persona instance: its
     persona's views, `persona_split`)."""
-    return persona_split(PERSONA, name) if PERSONA else SPLITS / f"{name}.jsonl"
+    return _own(SPLITS) / f"{name}.jsonl"
 
 
 def persona_split(persona: str, name: str) -> Path:

@@ -67,7 +67,7 @@ def main() -> None:
     model, tokenizer = load_tuned(preferred=True)
     test = read_jsonl(TEST)
     rows = encode_conversations(tokenizer, test[: params.evaluate.max_conversations or len(test)])
-    scored_documents = TEST_DOCUMENTS in DEPS and TEST_DOCUMENTS.exists()
+    scored_documents = not paths.PERSONA and TEST_DOCUMENTS.exists()
     documents = encode_documents(tokenizer, read_jsonl(TEST_DOCUMENTS)) if scored_documents else []
     everything = rows + documents
     models = models_in(model)

@@ -255,3 +255,23 @@ class FakeEndpoint:
                 self.complete(answer, body["model"])
 
         self.server, self.url = serve_on_localhost(Handler)
+
+
+def chat_messages(rows, chat: str = "whatsapp/chat.txt", start=None):
+    """A chat as `clean` writes it, from rows of (minutes after `start`, author, text)."""
+    import datetime
+
+    import polars as pl
+
+    start = start or datetime.datetime(2023, 3, 1, 10, 0)
+    return pl.DataFrame(
+        {
+            "source": "whatsapp",
+            "file": chat,
+            "line": list(range(1, len(rows) + 1)),
+            "chat": chat,
+            "ts": [start + datetime.timedelta(minutes=m) for m, _, _ in rows],
+            "author": [a for _, a, _ in rows],
+            "text": [t for _, _, t in rows],
+        }
+    )

@@ -1,5 +1,3 @@
-from datetime import datetime, timedelta
-
 import polars as pl
 import pytest
 
@@ -9,25 +7,7 @@ from habla.grouping import check_persona, conversations, flatten, turns
 from habla.params import Group, Persona, Ratios, Split
 from habla.readers.units import with_message_columns
 from habla.splitting import assign, leaking_ids, move_overlaps, split_conversations
-from tests.helpers import update_params
-
-T0 = datetime(2023, 3, 1, 10, 0)
-
-
-def messages(rows, chat="whatsapp/chat.txt"):
-    """rows: (minutes after T0, author, text)."""
-    return pl.DataFrame(
-        {
-            "source": "whatsapp",
-            "file": chat,
-            "line": list(range(1, len(rows) + 1)),
-            "chat": chat,
-            "ts": [T0 + timedelta(minutes=m) for m, _, _ in rows],
-            "author": [a for _, a, _ in rows],
-            "text": [t for _, _, t in rows],
-        }
-    )
-
+from tests.helpers import chat_messages, update_params
 
 PERSONA = Persona(authors=["Nico"])
 
@@ -38,7 +18,7 @@ def examples(frame, persona=PERSONA, **group):
 
 
 def test_session_gap_boundary_and_same_role_merging():
-    frame = messages(
+    frame = chat_messages(
         [
             (0, "Cami", "hola"),
             (1, "Nico", "wena"),
@@ -63,7 +43,7 @@ def test_session_gap_boundary_and_same_role_merging():
 
 
 def test_group_chat_uses_stable_pseudonyms_not_names():
-    frame = messages(
+    frame = chat_messages(
         [
             (0, "Cami", "hola"),
             (1, "Pancho", "buenas"),
@@ -80,7 +60,9 @@ def test_group_chat_uses_stable_pseudonyms_not_names():
 
 
 def test_filters_and_persona_openings_are_counted():
-    frame = messages([(0, "Nico", "wena"), (1, "Cami", "hola"), (2, "Nico", "¿cómo estai?"), (500, "Cami", "¿nadie?")])
+    frame = chat_messages(
+        [(0, "Nico", "wena"), (1, "Cami", "hola"), (2, "Nico", "¿cómo estai?"), (500, "Cami", "¿nadie?")]
+    )
     result, dropped = examples(frame)
     assert result["messages"].to_list() == [
         [{"role": "user", "content": "hola"}, {"role": "assistant", "content": "¿cómo estai?"}]
@@ -95,7 +77,7 @@ def test_filters_and_persona_openings_are_counted():
 
 
 def test_a_conversation_opened_by_the_persona_can_be_kept_or_given_a_synthetic_opener():
-    frame = messages([(0, "Nico", "wena"), (1, "Cami", "hola"), (2, "Nico", "¿cómo estai?")])
+    frame = chat_messages([(0, "Nico", "wena"), (1, "Cami", "hola"), (2, "Nico", "¿cómo estai?")])
     kept, counts = examples(frame, persona_opens="keep")
     assert [m["role"] for m in kept["messages"].to_list()[0]] == ["assistant", "user", "assistant"]
     assert "opening_persona_turns_trimmed" not in counts
@@ -111,7 +93,7 @@ def test_a_conversation_opened_by_the_persona_can_be_kept_or_given_a_synthetic_o
 
 
 def test_windows_with_a_turn_outside_the_character_limits_are_left_out_and_counted():
-    frame = messages(
+    frame = chat_messages(
         [
             (0, "Cami", "hola"),
             (1, "Nico", "k"),
@@ -128,7 +110,9 @@ def test_windows_with_a_turn_outside_the_character_limits_are_left_out_and_count
 
 def test_system_prompt_goes_first_and_windows_start_with_user():
     rows = [(i, "Cami" if i % 2 == 0 else "Nico", f"m{i}") for i in range(10)]
-    result, _ = examples(messages(rows), persona=Persona(authors=["Nico"], system_prompt="Eres Nico."), max_turns=4)
+    result, _ = examples(
+        chat_messages(rows), persona=Persona(authors=["Nico"], system_prompt="Eres Nico."), max_turns=4
+    )
     assert result.height == 3
     for conversation in result["messages"].to_list():
         assert conversation[0] == {"role": "system", "content": "Eres Nico."}
@@ -138,7 +122,7 @@ def test_system_prompt_goes_first_and_windows_start_with_user():
 
 
 def test_unknown_persona_lists_the_authors_found():
-    frame = messages([(0, "Cami", "hola"), (1, "Nico", "wena"), (2, "Nico", "po")])
+    frame = chat_messages([(0, "Cami", "hola"), (1, "Nico", "wena"), (2, "Nico", "po")])
     with pytest.raises(UserError) as err:
         check_persona(frame.group_by("author").len(), Persona(authors=["nico"]))
     assert "Nico (2)" in str(err.value) and "Cami (1)" in str(err.value)
@@ -225,7 +209,7 @@ def test_a_test_conversation_that_leaks_only_through_another_moved_one_moves_too
 
 
 def test_merge_window_makes_bursts_joined_by_the_separator_and_later_bursts_by_a_newline():
-    frame = messages(
+    frame = chat_messages(
         [
             (0, "Cami", "hola"),
             (1, "Nico", "wena"),
@@ -244,7 +228,9 @@ def test_merge_window_makes_bursts_joined_by_the_separator_and_later_bursts_by_a
 
 
 def test_group_chat_users_merge_into_one_labelled_turn():
-    frame = messages([(0, "Cami", "hola"), (1, "Feña", "holi"), (2, "Nico", "wena cabros"), (3, "Pancho", "llegué")])
+    frame = chat_messages(
+        [(0, "Cami", "hola"), (1, "Feña", "holi"), (2, "Nico", "wena cabros"), (3, "Pancho", "llegué")]
+    )
     result, _ = examples(frame)
     (conversation,) = result["messages"].to_list()
     assert [(m["role"], m["content"]) for m in conversation] == [
@@ -255,7 +241,7 @@ def test_group_chat_users_merge_into_one_labelled_turn():
 
 
 def test_reply_mode_gives_one_example_per_persona_reply_with_context_starting_with_a_user_turn():
-    frame = messages(
+    frame = chat_messages(
         [
             (0, "Cami", "a"),
             (1, "Nico", "b"),
@@ -280,7 +266,7 @@ def test_reply_mode_gives_one_example_per_persona_reply_with_context_starting_wi
 def test_placeholder_only_and_overlong_messages_are_filtered_with_counts():
     from habla.grouping import filter_messages
 
-    frame = messages(
+    frame = chat_messages(
         [
             (0, "Cami", "mira"),
             (1, "Nico", "<URL>"),
@@ -382,7 +368,7 @@ def test_group_in_small_batches_writes_what_one_batch_writes(in_tmp):
     rng = random.Random(7)
     words = "completo palta micro estadio carrete playa cerro feria once sopaipilla terremoto cueca".split()
     chats = [
-        messages(
+        chat_messages(
             [
                 (i * rng.choice([1, 5, 200]), rng.choice(["Nico", "Cami", "Feña"]), " ".join(rng.sample(words, 3)))
                 for i in range(600)
@@ -392,7 +378,7 @@ def test_group_in_small_batches_writes_what_one_batch_writes(in_tmp):
         for chat in ("whatsapp/c.txt", "whatsapp/a.txt", "whatsapp/b.txt")
     ]
     texts = [
-        messages(
+        chat_messages(
             [(i, None, f"Frase {i} sobre {rng.choice(words)} y {rng.choice(words)}.") for i in range(800)], name
         ).with_columns(source=pl.lit(source))
         for name, source in (("shows/uno.txt", "transcript"), ("letras/dos.txt", "lyrics"))

@@ -8,7 +8,7 @@ import io
 import json
 import math
 import random
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import polars as pl
 import pytest
@@ -18,26 +18,16 @@ from habla.errors import UserError
 from habla.grouping import chosen_personas, speaker_conversations
 from habla.params import Group, Persona, Split, load_params
 from habla.splitting import split_conversations
-from tests.helpers import client, greedy_params, update_params, write_params
+from tests.helpers import chat_messages, client, greedy_params, update_params, write_params
 
 T0 = datetime(2024, 5, 3, 19, 0)
 GROUP_CHAT = "whatsapp/Chat de WhatsApp con Los del Liceo.txt"
 PERSONAS = {"nico": Persona(["Nico", "Nicolás"], "Eres nico."), "cami": Persona(["Cami"], "Eres cami.")}
 
 
-def chat(rows, name=GROUP_CHAT) -> pl.DataFrame:
-    """rows: (minutes after T0, author, text), as `clean` writes a WhatsApp export."""
-    return pl.DataFrame(
-        {
-            "source": "whatsapp",
-            "file": name,
-            "line": list(range(1, len(rows) + 1)),
-            "chat": name,
-            "ts": [T0 + timedelta(minutes=m) for m, _, _ in rows],
-            "author": [a for _, a, _ in rows],
-            "text": [t for _, _, t in rows],
-        }
-    )
+def chat(rows) -> pl.DataFrame:
+    """The group chat as `clean` writes it: rows of (minutes after T0, author, text)."""
+    return chat_messages(rows, GROUP_CHAT, T0)
 
 
 EVENING = [
