@@ -40,6 +40,9 @@ BASE_MODEL = Path("models/base")  # shared by every persona's adapter
 SOURCE_FILE = BASE_MODEL / "source.json"
 MODELS = _own(Path("models"))
 ADAPTER = MODELS / "adapter"
+# The speaker-conditioned adapter (`group.speakers: conditioned`): a per-persona instance runs it beside its persona's
+# own adapter on the same held-out prompts (`generate_persona@<id>`); elsewhere it is ADAPTER.
+CONDITIONED_ADAPTER = Path("models/adapter")
 CHECKPOINTS = _own(Path("models/checkpoints"))  # scratch for `train.resume`, never a DVC output
 PREFERRED = MODELS / "preferred"  # the preference-tuned adapter (`prefer`), on the same base as ADAPTER
 PREFER_CHECKPOINTS = Path("models/checkpoints-prefer")  # scratch for `prefer.resume`, never a DVC output
@@ -62,13 +65,13 @@ MONTHLY_PLOT = METRICS / "plots" / "messages_per_month.json"
 TURNS_PLOT = METRICS / "plots" / "conversation_turns.json"
 TOKENS_PLOT = OWN_METRICS / "plots" / "train_tokens.json"
 SPLIT_PLOT = METRICS / "plots" / "split_sizes.json"
-JUDGE_OUTCOMES_PLOT = METRICS / "plots" / "judge_outcomes.json"
-JUDGE_RATINGS_PLOT = METRICS / "plots" / "judge_ratings.json"
-JUDGMENTS = METRICS / "judgments.jsonl"  # verdicts and ratings per held-out prompt, read by /generations
-VOICE_ATTRIBUTION_PLOT = METRICS / "plots" / "voice_attribution.json"
-VOICE_TOLD_APART_PLOT = METRICS / "plots" / "voice_told_apart.json"
+JUDGE_OUTCOMES_PLOT = OWN_METRICS / "plots" / "judge_outcomes.json"
+JUDGE_RATINGS_PLOT = OWN_METRICS / "plots" / "judge_ratings.json"
+JUDGMENTS = OWN_METRICS / "judgments.jsonl"  # verdicts and ratings per held-out prompt, read by /generations
+VOICE_ATTRIBUTION_PLOT = OWN_METRICS / "plots" / "voice_attribution.json"
+VOICE_TOLD_APART_PLOT = OWN_METRICS / "plots" / "voice_told_apart.json"
 BLIND_ANSWERS = Path("data/blind/answers.jsonl")  # people's answers on /blind: ids and choices, git-ignored
-GENERATIONS = METRICS / "generations.jsonl"  # held-out text: a DVC-cached output, never committed to git
+GENERATIONS = OWN_METRICS / "generations.jsonl"  # held-out text: a DVC-cached output, never committed to git
 JUDGE_CACHE = Path("data/cache/judge.jsonl")  # answers already paid for: git-ignored, survives reruns
 OPPONENT_CACHE = Path("data/cache/opponent.jsonl")  # the opponent model's replies, the same way
 
@@ -88,6 +91,12 @@ def persona_split(persona: str, name: str) -> Path:
     """`data/splits/personas/<id>/<name>.jsonl`: one persona's views of one split (`group.speakers: conditioned`),
     what its own adapter trains and is scored on."""
     return SPLITS / PERSONAS / persona / f"{name}.jsonl"
+
+
+def persona_adapter(persona: str) -> Path:
+    """`models/personas/<id>/adapter`: what `train_persona@<id>` trains (the one path `habla serve` needs outside
+    an instance)."""
+    return Path("models") / PERSONAS / persona / "adapter"
 
 
 def document_split(name: str) -> Path:

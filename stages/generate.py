@@ -11,6 +11,11 @@ remote), never a file committed to git. `metrics/generate.json` (counts only) sa
 per model how its replies ended: with an end-of-turn token, or cut at
 `evaluate.sampling.max_new_tokens` (a persona that never learned to stop), and
 which held-out conversations were left out and why.
+
+A per-persona instance (`generate_persona@<id>`) answers its persona's held-out
+prompts with the base, the speaker-conditioned adapter (`conditioned`) and the
+persona's own adapter (`tuned`), loaded together on one base, so `voice_persona`
+and `judge_persona` compare the two adapters on the same prompts and sampling.
 """
 
 from __future__ import annotations
@@ -38,12 +43,12 @@ PARAMS = [
     "evaluate.cut",
     "evaluate.cut_seed",
     "evaluate.sampling",
-    "judge.opponent",
+    *([] if paths.PERSONA else ["judge.opponent"]),  # an instance compares habla's two adapters, no one else
 ]
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
-    paths.PREFERRED,
+    *([paths.CONDITIONED_ADAPTER] if paths.PERSONA else [paths.PREFERRED]),
     TEST,
     "stages/generate.py",
     "habla/model/generation.py",
@@ -82,7 +87,7 @@ def main() -> None:
     cases, left_out = held_out_cases(read_jsonl(TEST), evaluate)
     if not cases:
         raise UserError("no test conversation has a persona reply to answer: check data/splits/test.jsonl.")
-    model, tokenizer = load_tuned(preferred=True)
+    model, tokenizer = load_tuned(preferred=not paths.PERSONA, conditioned=bool(paths.PERSONA))
     prompts = [c["prompt"] for c in cases]
     endings = {}
     for name in models_in(model):
@@ -91,7 +96,7 @@ def main() -> None:
         for case, reply in zip(cases, replies):
             case[name] = reply.text
         endings[name] = ending_stats(replies)
-    if params.judge.opponent.model:
+    if params.judge.opponent.model and not paths.PERSONA:
         answers, endings["opponent"] = opponent_replies(cases, params.judge.opponent)
         for case, reply in zip(cases, answers):
             case["opponent"] = reply

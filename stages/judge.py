@@ -31,7 +31,7 @@ PARAMS = ["preset", "evaluate.batch_size", "evaluate.bootstrap", "judge"]
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
-    paths.PREFERRED,
+    *([paths.CONDITIONED_ADAPTER] if paths.PERSONA else [paths.PREFERRED]),
     GENERATIONS,
     paths.PROMPTS,
     "stages/judge.py",
@@ -49,6 +49,8 @@ DEPS = [
 OUTS = [paths.JUDGMENTS, paths.JUDGE_RATINGS_PLOT]
 METRICS = [REPORT]
 PLOTS = [paths.JUDGE_OUTCOMES_PLOT]
+if paths.PERSONA:  # `judge_persona@<id>`: its persona's own adapter against the conditioned one; charts not drawn
+    OUTS, PLOTS = [*OUTS, *PLOTS], []
 
 
 def main() -> None:
@@ -77,6 +79,15 @@ def main() -> None:
         report["failed"],
         report["adjusted_win_rate"],
     )
+    if own := report.get("tuned_vs_conditioned"):
+        log.info(
+            "judge: %s's own adapter against the speaker-conditioned one: %d wins, %d ties, %d losses, %d failed",
+            paths.PERSONA,
+            own["wins"],
+            own["ties"],
+            own["losses"],
+            own["failed"],
+        )
     if report["n"] == 0 and settings.backend != "local":
         log.warning(
             "judge: %s at %s gave no verdict on any of %d prompts (%s): the numbers above mean nothing",

@@ -16,6 +16,7 @@ from habla import paths
 from habla.errors import UserError, run_stage
 from habla.io import read_jsonl, write_json
 from habla.model.judging import OPPONENT, blind_orders, blind_summary
+from habla.model.loading import MODELS as OURS
 from habla.params import load_params
 from habla.text.voice import (
     attribution_summary,
@@ -31,13 +32,13 @@ log = logging.getLogger("voice")
 GENERATIONS = paths.GENERATIONS
 TRAIN = paths.split_file("train")
 REPORT = paths.report("voice")
-MODELS = ("base", "tuned", "preferred", OPPONENT)
+MODELS = (*OURS, OPPONENT)
 
 PARAMS = ["voice", "preset", "evaluate.batch_size", "evaluate.bootstrap", "judge"]
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
-    paths.PREFERRED,
+    *([paths.CONDITIONED_ADAPTER] if paths.PERSONA else [paths.PREFERRED]),
     GENERATIONS,
     TRAIN,
     paths.PROMPTS,
@@ -55,6 +56,8 @@ DEPS = [
 ]
 METRICS = [REPORT]
 PLOTS = [paths.VOICE_ATTRIBUTION_PLOT, paths.VOICE_TOLD_APART_PLOT]
+if paths.PERSONA:  # `voice_persona@<id>`: its report is the metric to compare, its charts are not drawn
+    OUTS, PLOTS = PLOTS, []
 
 
 def last_user_turn(prompt: list[dict]) -> str:
@@ -145,7 +148,7 @@ def main() -> None:
             settings.seed,
         )
     report = {"prompts": len(cases), "attribution": attribution, "discrimination": told_apart}
-    if any(case.get("persona") for case in cases):
+    if any(case.get("persona") for case in cases) and not paths.PERSONA:  # an instance is one persona's already
         report["by_persona"] = by_persona(train, cases, models, settings, resamples)
     if settings.judge:
         report["judge"] = blind_judge(params, cases, models)

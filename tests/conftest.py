@@ -63,14 +63,15 @@ def server(loaded):
 
     servers = []
 
-    def start(personas: dict | None = None, **serve):
-        """`personas` (id → names): serve them as a speaker-conditioned model (`group.speakers: conditioned`)."""
+    def start(personas: dict | None = None, own: dict | None = None, **serve):
+        """`personas` (id → names): serve them as a speaker-conditioned model (`group.speakers: conditioned`);
+        `own`: the personas' own adapters loaded on the model (id → name, `load_persona_adapters`)."""
         model, tokenizer = loaded
         params = greedy_params(**serve)
         if personas:
             group = dataclasses.replace(params.group, speakers="conditioned")
             params = dataclasses.replace(params, group=group, personas=personas)
-        engine = Engine(model, tokenizer, params)
+        engine = Engine(model, tokenizer, params, own)
         instance = make_server(engine, params.serve)
         threading.Thread(target=instance.serve_forever, daemon=True).start()
         servers.append(instance)

@@ -337,6 +337,9 @@ def test_the_pairs_judged_follow_the_models_that_answered():
         ("base", "opponent"),
         ("preferred", "opponent"),
     ]
+    models, pairs = comparisons([{**ours, "conditioned": "wena"}])
+    assert models == ["base", "conditioned", "tuned"], "a persona's own adapter (tuned) beside the conditioned one"
+    assert pairs == [("tuned", "base"), ("tuned", "conditioned")]
 
 
 class FirstShownJudge:

@@ -248,6 +248,77 @@ def test_serve_lists_each_persona_as_a_model_that_speaks_under_its_system_turn(s
     assert mine.prompt_tokens == prompt_length(tokenizer, own), "a request's own system turn wins"
 
 
+@pytest.fixture
+def nico_own(loaded):
+    """nico's own adapter beside the conditioned one: the trained adapter with its LoRA B zeroed, so it speaks as
+    the base does; loaded on the shared model (id → PEFT name), removed after the test."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from habla import paths
+    from habla.model.loading import load_persona_adapters
+
+    model, _ = loaded
+    own = paths.persona_adapter("nico")
+    own.mkdir(parents=True)
+    try:
+        weights = load_file(paths.ADAPTER / "adapter_model.safetensors")
+        save_file({k: t.zero_() if "lora_B" in k else t for k, t in weights.items()}, own / "adapter_model.safetensors")
+        shutil.copy(paths.ADAPTER / "adapter_config.json", own)
+        yield load_persona_adapters(model, ["nico", "cami"])
+    finally:
+        shutil.rmtree(paths.MODELS / paths.PERSONAS)
+        if "persona-nico" in model.peft_config:
+            model.delete_adapter("persona-nico")
+
+
+@pytest.mark.slow
+def test_serve_loads_each_personas_own_adapter_on_the_one_base_and_switches_per_request(server, loaded, nico_own):
+    """nico's own adapter answers `nico`; the speaker-conditioned adapter answers `nico:conditioned`; cami, who has
+    none, is answered by the conditioned one."""
+    model, _ = loaded
+    assert nico_own == {"nico": "persona-nico"}, "a persona without an adapter on disk is left out"
+    _, url = server(personas={"nico": ["Nico"], "cami": ["Cami"]}, own=nico_own)
+    api = client(url)
+    assert [m.id for m in api.models.list().data] == ["nico", "nico:conditioned", "cami", "tuned", "base"]
+    asked = [{"role": "user", "content": "¿Vamos al asado el sábado?"}]
+    with_system = [{"role": "system", "content": "Eres nico."}, *asked]
+
+    def reply(name, messages):
+        answer = api.chat.completions.create(model=name, messages=messages, temperature=0, max_tokens=8)
+        return answer.choices[0].message.content
+
+    base, tuned = reply("base", with_system), reply("tuned", with_system)
+    assert base != tuned, "the prompt must tell the base from the fine-tuned model"
+    assert reply("nico", asked) == base, "nico's own adapter answers `nico`"
+    assert reply("nico:conditioned", asked) == tuned
+    assert reply("cami", with_system) == tuned
+    assert model.active_adapter == "default", "each request's adapter is switched back"
+
+
+@pytest.mark.slow
+def test_chat_speaks_with_each_personas_own_adapter_under_own_and_the_conditioned_one_under_tuned(loaded, nico_own):
+    model, tokenizer = loaded
+    params = conditioned(greedy_params())
+    session = Session(model, tokenizer, params, params.evaluate.sampling, own=nico_own)
+    assert session.name == "own" and session.available == ["base", "tuned", "own"]
+
+    def said(name: str, speaker: str) -> str:
+        session.reset()
+        session.name, session.speaker = name, speaker
+        return "".join(session.reply("¿Vamos al asado el sábado?"))
+
+    base, tuned = said("base", "nico"), said("tuned", "nico")
+    assert base != tuned, "the prompt must tell the base from the fine-tuned model"
+    assert said("own", "nico") == base, "nico's own adapter"
+    assert said("own", "cami") == said("tuned", "cami"), "cami has no adapter of her own: the conditioned one"
+    lines = iter(["/own", "/exit"])
+    out = io.StringIO()
+    interactive(Session(model, tokenizer, params, params.evaluate.sampling), "nico", out, lambda _: next(lines))
+    assert "(no hay adaptador own: corre `dvc repro train_persona`)" in out.getvalue()
+
+
 def test_perplexity_is_reported_per_persona_token_weighted_and_rows_without_one_are_left_out():
     from habla.model.perplexity import by_field
 

@@ -381,9 +381,13 @@ def test_experiments_rerun_training_and_after_only_and_compare(reproduced, tmp_p
     assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"rank4", "slow-lr"}
 
 
+PERSONA_STAGES = ("train_persona", "perplexity_persona", "generate_persona", "voice_persona", "judge_persona")
+
+
 def test_each_persona_trains_as_a_matrix_instance_and_an_edit_reruns_only_its_own(reproduced, tmp_path):
     """`group.speakers: conditioned` with two personas: one conditioned adapter and one adapter per persona
-    (`train_persona@<id>`), scored on the same held-out replies; editing one persona reruns its instances only."""
+    (`train_persona@<id>`), scored on the same held-out replies and compared with the conditioned one on the same
+    prompts (generate, voice, judge); editing one persona retrains its own adapter only."""
     project = clone_of(reproduced.root, tmp_path)
     personas = {"nico": ["Nico"], "cami": ["Cami"]}
     write_params(project, {"group": {"speakers": "conditioned"}, "personas": personas}, read_params(project))
@@ -391,12 +395,22 @@ def test_each_persona_trains_as_a_matrix_instance_and_an_edit_reruns_only_its_ow
     conditioned = json.loads((project / "metrics/perplexity.json").read_text())["by_persona"]
     assert set(conditioned) == set(personas)
     for ident in personas:
-        for stage in ("train_persona", "perplexity_persona"):
+        for stage in PERSONA_STAGES:
             assert f"Running stage '{stage}@{ident}'" in output
         assert (project / f"models/personas/{ident}/adapter/adapter_model.safetensors").exists()
         own = json.loads((project / f"metrics/personas/{ident}/perplexity.json").read_text())
         assert own["base"]["perplexity"] == pytest.approx(conditioned[ident]["base"]), "the same held-out replies"
         assert own["tuned"]["perplexity"] > 1
+        generations = [json.loads(line) for line in (project / f"metrics/personas/{ident}/generations.jsonl").open()]
+        assert generations and all(g["persona"] == ident and g["conditioned"] and g["tuned"] for g in generations)
+        voice = json.loads((project / f"metrics/personas/{ident}/voice.json").read_text())
+        assert {"base", "conditioned", "tuned"} <= set(voice["attribution"]) and "by_persona" not in voice
+        assert voice["prompts"] == len(generations)
+        judged = json.loads((project / f"metrics/personas/{ident}/judge.json").read_text())
+        head_to_head = judged["tuned_vs_conditioned"]
+        assert head_to_head["wins"] + head_to_head["ties"] + head_to_head["losses"] + head_to_head["failed"] == len(
+            generations
+        )
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project))
     assert any("metrics/personas/cami/perplexity.json" in str(entry) for entry in shown.values())
 
@@ -404,10 +418,12 @@ def test_each_persona_trains_as_a_matrix_instance_and_an_edit_reruns_only_its_ow
     edited["personas"]["cami"] = {"authors": ["Cami"], "system_prompt": "Soy la Cami, de Ñuñoa."}
     write_params(project, base=edited)
     output = run(["dvc", "repro"], project)
-    for stage in ("train_persona@cami", "perplexity_persona@cami", "train"):
+    for stage in (*(f"{stage}@cami" for stage in PERSONA_STAGES), "train"):
         assert f"Running stage '{stage}'" in output
     for stage in ("train_persona@nico", "perplexity_persona@nico"):
         assert f"Running stage '{stage}'" not in output, f"{stage} reran for an edit to cami"
+    # nico's comparisons rerun: the conditioned adapter they hold nico's own against was retrained
+    assert "Running stage 'generate_persona@nico'" in output
 
 
 def test_training_under_dvc_exp_run_is_deterministic(reproduced, tmp_path):

@@ -17,13 +17,21 @@ from habla import paths
 from habla.errors import UserError
 from habla.grouping import chosen_personas
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
-from habla.model.loading import as_model, load_base, load_tuned, models_in, special_separator
+from habla.model.loading import (
+    as_model,
+    load_base,
+    load_persona_adapters,
+    load_tuned,
+    models_in,
+    special_separator,
+)
 from habla.params import Params, Sampling, load_params
 
 HELP = (
-    "/reset empieza de nuevo · /base, /tuned o /preferred cambia de modelo · /as <id> habla con otra persona · "
-    "/group todas responden · /exit sale"
+    "/reset empieza de nuevo · /base, /tuned, /preferred u /own (el adaptador propio de cada persona) cambia de "
+    "modelo · /as <id> habla con otra persona · /group todas responden · /exit sale"
 )
+OWN = "own"  # each persona answered by its own adapter (`train_persona@<id>`), loaded beside the conditioned one
 YOU = ""  # the speaker of the user's own lines in the history
 
 
@@ -45,16 +53,25 @@ def speaker_view(history: list[tuple[str, str]], speaker: str, system_prompt: st
 class Session:
     """A multi-turn chat with base+adapters, switchable between the base, the fine-tuned (SFT) and the
     preference-tuned model (where `prefer` made one), and, for a speaker-conditioned model
-    (`group.speakers: conditioned`), between its personas, or with all of them in a group."""
+    (`group.speakers: conditioned`), between its personas, or with all of them in a group; `own` (id → adapter
+    name, `load_persona_adapters`) lets each persona speak with its own adapter (`/own`, the default then)."""
 
-    def __init__(self, model, tokenizer, params: Params, sampling: Sampling, tuned: bool = True):
+    def __init__(
+        self, model, tokenizer, params: Params, sampling: Sampling, tuned: bool = True, own: dict | None = None
+    ):
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
         self.personas = chosen_personas(params)
         self.speaker = next(iter(self.personas))
         self.separator = params.group.separator
-        self.available = models_in(model)
-        self.name = "tuned" if tuned and "tuned" in self.available else "base"
+        self.own = own or {}
+        self.available = [*models_in(model), *([OWN] if self.own else [])]
+        self.name = next((name for name in (OWN, "tuned") if tuned and name in self.available), "base")
         self.history: list[tuple[str, str]] = []
+
+    @property
+    def adapter(self) -> str:
+        """What speaks now: under `own`, the speaker's own adapter (the conditioned one for a persona without)."""
+        return self.own.get(self.speaker, "tuned") if self.name == OWN else self.name
 
     @property
     def system_prompt(self) -> str:
@@ -80,7 +97,7 @@ class Session:
         )
         sampling = dataclasses.replace(self.sampling, max_new_tokens=max_new_tokens)
         stream = ReplyStream(self.model, self.tokenizer, messages, sampling, keep_tokens=keep)
-        with as_model(self.model, self.name):
+        with as_model(self.model, self.adapter):
             yield from stream
         said = [(YOU, user_text)] if user_text is not None else []
         self.history += [*said, (self.speaker, stream.text.strip())]
@@ -92,7 +109,9 @@ def load_session(params: Params, sampling: Sampling, base_only: bool) -> Session
         model.eval()
     else:
         model, tokenizer = load_tuned(preferred=True)
-    return Session(model, tokenizer, params, sampling, tuned=not base_only)
+    conditioned = params.group.speakers == "conditioned" and not base_only
+    own = load_persona_adapters(model, chosen_personas(params)) if conditioned else {}
+    return Session(model, tokenizer, params, sampling, tuned=not base_only, own=own)
 
 
 def bubbles(pieces: Iterator[str], separator: str, indent: str) -> Iterator[str]:
@@ -120,9 +139,9 @@ def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> N
         if command == "/reset":
             session.reset()
             print("(conversación nueva)", file=out)
-        elif command in ("/base", "/tuned", "/preferred"):
+        elif command in ("/base", "/tuned", "/preferred", "/own"):
             if command[1:] not in session.available:
-                stage = "train" if command == "/tuned" else "prefer"
+                stage = {"/tuned": "train", "/own": "train_persona"}.get(command, "prefer")
                 print(f"(no hay adaptador {command[1:]}: corre `dvc repro {stage}`)", file=out)
             else:
                 session.name = command[1:]
@@ -137,7 +156,7 @@ def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> N
                 answer(session, text if index == 0 else None, speaker, out)
         else:
             label = session.speaker if len(session.personas) > 1 else persona
-            answer(session, text, {"tuned": label}.get(session.name, session.name), out)
+            answer(session, text, label if session.name in ("tuned", OWN) else session.name, out)
 
 
 def speak_as(session: Session, command: str, out) -> bool:

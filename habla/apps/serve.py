@@ -6,6 +6,8 @@ uvicorn, as vLLM's and llama.cpp's Python servers do: one event loop holds every
 connection (slow or idle clients cost no thread), and each generation runs in a
 worker thread. One model serves every request, so generations take turns on a
 lock; the ones waiting beyond `serve.queue_limit` get 503 instead of piling up.
+Every adapter (the fine-tuned, the preference-tuned, each persona's own) is
+loaded once on the one base and switched per request (PEFT multi-adapter).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from habla.apps.web import PAGES, generation_cases, is_local, page
 from habla.errors import UserError
 from habla.grouping import chosen_personas
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
-from habla.model.loading import as_model, load_tuned, models_in, special_separator
+from habla.model.loading import as_model, load_persona_adapters, load_tuned, models_in, special_separator
 from habla.params import Params, Serve, load_params
 
 log = logging.getLogger("serve")
@@ -153,13 +155,15 @@ def parse_completion(body: object, params: Params, models: tuple[str, ...]) -> C
 class Engine:
     """The loaded model, one generation at a time, with a bounded waiting line."""
 
-    def __init__(self, model, tokenizer, params: Params):
+    def __init__(self, model, tokenizer, params: Params, own_adapters: dict[str, str] | None = None):
+        """`own_adapters`: each persona's own adapter loaded on `model` (`load_persona_adapters`), id → its name."""
         self.model, self.tokenizer, self.params = model, tokenizer, params
         self.lock = threading.Lock()
         self.waiting = threading.BoundedSemaphore(params.serve.queue_limit + 1)
         self.created = int(time.time())
         adapters = tuple(sorted(models_in(model), key=lambda name: name != "tuned"))  # the page's default first
-        self.voices = persona_models(params, adapters)
+        self.voices = persona_models(params, adapters, own_adapters or {})
+        self.personas = [ident for ident in self.voices if CONDITIONED not in ident]  # the page's group, in order
         self.models = (*self.voices, *adapters)
 
     def fit(self, request: Completion) -> Completion:
@@ -214,15 +218,25 @@ class Engine:
                 consume(stream)
 
 
-def persona_models(params: Params, adapters: tuple[str, ...]) -> dict[str, tuple[str, str]]:
-    """Each persona of a speaker-conditioned model (`group.speakers: conditioned`) as a model of its own: its id →
-    (the adapter that speaks, the system turn naming it). The preference-tuned adapter speaks where there is one."""
+CONDITIONED = ":conditioned"  # `nico:conditioned`: nico spoken by the speaker-conditioned adapter
+
+
+def persona_models(params: Params, adapters: tuple[str, ...], own: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """Each persona (`group.speakers: conditioned`) as a model of its own: its id → (the adapter that speaks, the
+    system turn naming it). The persona's own adapter (`train_persona@<id>`) speaks where there is one, and the
+    speaker-conditioned adapter then answers as `<id>:conditioned`, so a client can compare the two; else the
+    conditioned one answers as `<id>` (its preference-tuned adapter where `prefer` made one)."""
     if params.group.speakers != "conditioned":
         return {}
     voice = "preferred" if "preferred" in adapters else "tuned"
     if voice not in adapters:
         return {}
-    return {ident: (voice, persona.system_prompt) for ident, persona in chosen_personas(params).items()}
+    models = {}
+    for ident, persona in chosen_personas(params).items():
+        models[ident] = (own.get(ident, voice), persona.system_prompt)
+        if ident in own:
+            models[ident + CONDITIONED] = (voice, persona.system_prompt)
+    return models
 
 
 def completion_body(request: Completion, stream: ReplyStream, ident: str, created: int) -> dict:
@@ -432,7 +446,7 @@ class API:
             "separator": special_separator(params.group.separator) or params.group.separator,
             "key_required": bool(self.api_key),
             "max_tokens_limit": params.serve.max_tokens_limit,
-            "personas": list(self.engine.voices),
+            "personas": self.engine.personas,
         }
         headers = {
             "Content-Security-Policy": PAGE_POLICY,
@@ -677,7 +691,8 @@ def main(argv: list[str] | None = None) -> None:
     params = dataclasses.replace(params, serve=dataclasses.replace(params.serve, **overrides))
     api_key_for(params.serve, args.network_without_key)  # a refusal before minutes of loading the model
     model, tokenizer = load_tuned(preferred=True)
-    engine = Engine(model, tokenizer, params)
+    own = load_persona_adapters(model, chosen_personas(params)) if params.group.speakers == "conditioned" else {}
+    engine = Engine(model, tokenizer, params, own)
     server = make_server(engine, params.serve, args.network_without_key)
     host, port = server.server_address[:2]
     log.info(

@@ -18,15 +18,17 @@ from habla.params import Judge
 from habla.stats import bootstrap_interval
 
 OPPONENT = "opponent"
+LATER = (("preferred", "tuned"), ("tuned", "conditioned"))  # each judged against the model it is meant to beat
 BLIND = ("A", "B")  # which of two replies the person wrote: no tie to hide behind
 
 
 def comparisons(cases: list[dict]) -> tuple[list[str], list[tuple[str, str]]]:
     """The models with replies in `cases` (habla's in report order, then the opponent) and the pairs to judge:
-    tuned against base, preferred against tuned, and every one of ours against the opponent."""
+    tuned against base, preferred against tuned, a persona's own adapter against the speaker-conditioned one, and
+    every one of ours against the opponent."""
     models = [name for name in (*MODELS, OPPONENT) if any(name in case for case in cases)]
     ours = [name for name in models if name != OPPONENT]
-    pairs = [("tuned", "base"), *([("preferred", "tuned")] if "preferred" in ours else [])]
+    pairs = [("tuned", "base"), *((one, other) for one, other in LATER if one in ours and other in ours)]
     if OPPONENT in models:
         pairs += [(name, OPPONENT) for name in ("tuned", "base", "preferred") if name in ours]
     return models, pairs
@@ -61,10 +63,9 @@ def judge_report(judge, judged: dict, grades: dict, settings: Judge, resamples: 
     """`metrics/judge.json`: tuned against base (top level), preferred against tuned, each of ours against the
     opponent with the paired tuned − base difference, the ratings, and what the judge cost and failed on."""
     report = summarise(judged["tuned", "base"]["outcomes"], settings, resamples)
-    if ("preferred", "tuned") in judged:
-        report["preferred_vs_tuned"] = summarise(
-            judged["preferred", "tuned"]["outcomes"], settings, resamples, "preferred"
-        )
+    for one, other in LATER:
+        if (one, other) in judged:
+            report[f"{one}_vs_{other}"] = summarise(judged[one, other]["outcomes"], settings, resamples, one)
     against = {one: result["outcomes"] for (one, other), result in judged.items() if other == OPPONENT}
     if against:
         report[OPPONENT] = {

@@ -110,8 +110,10 @@ def has_preferred() -> bool:
     return (paths.PREFERRED / "adapter_config.json").exists()
 
 
-MODELS = ("base", "tuned", "preferred")  # what habla makes, in the order reports list them
-ADAPTER_NAMES = {"tuned": "default", "preferred": "preferred"}  # PEFT's name for each adapter
+# What habla makes, in the order reports list them. In a per-persona instance `tuned` is the persona's own adapter
+# and `conditioned` the speaker-conditioned one beside it (`load_tuned(conditioned=True)`).
+MODELS = ("base", "conditioned", "tuned", "preferred")
+ADAPTER_NAMES = {"tuned": "default", "preferred": "preferred", "conditioned": "conditioned"}  # PEFT's name for each
 
 
 def models_in(model) -> list[str]:
@@ -122,10 +124,15 @@ def models_in(model) -> list[str]:
 
 
 def load_tuned(
-    dtype: torch.dtype | str | None = None, preferred: bool = False, trainable: bool = False, quantization: str = "none"
+    dtype: torch.dtype | str | None = None,
+    preferred: bool = False,
+    trainable: bool = False,
+    quantization: str = "none",
+    conditioned: bool = False,
 ):
     """Base model with the SFT adapter (PEFT's `default`), with `preferred` also the preference-tuned adapter
-    (`preferred`, when `prefer` made one), and the tokenizer saved with the adapter. Switch with `as_model`.
+    (`preferred`, when `prefer` made one), with `conditioned` the speaker-conditioned adapter (a per-persona
+    instance compares its own with it), and the tokenizer saved with the adapter. Switch with `as_model`.
 
     `trainable` (the `prefer` stage) keeps the SFT adapter's weights trainable and leaves placement to the trainer.
     """
@@ -140,21 +147,45 @@ def load_tuned(
     model = PeftModel.from_pretrained(base, str(paths.ADAPTER), is_trainable=trainable)
     if preferred and has_preferred():
         model.load_adapter(str(paths.PREFERRED), adapter_name="preferred")
+    if conditioned:
+        if not (paths.CONDITIONED_ADAPTER / "adapter_config.json").exists():
+            raise UserError(f"{paths.CONDITIONED_ADAPTER} has no adapter: run the `train` stage first.")
+        model.load_adapter(str(paths.CONDITIONED_ADAPTER), adapter_name=ADAPTER_NAMES["conditioned"])
     if not trainable:
         model.to(device()).eval()
     return model, tokenizer
 
 
+def own_adapter(persona: str) -> str:
+    """PEFT's name for a persona's own adapter loaded beside the others (`load_persona_adapters`)."""
+    return f"persona-{persona}"
+
+
+def load_persona_adapters(model, personas) -> dict[str, str]:
+    """Every persona's own adapter (`train_persona@<id>`) onto the loaded base, once: id → the name `as_model`
+    runs it under. A persona without one (its instance never ran) is left out; its requests go to the
+    speaker-conditioned adapter."""
+    loaded = {}
+    for persona in personas:
+        location = paths.persona_adapter(persona)
+        if (location / "adapter_config.json").exists():
+            model.load_adapter(str(location), adapter_name=own_adapter(persona))
+            loaded[persona] = own_adapter(persona)
+    if loaded:
+        model.to(device()).eval()
+    return loaded
+
+
 @contextlib.contextmanager
 def as_model(model, name: str):
-    """Run as `base` (adapters off; a model loaded without adapters is the base already), `tuned` (SFT) or
-    `preferred` (preference-tuned) within the block."""
+    """Run as `base` (adapters off; a model loaded without adapters is the base already), `tuned` (SFT),
+    `preferred` (preference-tuned), `conditioned`, or a persona's own adapter by its PEFT name within the block."""
     if name == "base":
         with model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext():
             yield
         return
     previous = model.active_adapter
-    model.set_adapter(ADAPTER_NAMES[name])
+    model.set_adapter(ADAPTER_NAMES.get(name, name))
     try:
         yield
     finally:
