@@ -238,6 +238,45 @@ def speaker_conversations(
     return pl.concat(views), dict(dropped)
 
 
+OTHERS = "others"  # in turn-taking counts: anyone not chosen (the person talking to the group in group mode)
+
+
+def turn_taking(chats: pl.DataFrame, personas: dict[str, Persona], settings: Group) -> pl.DataFrame:
+    """Who takes the turn after whom in the chats: one row per (`after`, `speaker`, `len`), each a chosen persona's
+    id or `others`, counting every change of speaker within a session (a burst of one speaker counts once)."""
+    owners = {name: ident for ident, persona in personas.items() for name in persona.authors}
+    gap = pl.duration(minutes=settings.session_gap_minutes)
+    ordered = chats.sort("chat", "ts", "line").with_columns(
+        speaker=pl.col("author").replace_strict(owners, default=OTHERS, return_dtype=pl.String)
+    )
+    same_session = (pl.col("chat") == pl.col("chat").shift()) & ((pl.col("ts") - pl.col("ts").shift()) <= gap)
+    return (
+        ordered.with_columns(after=pl.col("speaker").shift(), same_session=same_session.fill_null(False))
+        .filter(pl.col("same_session") & (pl.col("after") != pl.col("speaker")))
+        .group_by("after", "speaker")
+        .len()
+    )
+
+
+def answer_order(taking: dict[str, dict[str, int]], personas: list[str]) -> list[str]:
+    """Who answers a message in group mode, in turn, by the group's own habits (`taking`: after → speaker →
+    count, from `turn_taking`): after each speaker, the persona not yet heard who most often spoke right after
+    them (ties: the order of `personas`), until the last one to speak handed the turn to someone not chosen more
+    often than to any persona left. At least one answers; without counts, every persona in the order given."""
+    if not taking:
+        return list(personas)
+    order, left, last = [], list(personas), OTHERS
+    while left:
+        after = taking.get(last, {})
+        best = max(left, key=lambda ident: after.get(ident, 0))
+        if order and after.get(OTHERS, 0) > after.get(best, 0):
+            break
+        order.append(best)
+        left.remove(best)
+        last = best
+    return order
+
+
 def unit_tasks(units: list[dict], persona: Persona) -> tuple[list[dict], int]:
     """One instruction example per curated unit that has a request (`task`): the user asks it, the persona answers
     with the unit's text. Returns the tasks and how many units had no request (no keywords found).

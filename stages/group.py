@@ -31,6 +31,7 @@ from habla.grouping import (
     filter_messages,
     flatten,
     speaker_conversations,
+    turn_taking,
     turns,
     unit_tasks,
 )
@@ -102,7 +103,7 @@ def main() -> None:
         raise UserError("no chat messages in data/cleaned/messages.parquet: add WhatsApp exports under data/raw/.")
     for ident, chosen in personas.items():
         check_persona(author_counts, chosen, f"personas.{ident}" if conditioned else "persona.authors")
-    gate, summary, dropped = Gate("group", GATE), Summary(), Counter()
+    gate, summary, dropped, taking = Gate("group", GATE), Summary(), Counter(), []
     OUT_DIR.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=OUT_DIR.parent, prefix=".group-") as spill:
         spill = Path(spill)
@@ -116,6 +117,8 @@ def main() -> None:
                 )
                 dropped.update(dropped_messages)
                 dropped.update(dropped_examples)
+                if conditioned:
+                    taking.append(turn_taking(kept_messages, personas, settings))
                 flat = flatten(examples)
                 gate.check(gate_frame(flat))
                 summary.add_conversations(examples, flat)
@@ -136,6 +139,8 @@ def main() -> None:
             (spill / name).replace(OUT_DIR / name)
     by_source = dict(sorted(messages.group_by("source").len().collect().iter_rows()))
     stats = summary.report(dict(dropped), by_source)
+    if conditioned:
+        stats["turn_taking"] = taking_counts(taking)
     write_json(REPORT, stats)
     write_json(paths.MONTHLY_PLOT, monthly_messages(chats, speakers))
     turn_counts = summary.turn_counts()
@@ -150,6 +155,16 @@ def main() -> None:
         summary.tasks,
         stats["filtered"],
     )
+
+
+def taking_counts(batches: list[pl.DataFrame]) -> dict[str, dict[str, int]]:
+    """Turn-taking counts of every batch of chats, summed: after → speaker → count (ids and counts, no text), read
+    by group mode in `habla chat` and `habla serve` (`grouping.answer_order`)."""
+    counts: dict[str, dict[str, int]] = {}
+    if batches:
+        for after, speaker, n in pl.concat(batches).group_by("after", "speaker").agg(pl.col("len").sum()).iter_rows():
+            counts.setdefault(after, {})[speaker] = int(n)
+    return {after: dict(sorted(row.items())) for after, row in sorted(counts.items())}
 
 
 if __name__ == "__main__":

@@ -38,12 +38,13 @@ PARAMS = [
     "evaluate.max_conversations",
     "train.max_length",
 ]
-# A per-persona instance (`perplexity_persona@<id>`) scores its persona's adapter on its persona's chat replies:
-# no preference-tuned adapter, no documents (nobody's chat).
+# A per-persona instance (`perplexity_persona@<id>`) scores its persona's own adapter (`tuned`) and the
+# speaker-conditioned one (`conditioned`) on the same replies, its persona's: no preference-tuned adapter, no
+# documents (nobody's chat). It reruns when the conditioned adapter changes, as the comparison must.
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
-    *([] if paths.PERSONA else [paths.PREFERRED]),
+    *([paths.CONDITIONED_ADAPTER] if paths.PERSONA else [paths.PREFERRED]),
     TEST,
     *([] if paths.PERSONA else [TEST_DOCUMENTS]),
     "stages/perplexity.py",
@@ -64,7 +65,7 @@ if paths.PERSONA:  # `perplexity_persona@<id>`: its report is the metric to comp
 def main() -> None:
     params = load_params()
     window, stride = params.train.max_length, params.evaluate.stride
-    model, tokenizer = load_tuned(preferred=True)
+    model, tokenizer = load_tuned(preferred=not paths.PERSONA, conditioned=bool(paths.PERSONA))
     test = read_jsonl(TEST)
     rows = encode_conversations(tokenizer, test[: params.evaluate.max_conversations or len(test)])
     scored_documents = not paths.PERSONA and TEST_DOCUMENTS.exists()

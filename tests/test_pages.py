@@ -134,24 +134,29 @@ def test_the_chat_page_asks_for_the_api_key_once_and_sends_it(server, browser, m
 def test_the_chat_page_picks_a_persona_or_the_whole_group_and_each_answers_in_turn(server, browser):
     from selenium.webdriver.support.ui import Select
 
+    from habla.grouping import answer_order
+
     personas = {"nico": ["Nico"], "cami": ["Cami"], "fena": ["Feña"]}
-    _, url = server(personas=personas)
+    engine, url = server(personas=personas)
+    habits = {"others": {"cami": 9, "nico": 4}, "cami": {"fena": 5, "others": 2}, "fena": {"nico": 3}}
+    engine.group = answer_order(habits, list(personas))  # as `group_order` reads it from metrics/group.json
+    assert engine.group == ["cami", "fena", "nico"]
     api = client(url)
     browser.get(url + "/")
-    options = ["nico", "cami", "fena", "tuned", "base", "grupo: nico, cami, fena"]
+    options = ["nico", "cami", "fena", "tuned", "base", "grupo: cami, fena, nico"]
     wait(browser, lambda d: texts(d, "#model option") == options)
     assert Select(browser.find_element("id", "model")).first_selected_option.text == "nico"
     set_field(browser, "temperature", "0")
-    set_field(browser, "max-tokens", "4")  # the tiny model's context is 64 tokens: the last one hears two replies
+    set_field(browser, "max-tokens", "3")  # the tiny model's context is 64 tokens: the last one hears two replies
     Select(browser.find_element("id", "model")).select_by_value("__group__")
-    assert texts(browser, ".meta")[-1] == "Grupo: responden nico, cami, fena"
+    assert texts(browser, ".meta")[-1] == "Grupo: responden cami, fena, nico"
     send(browser, "¿Vamos?")
 
     heard = "¿Vamos?"
     expected = []
-    for ident in personas:
+    for ident in engine.group:
         reply = api.chat.completions.create(
-            model=ident, messages=[{"role": "user", "content": heard}], temperature=0, max_tokens=4
+            model=ident, messages=[{"role": "user", "content": heard}], temperature=0, max_tokens=3
         )
         text = reply.choices[0].message.content.strip()
         expected += [(ident, bubble) for bubble in bubbles_of(text)]
@@ -160,9 +165,25 @@ def test_the_chat_page_picks_a_persona_or_the_whole_group_and_each_answers_in_tu
         "return [...document.querySelectorAll('.assistant')].map((b) => [b.dataset.who, b.textContent]);"
     )
     assert [tuple(pair) for pair in shown] == expected, "each persona answers in turn, hearing the ones before it"
-    assert [m["who"] for m in browser.execute_script("return history")] == ["", "nico", "cami", "fena"]
+    assert [m["who"] for m in browser.execute_script("return history")] == ["", "cami", "fena", "nico"]
     assert len({who for who, _ in expected}) >= 2, "the tiny model must say something for this to show turns"
     shoot(browser, "group.png")
+
+
+def test_the_chat_page_talks_to_a_persona_as_the_conditioned_adapter_speaks_it(server, browser):
+    """`nico:conditioned` sends nico's view of the conversation and keeps the reply as nico's."""
+    from selenium.webdriver.support.ui import Select
+
+    engine, url = server(personas={"nico": ["Nico"], "cami": ["Cami"]})
+    engine.voices["nico:conditioned"] = engine.voices["nico"]  # as when nico has an adapter of his own
+    engine.models = ("nico:conditioned", *engine.models)
+    browser.get(url + "/")
+    wait(browser, lambda d: "nico:conditioned" in texts(d, "#model option"))
+    set_field(browser, "max-tokens", "4")
+    Select(browser.find_element("id", "model")).select_by_value("nico:conditioned")
+    send(browser, "¿Vamos?")
+    assert [m["who"] for m in browser.execute_script("return history")] == ["", "nico"]
+    assert not texts(browser, ".error")
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,12 @@ from datetime import datetime
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from habla.apps.chat import Session, interactive, speaker_view
 from habla.errors import UserError
-from habla.grouping import chosen_personas, speaker_conversations
+from habla.grouping import answer_order, chosen_personas, speaker_conversations, turn_taking
 from habla.params import Group, Persona, Split, load_params
 from habla.splitting import split_conversations
 from tests.helpers import chat_messages, client, greedy_params, update_params, write_params
@@ -106,6 +108,46 @@ def test_each_persona_speaks_under_its_system_turn_and_hears_the_others_by_id():
     assert dropped["no_persona_turn"] == 0
 
 
+def test_turn_taking_counts_who_speaks_after_whom_within_a_session_a_burst_once():
+    later = [(600 + m, author, text) for m, author, text in [(0, "Cami", "¿y mañana?"), (1, "Cami", "¿alguien?")]]
+    counts = turn_taking(chat([*EVENING, *later]), PERSONAS, Group(session_gap_minutes=180))
+    found = {(row["after"], row["speaker"]): row["len"] for row in counts.iter_rows(named=True)}
+    assert found == {("others", "nico"): 2, ("nico", "cami"): 2, ("cami", "others"): 1}, (
+        "Nico and Nicolás are one persona; cami's two messages ten hours later start a session of their own"
+    )
+
+
+def test_group_mode_answers_in_the_groups_own_order_and_hands_back_when_the_group_would():
+    assert answer_order({}, ["nico", "cami", "fena"]) == ["nico", "cami", "fena"], "no counts: the order of personas"
+    habits = {"others": {"cami": 9, "nico": 4}, "cami": {"fena": 5, "others": 2}, "fena": {"nico": 3, "others": 1}}
+    assert answer_order(habits, ["nico", "cami", "fena"]) == ["cami", "fena", "nico"]
+    quiet = {"others": {"cami": 9}, "cami": {"others": 6, "nico": 1}}
+    assert answer_order(quiet, ["nico", "cami"]) == ["cami"], "after cami the group usually hands back to you"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["others", "a", "b", "c"]),
+        st.dictionaries(st.sampled_from(["others", "a", "b", "c"]), st.integers(0, 20)),
+    )
+)
+def test_group_mode_always_has_someone_answer_and_nobody_twice(habits):
+    order = answer_order(habits, ["a", "b", "c"])
+    assert order and len(set(order)) == len(order) and set(order) <= {"a", "b", "c"}
+    first = habits.get("others", {})
+    assert first.get(order[0], 0) == max(first.get(ident, 0) for ident in "abc"), "who usually answers you, first"
+
+
+def test_chat_and_serve_take_the_group_order_from_the_turn_taking_group_reported(in_tmp):
+    from habla.apps.chat import group_order
+
+    assert group_order(["nico", "cami"]) == ["nico", "cami"], "before `group` has run: the order of personas"
+    (in_tmp / "metrics").mkdir(exist_ok=True)
+    (in_tmp / "metrics/group.json").write_text(json.dumps({"turn_taking": {"others": {"cami": 3, "nico": 1}}}))
+    assert group_order(["nico", "cami"]) == ["cami", "nico"]
+
+
 def test_a_persona_silent_in_a_session_has_no_view_of_it_and_the_drop_is_counted():
     quiet = chat([(0, "Feña", "¿alguien vio el partido?"), (1, "Nico", "sí, qué golazo")])
     examples, dropped = speaker_conversations(quiet, PERSONAS, Group())
@@ -169,6 +211,9 @@ def test_group_and_split_stages_write_each_persona_and_report_per_persona(in_tmp
     group.main()
     report = read_json("metrics/group.json")
     assert report["conversations_by_persona"] == {"cami": 150, "nico": 150}
+    assert report["turn_taking"] == {"cami": {"nico": 150}, "nico": {"cami": 300}, "others": {"nico": 150}}, (
+        "each evening: Feña → Nico → Cami → Nico → Cami, and no turn taken across the night"
+    )
     split.main()
     test = read_jsonl("data/splits/test.jsonl")
     assert {row["persona"] for row in test} == {"nico", "cami"}

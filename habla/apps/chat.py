@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Iterator
 
 from habla import paths
 from habla.errors import UserError
-from habla.grouping import chosen_personas
+from habla.grouping import answer_order, chosen_personas
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
 from habla.model.loading import (
     as_model,
@@ -50,6 +51,14 @@ def speaker_view(history: list[tuple[str, str]], speaker: str, system_prompt: st
     return messages
 
 
+def group_order(personas: list[str]) -> list[str]:
+    """Who answers in group mode, in turn: by the group's own turn-taking in the chats (`turn_taking` in
+    metrics/group.json, `grouping.answer_order`), or every persona in the order of `personas` without it."""
+    report = paths.report("group")
+    taking = json.loads(report.read_text(encoding="utf-8")).get("turn_taking", {}) if report.exists() else {}
+    return answer_order(taking, personas)
+
+
 class Session:
     """A multi-turn chat with base+adapters, switchable between the base, the fine-tuned (SFT) and the
     preference-tuned model (where `prefer` made one), and, for a speaker-conditioned model
@@ -62,6 +71,7 @@ class Session:
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
         self.personas = chosen_personas(params)
         self.speaker = next(iter(self.personas))
+        self.order = group_order(list(self.personas))
         self.separator = params.group.separator
         self.own = own or {}
         self.available = [*models_in(model), *([OWN] if self.own else [])]
@@ -151,7 +161,7 @@ def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> N
         elif command.startswith("/"):
             print(HELP, file=out)
         elif group:
-            for index, speaker in enumerate(session.personas):
+            for index, speaker in enumerate(session.order):
                 session.speaker = speaker
                 answer(session, text if index == 0 else None, speaker, out)
         else:
@@ -160,13 +170,13 @@ def interactive(session: Session, persona: str, out=sys.stdout, read=input) -> N
 
 
 def speak_as(session: Session, command: str, out) -> bool:
-    """`/as <id>`: talk to one persona (the history stays: what the others said is theirs); `/group`: every persona
-    answers each message, in the order of `personas`. Returns whether group mode is on."""
+    """`/as <id>`: talk to one persona (the history stays: what the others said is theirs); `/group`: the personas
+    answer each message in turn (`group_order`). Returns whether group mode is on."""
     if len(session.personas) < 2:
         print("(un solo hablante: `/as` y `/group` son para group.speakers: conditioned)", file=out)
         return False
     if command.lower() == "/group":
-        print(f"(grupo: responden {', '.join(session.personas)}, en ese orden)", file=out)
+        print(f"(grupo: responden {', '.join(session.order)}, en ese orden)", file=out)
         return True
     ident = command[4:].strip()
     if ident not in session.personas:

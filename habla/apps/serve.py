@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from habla.apps.blind import BlindTest
+from habla.apps.chat import group_order
 from habla.apps.web import PAGES, generation_cases, is_local, page
 from habla.errors import UserError
 from habla.grouping import chosen_personas
@@ -163,7 +164,8 @@ class Engine:
         self.created = int(time.time())
         adapters = tuple(sorted(models_in(model), key=lambda name: name != "tuned"))  # the page's default first
         self.voices = persona_models(params, adapters, own_adapters or {})
-        self.personas = [ident for ident in self.voices if CONDITIONED not in ident]  # the page's group, in order
+        self.personas = [ident for ident in self.voices if CONDITIONED not in ident]
+        self.group = group_order(self.personas)  # who answers in the page's group mode, in turn
         self.models = (*self.voices, *adapters)
 
     def fit(self, request: Completion) -> Completion:
@@ -447,6 +449,7 @@ class API:
             "key_required": bool(self.api_key),
             "max_tokens_limit": params.serve.max_tokens_limit,
             "personas": self.engine.personas,
+            "group": self.engine.group,
         }
         headers = {
             "Content-Security-Policy": PAGE_POLICY,
