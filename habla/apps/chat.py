@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from habla import paths
 from habla.errors import UserError
 from habla.grouping import answer_order, chosen_personas
+from habla.io import read_json
 from habla.model.generation import PromptTooLong, ReplyStream, fit_prompt
 from habla.model.loading import (
     as_model,
@@ -55,8 +55,7 @@ def group_order(personas: list[str]) -> list[str]:
     """Who answers in group mode, in turn: by the group's own turn-taking in the chats (`turn_taking` in
     metrics/group.json, `grouping.answer_order`), or every persona in the order of `personas` without it."""
     report = paths.report("group")
-    taking = json.loads(report.read_text(encoding="utf-8")).get("turn_taking", {}) if report.exists() else {}
-    return answer_order(taking, personas)
+    return answer_order(read_json(report).get("turn_taking", {}) if report.exists() else {}, personas)
 
 
 class Session:

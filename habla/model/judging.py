@@ -60,8 +60,9 @@ def ratings(judge, template: str, cases: list[dict], model: str) -> list[float |
 
 
 def judge_report(judge, judged: dict, grades: dict, settings: Judge, resamples: int) -> dict:
-    """`metrics/judge.json`: tuned against base (top level), preferred against tuned, each of ours against the
-    opponent with the paired tuned − base difference, the ratings, and what the judge cost and failed on."""
+    """`metrics/judge.json`: tuned against base (top level), preferred against tuned (`preferred_vs_tuned`), in a
+    per-persona instance its own adapter against the conditioned one (`tuned_vs_conditioned`), each of ours against
+    the opponent with the paired tuned − base difference, the ratings, and what the judge cost and failed on."""
     report = summarise(judged["tuned", "base"]["outcomes"], settings, resamples)
     for one, other in LATER:
         if (one, other) in judged:
