@@ -275,3 +275,15 @@ def chat_messages(rows, chat: str = "whatsapp/chat.txt", start=None):
             "text": [t for _, _, t in rows],
         }
     )
+
+
+def silent_adapter(source: Path, destination: Path) -> None:
+    """A copy of the LoRA adapter at `source` with its B matrices zeroed: loaded beside the others it speaks
+    exactly as the base does, so a test can tell which adapter answered."""
+    from safetensors.torch import load_file, save_file
+
+    destination.mkdir(parents=True)
+    weights = load_file(source / "adapter_model.safetensors")
+    silenced = {name: t.zero_() if "lora_B" in name else t for name, t in weights.items()}
+    save_file(silenced, destination / "adapter_model.safetensors")
+    shutil.copy(source / "adapter_config.json", destination)

@@ -20,7 +20,7 @@ from habla.errors import UserError
 from habla.grouping import answer_order, chosen_personas, speaker_conversations, turn_taking
 from habla.params import Group, Persona, Split, load_params
 from habla.splitting import split_conversations
-from tests.helpers import chat_messages, client, greedy_params, update_params, write_params
+from tests.helpers import chat_messages, client, greedy_params, silent_adapter, update_params, write_params
 
 T0 = datetime(2024, 5, 3, 19, 0)
 GROUP_CHAT = "whatsapp/Chat de WhatsApp con Los del Liceo.txt"
@@ -299,18 +299,12 @@ def nico_own(loaded):
     the base does; loaded on the shared model (id → PEFT name), removed after the test."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
-
     from habla import paths
     from habla.model.loading import load_persona_adapters
 
     model, _ = loaded
-    own = paths.persona_adapter("nico")
-    own.mkdir(parents=True)
     try:
-        weights = load_file(paths.ADAPTER / "adapter_model.safetensors")
-        save_file({k: t.zero_() if "lora_B" in k else t for k, t in weights.items()}, own / "adapter_model.safetensors")
-        shutil.copy(paths.ADAPTER / "adapter_config.json", own)
+        silent_adapter(paths.ADAPTER, paths.persona_adapter("nico"))
         yield load_persona_adapters(model, ["nico", "cami"])
     finally:
         shutil.rmtree(paths.MODELS / paths.PERSONAS)

@@ -20,7 +20,7 @@ import torch
 from habla import paths
 from habla.io import read_json, read_jsonl, write_jsonl
 from habla.model import gguf
-from tests.helpers import REPO, update_params
+from tests.helpers import REPO, silent_adapter, update_params
 
 pytestmark = [
     pytest.mark.slow,
@@ -181,6 +181,45 @@ def test_serve_reports_stop_when_the_persona_stops_and_length_when_cut(project, 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_serve_switches_a_personas_own_adapter_and_the_conditioned_one_on_one_real_base(project, loaded):
+    """SmolLM2 with two adapters on it: nico's own (here the trained one silenced: it speaks as the base) answers
+    `nico`, the trained one `nico:conditioned`; each request switches, none leaks into the next."""
+    from openai import OpenAI
+
+    from habla.apps.serve import Engine, make_server
+    from habla.model.loading import load_persona_adapters
+    from habla.params import load_params
+
+    model, tokenizer = loaded
+    params = greedy(load_params())
+    params = dataclasses.replace(
+        params,
+        serve=dataclasses.replace(params.serve, port=0),
+        group=dataclasses.replace(params.group, speakers="conditioned"),
+        personas={"nico": ["Nico"]},
+    )
+    silent_adapter(paths.ADAPTER, paths.persona_adapter("nico"))
+    server = make_server(Engine(model, tokenizer, params, load_persona_adapters(model, ["nico"])), params.serve)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="none", max_retries=0)
+        assert [m.id for m in api.models.list().data] == ["nico", "nico:conditioned", "tuned", "base"]
+        prompt = [{"role": "system", "content": "Eres nico."}, *held_out_prompts(1)[0][-1:]]
+
+        def reply(name: str) -> str:
+            answer = api.chat.completions.create(model=name, messages=prompt, temperature=0, max_tokens=24)
+            return answer.choices[0].message.content
+
+        base, tuned = reply("base"), reply("tuned")
+        assert base != tuned
+        assert [reply("nico"), reply("nico:conditioned"), reply("nico")] == [base, tuned, base]
+    finally:
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(paths.MODELS / paths.PERSONAS)
+        model.delete_adapter("persona-nico")
 
 
 def test_the_merged_export_says_what_base_plus_adapter_says(project, loaded, tmp_path):
