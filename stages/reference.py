@@ -6,6 +6,9 @@ pairs that are characteristic of the persona — n-grams whose weighted log-odds
 (Monroe et al. 2008, informative Dirichlet prior) of appearing in the persona's
 train turns rather than in the other speakers' is significant (z > 1.96). The
 reference replies' own score is reported as the ceiling to compare against.
+
+A per-persona instance (`reference_persona@<id>`) scores the persona's own adapter (`tuned`) and the
+speaker-conditioned one (`conditioned`) on that persona's prompts, against its own train turns.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def scores(cases: list[dict], conversations: list[dict]) -> dict:
     characteristic = characteristic_ngrams(persona, others)
     references = [c["reference"] for c in cases]
     report: dict = {"prompts": len(cases), "characteristic_ngrams": len(characteristic)}
-    for model in ("base", "tuned", "preferred", "opponent"):
+    for model in ("base", "conditioned", "tuned", "preferred", "opponent"):  # loading.MODELS without importing torch
         replies = [c[model] for c in cases if c.get(model) is not None]
         if len(replies) < len(cases):  # no such model in this run (or an opponent that did not answer every prompt)
             continue
@@ -66,7 +69,7 @@ def main() -> None:
     conversations = read_jsonl(TRAIN)
     report = scores(cases, conversations)
     personas = sorted({case["persona"] for case in cases if case.get("persona")})
-    if personas:  # a speaker-conditioned model: each persona against its own train turns
+    if personas and not paths.PERSONA:  # a speaker-conditioned model: each persona against its own train turns
         report["by_persona"] = {
             ident: scores(
                 [case for case in cases if case.get("persona") == ident],

@@ -381,7 +381,14 @@ def test_experiments_rerun_training_and_after_only_and_compare(reproduced, tmp_p
     assert {row["rev"] for row in loss["content"]["data"]["values"]} == {"rank4", "slow-lr"}
 
 
-PERSONA_STAGES = ("train_persona", "perplexity_persona", "generate_persona", "voice_persona", "judge_persona")
+PERSONA_STAGES = (
+    "train_persona",
+    "perplexity_persona",
+    "generate_persona",
+    "voice_persona",
+    "judge_persona",
+    "reference_persona",
+)
 
 
 def test_each_persona_trains_as_a_matrix_instance_and_an_edit_reruns_only_its_own(reproduced, tmp_path):
@@ -407,6 +414,8 @@ def test_each_persona_trains_as_a_matrix_instance_and_an_edit_reruns_only_its_ow
         voice = json.loads((project / f"metrics/personas/{ident}/voice.json").read_text())
         assert {"base", "conditioned", "tuned"} <= set(voice["attribution"]) and "by_persona" not in voice
         assert voice["prompts"] == len(generations)
+        scored = json.loads((project / f"metrics/personas/{ident}/reference.json").read_text())
+        assert scored["prompts"] == len(generations) and {"base", "conditioned", "tuned", "reference"} <= set(scored)
         judged = json.loads((project / f"metrics/personas/{ident}/judge.json").read_text())
         head_to_head = judged["tuned_vs_conditioned"]
         assert head_to_head["wins"] + head_to_head["ties"] + head_to_head["losses"] + head_to_head["failed"] == len(
