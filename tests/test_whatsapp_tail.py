@@ -221,11 +221,9 @@ def test_czech_and_german_android_lines_and_a_document_name_under_media_omitted(
 HEADER_FORMS = {
     # whatsapp-chat-parser's format list and the exports; every one 13 June 2018, 21:25:15
     "semicolon after the time": (["12.07.2017 - 22:35:22; Nico: wena"], datetime(2017, 7, 12, 22, 35, 22), "legacy"),
-    "dotted with spaces, no dash": (
-        ["13. 6. 2018. 21:25:15 Nico: wena"],
-        datetime(2018, 6, 13, 21, 25, 15),
-        "dotted_bare",
-    ),
+    "dotted with spaces, no dash": (["13. 6. 2018. 21:25:15 Nico: wena"], datetime(2018, 6, 13, 21, 25, 15), "bare"),
+    # automaciej/whatsapp-archive#4: `02-12-18 22:55:45 Ewout:`
+    "dashes, nothing before the author": (["13-06-18 21:25:15 Nico: wena"], datetime(2018, 6, 13, 21, 25, 15), "bare"),
     "month/year/day": (["[06/2018/13, 21:25:15] Nico: wena"], datetime(2018, 6, 13, 21, 25, 15), "ios"),
     "Japanese era": (["[6/13/R4, 21:25:15] Nico: wena"], datetime(2022, 6, 13, 21, 25, 15), "ios"),
     "Heisei era": (["[6/13/H30, 21:25:15] Nico: wena"], datetime(2018, 6, 13, 21, 25, 15), "ios"),

@@ -58,11 +58,11 @@ HEADER_PATTERNS = {
     "ios_time_first": rf"^\s*\[{_TIME}[,،]\s*{_DATE}\]\s*",
     "android": rf"^\s*{_DATE}{_BETWEEN}{_TIME}\s+[-–]\s",
     "legacy": rf"^\s*{_DATE}{_BETWEEN}{_TIME}[:;]\s",  # `13.06.18 21.25.15: a: m`, `12.07.2017 - 22:35:22; a: m`
-    # Croatian and Serbian phones: `13. 6. 2018. 21:25:15 a: m`, nothing between the time and the author. Last, so a
-    # file that another format reads as well goes to that one (detection keeps the first of equal counts).
-    "dotted_bare": (
-        rf"^\s*(?P<d1>{_DIGIT}{{1,2}})\.\s?(?P<d2>{_DIGIT}{{1,2}})\.\s?(?P<d3>{_DIGIT}{{4}})\.\s+{_TIME_24}\s+"
-    ),
+    # Nothing between the time and the author: Croatian and Serbian phones (`13. 6. 2018. 21:25:15 a: m`) and an export
+    # in automaciej/whatsapp-archive#4 (`02-12-18 22:55:45 a: m`). A 24-hour time only: a 12-hour marker could not be
+    # told from an author named Amanda. Last, so a file that another format reads as well goes to that one
+    # (detection keeps the first of equal counts).
+    "bare": rf"^\s*{_DATE}\s+{_TIME_24}\s+",
 }
 # `clean.header_format` names its groups for people; the parser's own names are positional.
 CUSTOM_GROUPS = {"day": "d1", "month": "d2", "year": "d3", "hour": "hh", "minute": "mi", "second": "ss", "ampm": "ampm"}
