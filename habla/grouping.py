@@ -67,13 +67,20 @@ def filter_messages(chats: pl.DataFrame, authors: list[str], settings: Group) ->
     return chats.filter(~placeholder & ~too_long), {k: int(v) for k, v in counts.items()}
 
 
+def session_starts(settings: Group) -> pl.Expr:
+    """Over messages sorted by chat and time: whether each starts a session (a new chat, or a silence longer than
+    `group.session_gap_minutes`). The one definition of a session, for conversations and turn-taking alike."""
+    gap = pl.duration(minutes=settings.session_gap_minutes)
+    starts = (pl.col("chat") != pl.col("chat").shift()) | ((pl.col("ts") - pl.col("ts").shift()) > gap)
+    return starts.fill_null(True)
+
+
 def turns(chats: pl.DataFrame, persona: Persona, settings: Group, labels: dict[str, str] | None = None) -> pl.DataFrame:
     """Messages → one row per turn: session, role, content, with sessions and roles assigned.
 
     `labels` names the other chosen personas in user turns (`[cami]`) instead of a numbered pseudonym, so a
     speaker-conditioned model sees who it answers; every author not chosen stays `[Persona n]`."""
     labels = labels or {}
-    gap = pl.duration(minutes=settings.session_gap_minutes)
     speakers = chats.group_by("chat").agg(pl.col("author").n_unique().alias("speakers"))
     first_seen = (
         chats.filter(~pl.col("author").is_in([*persona.authors, *labels]))
@@ -97,8 +104,7 @@ def turns(chats: pl.DataFrame, persona: Persona, settings: Group, labels: dict[s
             role=pl.when(pl.col("author").is_in(persona.authors)).then(pl.lit("assistant")).otherwise(pl.lit("user"))
         )
     )
-    new_session = (pl.col("chat") != pl.col("chat").shift()) | ((pl.col("ts") - pl.col("ts").shift()) > gap)
-    frame = frame.with_columns(new_session=new_session.fill_null(True))
+    frame = frame.with_columns(new_session=session_starts(settings))
     frame = frame.with_columns(session=pl.col("new_session").cum_sum())
     new_turn = pl.col("new_session") | (pl.col("role") != pl.col("role").shift()).fill_null(True)
     speaker_changed = (pl.col("author") != pl.col("author").shift()).fill_null(True)
@@ -245,14 +251,12 @@ def turn_taking(chats: pl.DataFrame, personas: dict[str, Persona], settings: Gro
     """Who takes the turn after whom in the chats: one row per (`after`, `speaker`, `len`), each a chosen persona's
     id or `others`, counting every change of speaker within a session (a burst of one speaker counts once)."""
     owners = {name: ident for ident, persona in personas.items() for name in persona.authors}
-    gap = pl.duration(minutes=settings.session_gap_minutes)
     ordered = chats.sort("chat", "ts", "line").with_columns(
         speaker=pl.col("author").replace_strict(owners, default=OTHERS, return_dtype=pl.String)
     )
-    same_session = (pl.col("chat") == pl.col("chat").shift()) & ((pl.col("ts") - pl.col("ts").shift()) <= gap)
     return (
-        ordered.with_columns(after=pl.col("speaker").shift(), same_session=same_session.fill_null(False))
-        .filter(pl.col("same_session") & (pl.col("after") != pl.col("speaker")))
+        ordered.with_columns(after=pl.col("speaker").shift(), new_session=session_starts(settings))
+        .filter(~pl.col("new_session") & (pl.col("after") != pl.col("speaker")))
         .group_by("after", "speaker")
         .len()
     )

@@ -17,9 +17,9 @@ PERSONA = os.environ.get("HABLA_PERSONA", "")
 PERSONAS = Path("personas")
 
 
-def _own(root: Path) -> Path:
-    """`root`, or `root/personas/<id>` in a per-persona instance."""
-    return root / PERSONAS / PERSONA if PERSONA else root
+def _own(root: Path, persona: str = PERSONA) -> Path:
+    """`root`, or `root/personas/<id>` for a persona (by default this per-persona instance's)."""
+    return root / PERSONAS / persona if persona else root
 
 
 RAW = Path("data/raw")
@@ -45,6 +45,9 @@ ADAPTER = MODELS / "adapter"
 CONDITIONED_ADAPTER = Path("models/adapter")
 CHECKPOINTS = _own(Path("models/checkpoints"))  # scratch for `train.resume`, never a DVC output
 PREFERRED = MODELS / "preferred"  # the preference-tuned adapter (`prefer`), on the same base as ADAPTER
+# What the evaluation stages run beside ADAPTER: the preference-tuned adapter, in a per-persona instance the
+# conditioned one (`loading.load_evaluated`).
+COMPARED_ADAPTER = CONDITIONED_ADAPTER if PERSONA else PREFERRED
 PREFER_CHECKPOINTS = Path("models/checkpoints-prefer")  # scratch for `prefer.resume`, never a DVC output
 MERGED = Path("models/merged")  # `habla export` (hf): never a DVC output, git-ignored
 GGUF_EXPORT = Path("models/gguf")  # `habla export --format gguf / gguf-adapter`, git-ignored
@@ -90,13 +93,13 @@ def split_file(name: str) -> Path:
 def persona_split(persona: str, name: str) -> Path:
     """`data/splits/personas/<id>/<name>.jsonl`: one persona's views of one split (`group.speakers: conditioned`),
     what its own adapter trains and is scored on."""
-    return SPLITS / PERSONAS / persona / f"{name}.jsonl"
+    return _own(SPLITS, persona) / f"{name}.jsonl"
 
 
 def persona_adapter(persona: str) -> Path:
     """`models/personas/<id>/adapter`: what `train_persona@<id>` trains (the one path `habla serve` needs outside
     an instance)."""
-    return Path("models") / PERSONAS / persona / "adapter"
+    return _own(Path("models"), persona) / "adapter"
 
 
 def document_split(name: str) -> Path:

@@ -27,7 +27,7 @@ from habla.errors import UserError, run_stage
 from habla.io import read_jsonl, write_json, write_jsonl
 from habla.llm import ChatEndpoint
 from habla.model.generation import Reply, ending_stats, generate_replies, held_out_cases
-from habla.model.loading import as_model, load_tuned, models_in
+from habla.model.loading import as_model, load_evaluated, models_in
 from habla.params import Opponent, load_params
 
 log = logging.getLogger("generate")
@@ -48,7 +48,7 @@ PARAMS = [
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
-    *([paths.CONDITIONED_ADAPTER] if paths.PERSONA else [paths.PREFERRED]),
+    paths.COMPARED_ADAPTER,
     TEST,
     "stages/generate.py",
     "habla/model/generation.py",
@@ -87,7 +87,7 @@ def main() -> None:
     cases, left_out = held_out_cases(read_jsonl(TEST), evaluate)
     if not cases:
         raise UserError("no test conversation has a persona reply to answer: check data/splits/test.jsonl.")
-    model, tokenizer = load_tuned(preferred=not paths.PERSONA, conditioned=bool(paths.PERSONA))
+    model, tokenizer = load_evaluated()
     prompts = [c["prompt"] for c in cases]
     endings = {}
     for name in models_in(model):

@@ -31,7 +31,7 @@ PARAMS = ["preset", "evaluate.batch_size", "evaluate.bootstrap", "judge"]
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
-    *([paths.CONDITIONED_ADAPTER] if paths.PERSONA else [paths.PREFERRED]),
+    paths.COMPARED_ADAPTER,
     GENERATIONS,
     paths.PROMPTS,
     "stages/judge.py",

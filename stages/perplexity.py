@@ -18,7 +18,7 @@ import time
 from habla import paths
 from habla.errors import run_stage
 from habla.io import read_jsonl, write_json
-from habla.model.loading import as_model, load_tuned, models_in
+from habla.model.loading import as_model, load_evaluated, models_in
 from habla.model.perplexity import by_field, encode_conversations, encode_documents, score_windowed, summarise
 from habla.params import load_params
 
@@ -44,7 +44,7 @@ PARAMS = [
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
-    *([paths.CONDITIONED_ADAPTER] if paths.PERSONA else [paths.PREFERRED]),
+    paths.COMPARED_ADAPTER,
     TEST,
     *([] if paths.PERSONA else [TEST_DOCUMENTS]),
     "stages/perplexity.py",
@@ -65,7 +65,7 @@ if paths.PERSONA:  # `perplexity_persona@<id>`: its report is the metric to comp
 def main() -> None:
     params = load_params()
     window, stride = params.train.max_length, params.evaluate.stride
-    model, tokenizer = load_tuned(preferred=not paths.PERSONA, conditioned=bool(paths.PERSONA))
+    model, tokenizer = load_evaluated()
     test = read_jsonl(TEST)
     rows = encode_conversations(tokenizer, test[: params.evaluate.max_conversations or len(test)])
     scored_documents = not paths.PERSONA and TEST_DOCUMENTS.exists()

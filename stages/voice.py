@@ -38,7 +38,7 @@ PARAMS = ["voice", "preset", "evaluate.batch_size", "evaluate.bootstrap", "judge
 DEPS = [
     paths.BASE_MODEL,
     paths.ADAPTER,
-    *([paths.CONDITIONED_ADAPTER] if paths.PERSONA else [paths.PREFERRED]),
+    paths.COMPARED_ADAPTER,
     GENERATIONS,
     TRAIN,
     paths.PROMPTS,

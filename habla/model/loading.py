@@ -111,7 +111,8 @@ def has_preferred() -> bool:
 
 
 # What habla makes, in the order reports list them. In a per-persona instance `tuned` is the persona's own adapter
-# and `conditioned` the speaker-conditioned one beside it (`load_tuned(conditioned=True)`).
+# and `conditioned` the speaker-conditioned one beside it (`load_evaluated`). stages/reference.py names them again
+# (it imports no torch, and habla/model/__init__.py is plumbing no stage depends on).
 MODELS = ("base", "conditioned", "tuned", "preferred")
 ADAPTER_NAMES = {"tuned": "default", "preferred": "preferred", "conditioned": "conditioned"}  # PEFT's name for each
 
@@ -154,6 +155,12 @@ def load_tuned(
     if not trainable:
         model.to(device()).eval()
     return model, tokenizer
+
+
+def load_evaluated():
+    """What an evaluation stage compares, on one base: the SFT and the preference-tuned adapter; in a per-persona
+    instance the persona's own (`tuned`) and the speaker-conditioned one (`conditioned`)."""
+    return load_tuned(preferred=not paths.PERSONA, conditioned=bool(paths.PERSONA))
 
 
 def own_adapter(persona: str) -> str:
